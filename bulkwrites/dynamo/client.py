@@ -1,0 +1,56 @@
+"""The one place a boto3 DynamoDB client is made.
+
+Configuration comes from the environment, as for any AWS tool: ``AWS_REGION``,
+``AWS_ENDPOINT_URL_DYNAMODB`` (DynamoDB Local, or unset for AWS) and the standard
+credential chain. Credentials are never passed in, stored or logged by bulkwrites.
+
+Retries: botocore's own retry layer is switched off (``max_attempts=1``) for the writing
+client, because the writer retries every call itself with full-jitter backoff and counts
+attempts per item. Two layers would multiply (10 botocore attempts x our attempts) and
+hide throttling from our rate control. Reads made from the admin (DescribeTable,
+ListTables) keep botocore's ``standard`` mode.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+DEFAULT_REGION = "us-east-1"
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def endpoint_label() -> str:
+    """Where writes go, for operators: the custom endpoint or the AWS region."""
+    return endpoint_url() or f"AWS DynamoDB ({region()})"
+
+
+def make_client(*, for_writing: bool = False, max_connections: int = 10, endpoint: str | None = None) -> Any:
+    """A new DynamoDB client. boto3 clients are thread-safe: share one per job run."""
+    config = Config(
+        region_name=region(),
+        retries={"mode": "standard", "max_attempts": 1 if for_writing else 3},
+        connect_timeout=5,
+        read_timeout=30,
+        max_pool_connections=max(10, max_connections),
+        tcp_keepalive=True,
+    )
+    session = boto3.session.Session()
+    return session.client("dynamodb", config=config, endpoint_url=endpoint or endpoint_url())
+
+
+@lru_cache(maxsize=1)
+def reading_client() -> Any:
+    """A shared client for admin reads (DescribeTable, ListTables)."""
+    return make_client()

@@ -1,0 +1,456 @@
+"""DynamoDB item rules: attribute types, conversion of source rows, size and validation.
+
+Items are kept in *DynamoDB JSON* (the format of DynamoDB's own export to S3 and of the
+low-level API): ``{"pk": {"S": "a"}, "price": {"N": "9.5"}, "blob": {"B": "<base64>"}}``.
+That form is JSON-storable as is (binary stays base64) and is turned into the wire form
+(binary as bytes) only when sent, by :func:`to_wire`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+MAX_ITEM_BYTES = 409_600  # 400 KB, DynamoDB's hard limit per item
+MAX_PARTITION_KEY_BYTES = 2048
+MAX_SORT_KEY_BYTES = 1024
+MAX_NUMBER_DIGITS = 38
+KEY_TYPES = ("S", "N", "B")
+SCALAR_TYPES = ("S", "N", "B", "BOOL", "NULL")
+SET_TYPES = ("SS", "NS", "BS")
+DOCUMENT_TYPES = ("L", "M")
+ALL_TYPES = SCALAR_TYPES + SET_TYPES + DOCUMENT_TYPES
+
+Item = dict[str, dict[str, Any]]
+Key = tuple[tuple[str, Any], ...]
+
+_TRUE_WORDS = {"true", "1", "yes", "y", "t"}
+_FALSE_WORDS = {"false", "0", "no", "n", "f"}
+
+
+class ItemError(ValueError):
+    """A row or item that DynamoDB would reject; the message is shown to operators."""
+
+
+@dataclass(frozen=True)
+class KeyAttribute:
+    name: str
+    type: str  # "S", "N" or "B"
+    role: str  # "HASH" or "RANGE"
+
+
+@dataclass(frozen=True)
+class KeySchema:
+    """The key of a table, as read from DescribeTable."""
+
+    attributes: tuple[KeyAttribute, ...]
+
+    @classmethod
+    def from_describe_table(cls, table: Mapping[str, Any]) -> KeySchema:
+        types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+        ordered = sorted(table["KeySchema"], key=lambda k: 0 if k["KeyType"] == "HASH" else 1)
+        return cls(tuple(KeyAttribute(k["AttributeName"], types[k["AttributeName"]], k["KeyType"]) for k in ordered))
+
+    @classmethod
+    def from_json(cls, data: Iterable[Mapping[str, str]]) -> KeySchema:
+        return cls(tuple(KeyAttribute(d["name"], d["type"], d["role"]) for d in data))
+
+    def to_json(self) -> list[dict[str, str]]:
+        return [{"name": a.name, "type": a.type, "role": a.role} for a in self.attributes]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attributes)
+
+    def type_of(self, name: str) -> str | None:
+        for attribute in self.attributes:
+            if attribute.name == name:
+                return attribute.type
+        return None
+
+    def describe(self) -> str:
+        return ", ".join(f"{a.name} ({a.type}, {a.role.lower()})" for a in self.attributes)
+
+
+# --- header types ---------------------------------------------------------------------
+
+
+def parse_header(column: str) -> tuple[str, str | None]:
+    """Split a column header ``price:N`` into ``("price", "N")``; untyped gives ``None``.
+
+    Only a known DynamoDB type after the last colon counts as a type, so an attribute
+    named ``a:b`` stays intact.
+    """
+    name, sep, type_name = column.rpartition(":")
+    if sep and name and type_name.upper() in ALL_TYPES:
+        return name.strip(), type_name.upper()
+    return column.strip(), None
+
+
+# --- conversion of source values into attribute values --------------------------------
+
+
+def normalize_number(value: Any) -> str:
+    """Validate a number the way DynamoDB does and return its canonical string."""
+    if isinstance(value, bool):
+        raise ItemError(f"{value!r} is a boolean, not a number")
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            raise ItemError(f"{value!r} is not a number DynamoDB accepts (no NaN or Infinity)")
+        value = repr(value)
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ItemError(f"{value!r} is not a number") from None
+    if not number.is_finite():
+        raise ItemError(f"{value!r} is not a number DynamoDB accepts (no NaN or Infinity)")
+    if number.is_zero():
+        return "0"
+    digits = _significant_digits(number)
+    if digits > MAX_NUMBER_DIGITS:
+        raise ItemError(f"{value!r} has {digits} significant digits; DynamoDB keeps at most 38")
+    exponent = number.adjusted()
+    if exponent < -130 or exponent > 125:
+        raise ItemError(f"{value!r} is out of DynamoDB's range (1E-130 to 9.9E+125)")
+    text = format(number.normalize(), "f")
+    return text
+
+
+def _significant_digits(number: Decimal) -> int:
+    digits = number.normalize().as_tuple().digits
+    return max(1, len(digits))
+
+
+def decode_binary(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    try:
+        return base64.b64decode(str(value).strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ItemError(f"{_short(value)} is not valid base64") from None
+
+
+def _binary(value: Any) -> str:
+    return base64.b64encode(decode_binary(value)).decode("ascii")
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE_WORDS:
+        return True
+    if text in _FALSE_WORDS:
+        return False
+    raise ItemError(f"{_short(value)} is not a boolean (true/false)")
+
+
+def _json_value(value: Any, expected: type, type_name: str) -> Any:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value, parse_float=Decimal)
+        except json.JSONDecodeError:
+            raise ItemError(f"{_short(value)} is not valid JSON for a {type_name}") from None
+    if not isinstance(value, expected):
+        raise ItemError(f"{_short(value)} is not a JSON {expected.__name__} for a {type_name}")
+    return value
+
+
+def _set(values: list[Any], member: str, set_type: str) -> list[str]:
+    if not values:
+        raise ItemError(f"an empty {set_type} set; DynamoDB sets cannot be empty")
+    if member == "S":
+        members = [str(v) for v in values]
+        unique: set[Any] = set(members)
+    elif member == "N":
+        members = [normalize_number(v) for v in values]
+        unique = {Decimal(m) for m in members}
+    else:
+        members = [_binary(v) for v in values]
+        unique = set(members)
+    if len(unique) != len(members):
+        raise ItemError(f"duplicate values in a {set_type} set")
+    return members
+
+
+def to_attribute(value: Any, type_name: str) -> dict[str, Any]:
+    """Convert a cell (text, or a native value from JSON/XLSX) into a typed attribute value."""
+    if type_name == "S":
+        return {"S": value if isinstance(value, str) else str(value)}
+    if type_name == "N":
+        return {"N": normalize_number(value)}
+    if type_name == "B":
+        return {"B": _binary(value)}
+    if type_name == "BOOL":
+        return {"BOOL": _bool(value)}
+    if type_name == "NULL":
+        return {"NULL": True}
+    if type_name in SET_TYPES:
+        return {type_name: _set(_json_value(value, list, type_name), type_name[0], type_name)}
+    if type_name == "L":
+        return {"L": [from_python(v) for v in _json_value(value, list, "list (L)")]}
+    if type_name == "M":
+        data = _json_value(value, dict, "map (M)")
+        return {"M": {str(k): from_python(v) for k, v in data.items()}}
+    raise ItemError(f"unknown DynamoDB type {type_name!r}")
+
+
+def from_python(value: Any) -> dict[str, Any]:
+    """Natural mapping of a JSON value: number→N, bool→BOOL, null→NULL, list→L, object→M."""
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, int | float | Decimal):
+        return {"N": normalize_number(value)}
+    if isinstance(value, bytes | bytearray):
+        return {"B": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, list | tuple):
+        return {"L": [from_python(v) for v in value]}
+    if isinstance(value, Mapping):
+        return {"M": {str(k): from_python(v) for k, v in value.items()}}
+    if isinstance(value, set | frozenset):
+        members = list(value)
+        if members and all(isinstance(m, str) for m in members):
+            return {"SS": _set(members, "S", "SS")}
+        if members and all(isinstance(m, int | Decimal) and not isinstance(m, bool) for m in members):
+            return {"NS": _set(members, "N", "NS")}
+        raise ItemError("sets must hold only strings or only numbers, and not be empty")
+    # Dates, times, UUIDs and the like are stored as their text form.
+    return {"S": value.isoformat() if hasattr(value, "isoformat") else str(value)}
+
+
+def row_to_item(row: Mapping[str, Any], key_schema: KeySchema) -> Item:
+    """Turn one source row (column header → cell) into a DynamoDB item.
+
+    A header may carry a type (``price:N``). An untyped text cell is a string, except for
+    key attributes, which take the type of the table's key. Native values (from JSON)
+    map naturally. Raises :class:`ItemError` naming the column on the first bad cell.
+    """
+    item: Item = {}
+    for column, value in row.items():
+        name, declared = parse_header(str(column))
+        if not name:
+            raise ItemError(f"column {column!r} has no attribute name")
+        type_name = declared or (key_schema.type_of(name) if isinstance(value, str) else None)
+        if type_name is None and isinstance(value, int | float | Decimal) and key_schema.type_of(name) == "S":
+            type_name = "S"  # a numeric-looking key in a string-keyed table stays a string
+        try:
+            attribute = to_attribute(value, type_name) if type_name else from_python(value)
+        except ItemError as exc:
+            raise ItemError(f"column {name!r}: {exc}") from None
+        if name in item:
+            raise ItemError(f"attribute {name!r} appears twice in the row")
+        item[name] = attribute
+    return item
+
+
+def parse_dynamodb_json(item: Any) -> Item:
+    """Check an item already in DynamoDB JSON (export-to-S3 lines) and normalise it."""
+    if not isinstance(item, Mapping) or not item:
+        raise ItemError("expected an object of attributes in DynamoDB JSON")
+    return {str(name): _check_attribute(name, value) for name, value in item.items()}
+
+
+def _check_attribute(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or len(value) != 1:
+        raise ItemError(f'attribute {name!r} is not a DynamoDB JSON value like {{"S": "x"}}')
+    ((type_name, inner),) = value.items()
+    if type_name not in ALL_TYPES:
+        raise ItemError(f"attribute {name!r} has unknown type {type_name!r}")
+    try:
+        if type_name == "L":
+            return {"L": [_check_attribute(f"{name}[{i}]", v) for i, v in enumerate(inner)]}
+        if type_name == "M":
+            return {"M": {str(k): _check_attribute(f"{name}.{k}", v) for k, v in inner.items()}}
+        if type_name == "NULL":
+            return {"NULL": True}
+        if type_name == "S":
+            if not isinstance(inner, str):
+                raise ItemError("S must be a string")
+            return {"S": inner}
+        return to_attribute(inner if type_name not in SET_TYPES else list(inner), type_name)
+    except (TypeError, AttributeError):
+        raise ItemError(f"attribute {name!r}: malformed {type_name} value") from None
+    except ItemError as exc:
+        raise ItemError(f"attribute {name!r}: {exc}") from None
+
+
+# --- keys, size and validation ---------------------------------------------------------
+
+
+def key_of(item: Mapping[str, Mapping[str, Any]], key_schema: KeySchema) -> Item:
+    """The key attributes of an item (what a delete request carries)."""
+    return {name: dict(item[name]) for name in key_schema.names}
+
+
+def key_identity(key: Mapping[str, Mapping[str, Any]]) -> Key:
+    """A hashable identity of a key, so that ``1`` and ``1.0`` are the same number key."""
+    parts = []
+    for name in sorted(key):
+        ((type_name, value),) = key[name].items()
+        parts.append((name, (type_name, Decimal(value) if type_name == "N" else value)))
+    return tuple(parts)
+
+
+def attribute_size(name: str, value: Mapping[str, Any]) -> int:
+    """Bytes an attribute counts for, by the developer guide's "Item sizes" rules."""
+    return len(name.encode("utf-8")) + _value_size(value)
+
+
+def _value_size(value: Mapping[str, Any]) -> int:
+    ((type_name, inner),) = value.items()
+    if type_name == "S":
+        return len(inner.encode("utf-8"))
+    if type_name == "N":
+        return _number_size(inner)
+    if type_name == "B":
+        return len(decode_binary(inner))
+    if type_name in ("BOOL", "NULL"):
+        return 1
+    if type_name == "SS":
+        return sum(len(s.encode("utf-8")) for s in inner)
+    if type_name == "NS":
+        return sum(_number_size(n) for n in inner)
+    if type_name == "BS":
+        return sum(len(decode_binary(b)) for b in inner)
+    if type_name == "L":
+        return 3 + sum(_value_size(v) + 1 for v in inner)
+    if type_name == "M":
+        return 3 + sum(attribute_size(k, v) + 1 for k, v in inner.items())
+    raise ItemError(f"unknown DynamoDB type {type_name!r}")
+
+
+def _number_size(text: str) -> int:
+    number = Decimal(text)
+    if number.is_zero():
+        return 2
+    return math.ceil(_significant_digits(number) / 2) + 1
+
+
+def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
+    return sum(attribute_size(name, value) for name, value in item.items())
+
+
+def validate_item(item: Mapping[str, Mapping[str, Any]], key_schema: KeySchema) -> int:
+    """Check an item against the key schema and the size limit; return its size in bytes."""
+    for attribute in key_schema.attributes:
+        if attribute.name not in item:
+            raise ItemError(f"missing key attribute {attribute.name!r} ({attribute.type})")
+        value = item[attribute.name]
+        ((type_name, inner),) = value.items()
+        if type_name != attribute.type:
+            raise ItemError(f"key attribute {attribute.name!r} is {type_name} but the table's key is {attribute.type}")
+        if type_name in ("S", "B") and not inner:
+            raise ItemError(f"key attribute {attribute.name!r} is empty")
+        limit = MAX_PARTITION_KEY_BYTES if attribute.role == "HASH" else MAX_SORT_KEY_BYTES
+        size = _value_size(value)
+        if size > limit:
+            raise ItemError(f"key attribute {attribute.name!r} is {size} bytes; the limit is {limit}")
+    size = item_size(item)
+    if size > MAX_ITEM_BYTES:
+        raise ItemError(f"item is {size:,} bytes; DynamoDB's limit is {MAX_ITEM_BYTES:,} bytes (400 KB)")
+    return size
+
+
+def to_wire(item: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """DynamoDB JSON → what botocore sends: binary values as bytes (botocore base64s them)."""
+    return {name: _wire_value(value) for name, value in item.items()}
+
+
+def _wire_value(value: Mapping[str, Any]) -> dict[str, Any]:
+    ((type_name, inner),) = value.items()
+    if type_name == "B":
+        return {"B": decode_binary(inner)}
+    if type_name == "BS":
+        return {"BS": [decode_binary(b) for b in inner]}
+    if type_name == "L":
+        return {"L": [_wire_value(v) for v in inner]}
+    if type_name == "M":
+        return {"M": {k: _wire_value(v) for k, v in inner.items()}}
+    return dict(value)
+
+
+def has_binary(item: Mapping[str, Mapping[str, Any]]) -> bool:
+    return any(_has_binary(value) for value in item.values())
+
+
+def _has_binary(value: Mapping[str, Any]) -> bool:
+    ((type_name, inner),) = value.items()
+    if type_name in ("B", "BS"):
+        return True
+    if type_name == "L":
+        return any(_has_binary(v) for v in inner)
+    if type_name == "M":
+        return any(_has_binary(v) for v in inner.values())
+    return False
+
+
+def from_wire(item: Mapping[str, Mapping[str, Any]]) -> Item:
+    """What boto3 returns (binary as bytes) → DynamoDB JSON."""
+    out: Item = {}
+    for name, value in item.items():
+        ((type_name, inner),) = value.items()
+        if type_name == "B":
+            out[name] = {"B": base64.b64encode(bytes(inner)).decode("ascii")}
+        elif type_name == "BS":
+            out[name] = {"BS": [base64.b64encode(bytes(b)).decode("ascii") for b in inner]}
+        elif type_name == "L":
+            out[name] = {"L": [from_wire({"_": v})["_"] for v in inner]}
+        elif type_name == "M":
+            out[name] = {"M": from_wire(inner)}
+        else:
+            out[name] = dict(value)
+    return out
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- from a source row to what the ledger stores --------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    """A source row made ready to send, or the reason it cannot be sent."""
+
+    position: int
+    item: Item | None = None  # what a put sends, or the key alone for a delete
+    key: Item | None = None
+    size: int = 0
+    error: str | None = None
+
+    @property
+    def is_valid(self) -> bool:
+        return self.error is None
+
+
+def prepare_item(
+    position: int,
+    values: Mapping[str, Any],
+    key_schema: KeySchema,
+    *,
+    delete: bool = False,
+    dynamodb_json: bool = False,
+) -> PreparedItem:
+    """Convert and validate one row exactly as DynamoDB would judge it, before any call."""
+    try:
+        item = parse_dynamodb_json(values) if dynamodb_json else row_to_item(values, key_schema)
+        size = validate_item(item, key_schema)
+    except ItemError as exc:
+        return PreparedItem(position, error=str(exc))
+    key = key_of(item, key_schema)
+    if delete:
+        # A delete carries exactly the key attributes; other columns are ignored.
+        return PreparedItem(position, item=key, key=key, size=item_size(key))
+    return PreparedItem(position, item=item, key=key, size=size)

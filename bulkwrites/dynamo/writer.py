@@ -1,0 +1,345 @@
+"""The BatchWriteItem loop: send requests, retry what DynamoDB did not take, report outcomes.
+
+The writer owns item-level retrying only. It takes its client, sleep and clock from the
+caller and returns plain outcome objects; what to do with them (the ledger, the job's
+status) is the caller's business.
+
+The three failure shapes of BatchWriteItem, and what happens to each:
+
+1. HTTP 200 with ``UnprocessedItems``: only those requests are sent again, after a backoff.
+   A call that made progress does not count against ``max_attempts``, so a table that
+   drains slowly is not mistaken for a dead one.
+2. The whole call fails with a retryable error (throttling, 5xx, connection): the same
+   requests are sent again after a backoff.
+3. The whole call is rejected (``ValidationException``, which names no item): the call is
+   split in halves until the offending requests are alone; they fail with DynamoDB's
+   message and every other request is written.
+
+Errors that no retry can fix (missing table, bad credentials) stop the batch at once with
+``BatchResult.fatal`` set; requests without an outcome are left for the caller to keep
+pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .backoff import Backoff
+from .batching import chunk_requests
+from .errors import CODE_CONNECTION, CODE_UNPROCESSED, ErrorInfo, ErrorKind, classify
+from .items import Item, Key, from_wire, key_identity, to_wire
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so sets of requests are cheap
+class WriteRequest:
+    """One put or delete; ``ref`` is the caller's id for it (the ledger row)."""
+
+    ref: int
+    key: Item
+    item: Item | None = None  # the whole item for a put; None for a delete
+    wire_bytes: int = 0
+    size: int = 0  # DynamoDB item size, for write-capacity estimates
+    identity: Key = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", key_identity(self.key))
+
+    @property
+    def is_put(self) -> bool:
+        return self.item is not None
+
+    @property
+    def write_units(self) -> int:
+        """Write capacity units DynamoDB charges: 1 per started KB for a put, 1 for a delete."""
+        return max(1, math.ceil(self.size / 1024)) if self.is_put else 1
+
+    def to_api(self) -> dict[str, Any]:
+        if self.item is not None:
+            return {"PutRequest": {"Item": to_wire(self.item)}}
+        return {"DeleteRequest": {"Key": to_wire(self.key)}}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ref: int
+    succeeded: bool
+    attempts: int
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class CallStats:
+    """What the calls of a batch cost; summed into the job's audit."""
+
+    calls: int = 0
+    requests_sent: int = 0
+    unprocessed: int = 0
+    throttled_calls: int = 0
+    failed_calls: int = 0
+    consumed_wcu: float = 0.0
+    latency_seconds: float = 0.0
+    error_codes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: CallStats) -> None:
+        self.calls += other.calls
+        self.requests_sent += other.requests_sent
+        self.unprocessed += other.unprocessed
+        self.throttled_calls += other.throttled_calls
+        self.failed_calls += other.failed_calls
+        self.consumed_wcu += other.consumed_wcu
+        self.latency_seconds += other.latency_seconds
+        self.error_codes.update(other.error_codes)
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    stats: CallStats = field(default_factory=CallStats)
+    fatal: ErrorInfo | None = None  # set when the job must stop; requests without outcome stay pending
+    stopped: bool = False  # the caller asked to stop; requests without outcome stay pending
+
+    def add(self, other: BatchResult) -> None:
+        self.outcomes.extend(other.outcomes)
+        self.stats.add(other.stats)
+        self.fatal = self.fatal or other.fatal
+        self.stopped = self.stopped or other.stopped
+
+
+@dataclass(frozen=True)
+class WriterPolicy:
+    max_attempts: int = 10  # consecutive calls without progress before an item is given up
+    max_elapsed: float = 600.0  # seconds one batch may spend retrying
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class RateLimiter(Protocol):
+    """Write-capacity control shared by the calls of a job (see ``dynamo.ratelimit``)."""
+
+    def acquire(self, write_units: float) -> None: ...
+
+    def record(self, *, consumed: float, throttled: bool) -> None: ...
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        *,
+        policy: WriterPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        should_stop: Callable[[], bool] = lambda: False,
+        limiter: RateLimiter | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.policy = policy or WriterPolicy()
+        self.sleep = sleep
+        self.clock = clock
+        self.should_stop = should_stop
+        self.limiter = limiter
+        self.endpoint = endpoint
+
+    # --- one call's worth -------------------------------------------------------------
+
+    def write(self, requests: Sequence[WriteRequest]) -> BatchResult:
+        """Write at most 25 requests (one BatchWriteItem call), retrying as needed."""
+        result = BatchResult()
+        attempts: Counter[int] = Counter()
+        self._write(list(requests), attempts, result)
+        return result
+
+    def _write(self, requests: list[WriteRequest], attempts: Counter[int], result: BatchResult) -> None:
+        pending = requests
+        started = self.clock()
+        retry = 0  # calls made for these requests so far; drives the backoff
+        stalled = 0  # consecutive calls that made no progress; drives giving up
+        last_error: ErrorInfo | None = None
+        while pending:
+            if self.should_stop():
+                result.stopped = True
+                return
+            if retry:
+                self.sleep(self.policy.backoff.delay(retry - 1))
+            for request in pending:
+                attempts[request.ref] += 1
+            error, unprocessed = self._call(pending, result.stats)
+            retry += 1
+            if error is None:
+                done = len(pending) - len(unprocessed)
+                result.outcomes.extend(Outcome(r.ref, True, attempts[r.ref]) for r in pending if r not in unprocessed)
+                if not unprocessed:
+                    return
+                stalled = 0 if done else stalled + 1
+                last_error = ErrorInfo(
+                    ErrorKind.RETRYABLE,
+                    CODE_UNPROCESSED,
+                    "DynamoDB returned the item as unprocessed (throttled)",
+                )
+                pending = [r for r in pending if r in unprocessed]
+            elif error.kind is ErrorKind.FATAL:
+                result.fatal = error
+                return
+            elif error.kind is ErrorKind.REJECTED:
+                self._isolate_rejected(pending, error, attempts, result)
+                return
+            else:
+                stalled += 1
+                last_error = error
+            elapsed = self.clock() - started
+            if stalled >= self.policy.max_attempts or elapsed >= self.policy.max_elapsed:
+                self._give_up(pending, last_error, attempts, elapsed, result)
+                return
+
+    def _isolate_rejected(
+        self, requests: list[WriteRequest], error: ErrorInfo, attempts: Counter[int], result: BatchResult
+    ) -> None:
+        """DynamoDB rejected the call without naming an item: split until the culprits are alone."""
+        if len(requests) == 1:
+            (request,) = requests
+            result.outcomes.append(Outcome(request.ref, False, attempts[request.ref], error.code, error.message))
+            return
+        middle = len(requests) // 2
+        for half in (requests[:middle], requests[middle:]):
+            self._write(half, attempts, result)
+            if result.fatal or result.stopped:
+                return
+
+    def _give_up(
+        self,
+        requests: list[WriteRequest],
+        error: ErrorInfo | None,
+        attempts: Counter[int],
+        elapsed: float,
+        result: BatchResult,
+    ) -> None:
+        assert error is not None
+        if error.kind is ErrorKind.CONNECTION:
+            # An unreachable endpoint is the job's problem, not the items': they stay pending.
+            result.fatal = ErrorInfo(
+                ErrorKind.FATAL,
+                CODE_CONNECTION,
+                f"{error.message} (gave up after {attempts[requests[0].ref]} attempts over {elapsed:.1f} s)",
+            )
+            return
+        for request in requests:
+            tries = attempts[request.ref]
+            if error.is_throttling:
+                message = f"throttled: gave up after {tries} attempts over {elapsed:.1f} s"
+            else:
+                message = f"{error.message} (gave up after {tries} attempts over {elapsed:.1f} s)"
+            result.outcomes.append(Outcome(request.ref, False, tries, error.code, message))
+
+    def _call(self, requests: list[WriteRequest], stats: CallStats) -> tuple[ErrorInfo | None, set[WriteRequest]]:
+        """One BatchWriteItem call: the error, or the set of requests returned unprocessed."""
+        if self.limiter is not None:
+            self.limiter.acquire(sum(r.write_units for r in requests))
+        stats.calls += 1
+        stats.requests_sent += len(requests)
+        began = time.perf_counter()
+        try:
+            response = self.client.batch_write_item(
+                RequestItems={self.table: [r.to_api() for r in requests]},
+                ReturnConsumedCapacity="TOTAL",
+            )
+        except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
+            stats.latency_seconds += time.perf_counter() - began
+            error = classify(exc, table=self.table, endpoint=self.endpoint)
+            stats.failed_calls += 1
+            stats.error_codes[error.code] += 1
+            if error.is_throttling:
+                stats.throttled_calls += 1
+            if self.limiter is not None:
+                self.limiter.record(consumed=0.0, throttled=error.is_throttling)
+            logger.debug("BatchWriteItem on %s failed: %s %s", self.table, error.code, error.message)
+            return error, set()
+        stats.latency_seconds += time.perf_counter() - began
+        consumed = sum(float(c.get("CapacityUnits") or 0) for c in response.get("ConsumedCapacity") or ())
+        unprocessed = self._match_unprocessed(requests, response.get("UnprocessedItems") or {})
+        stats.consumed_wcu += consumed
+        stats.unprocessed += len(unprocessed)
+        if unprocessed:
+            stats.throttled_calls += 1
+            stats.error_codes[CODE_UNPROCESSED] += 1
+        if self.limiter is not None:
+            self.limiter.record(consumed=consumed, throttled=bool(unprocessed))
+        return None, unprocessed
+
+    def _match_unprocessed(self, requests: list[WriteRequest], unprocessed_items: dict[str, Any]) -> set[WriteRequest]:
+        entries = unprocessed_items.get(self.table) or []
+        if not entries:
+            return set()
+        by_identity = {r.identity: r for r in requests}
+        key_names = list(requests[0].key)
+        matched: set[WriteRequest] = set()
+        for entry in entries:
+            if "PutRequest" in entry:
+                attributes = from_wire(entry["PutRequest"]["Item"])
+            else:
+                attributes = from_wire(entry["DeleteRequest"]["Key"])
+            identity = key_identity({name: attributes[name] for name in key_names})
+            request = by_identity.get(identity)
+            if request is None:  # pragma: no cover - DynamoDB only returns what it was sent
+                raise RuntimeError(f"DynamoDB returned an unprocessed item that was not sent: {identity}")
+            matched.add(request)
+        return matched
+
+    # --- many calls at once -------------------------------------------------------------
+
+    def write_all(
+        self,
+        requests: Iterable[WriteRequest],
+        *,
+        concurrency: int = 1,
+        batch_size: int = 25,
+        on_result: Callable[[BatchResult], None] | None = None,
+    ) -> BatchResult:
+        """Write any number of requests, ``concurrency`` calls in flight.
+
+        ``on_result`` is called in the calling thread for each finished batch, so the caller
+        can record outcomes as they come (one statement per batch) from its own connection.
+        Stops handing out new batches after a fatal error or a stop request.
+        """
+        total = BatchResult()
+
+        def finish(batch_result: BatchResult) -> None:
+            total.add(batch_result)
+            if on_result is not None:
+                on_result(batch_result)
+
+        batches = chunk_requests(requests, max_requests=batch_size)
+        if concurrency <= 1:
+            for batch in batches:
+                finish(self.write(batch))
+                if total.fatal or total.stopped:
+                    break
+            return total
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bulkwrites-call") as pool:
+            in_flight: set[Future[BatchResult]] = set()
+            exhausted = False
+            while True:
+                while not exhausted and len(in_flight) < concurrency and not (total.fatal or total.stopped):
+                    batch = next(batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    in_flight.add(pool.submit(self.write, batch))
+                if not in_flight:
+                    break
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(future.result())
+        return total
