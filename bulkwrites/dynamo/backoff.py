@@ -7,6 +7,7 @@ apart, which is what a throttled table needs; the randomness is injected for tes
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ class Backoff:
 
     def ceiling(self, retry: int) -> float:
         """The largest delay retry number ``retry`` (0-based) may wait."""
-        # Cap the exponent before computing it, so a long outage cannot overflow a float.
-        return min(self.cap, self.base * (2 ** min(retry, 62)))
+        # ldexp with a bounded exponent: no OverflowError however long the outage; a product
+        # past the float range is inf, and min() turns it into the cap.
+        return min(self.cap, self.base * math.ldexp(1.0, min(retry, 1023)))
 
     def delay(self, retry: int) -> float:
         return self.random() * self.ceiling(retry)

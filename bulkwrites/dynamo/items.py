@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 MAX_ITEM_BYTES = 409_600  # 400 KB, DynamoDB's hard limit per item
@@ -84,12 +84,12 @@ class KeySchema:
 def parse_header(column: str) -> tuple[str, str | None]:
     """Split a column header ``price:N`` into ``("price", "N")``; untyped gives ``None``.
 
-    Only a known DynamoDB type after the last colon counts as a type, so an attribute
-    named ``a:b`` stays intact.
+    Only a DynamoDB type written as DynamoDB writes it (upper case) after the last colon
+    counts as a type, so an attribute named ``a:b`` or ``time:s`` stays intact.
     """
     name, sep, type_name = column.rpartition(":")
-    if sep and name and type_name.upper() in ALL_TYPES:
-        return name.strip(), type_name.upper()
+    if sep and name and type_name in ALL_TYPES:
+        return name.strip(), type_name
     return column.strip(), None
 
 
@@ -97,7 +97,11 @@ def parse_header(column: str) -> tuple[str, str | None]:
 
 
 def normalize_number(value: Any) -> str:
-    """Validate a number the way DynamoDB does and return its canonical string."""
+    """Validate a number the way DynamoDB does and return its canonical string.
+
+    Exact at any length: ``Decimal``'s default 28-digit context would silently round a
+    38-digit number, so digits are counted and normalised without any context rounding.
+    """
     if isinstance(value, bool):
         raise ItemError(f"{value!r} is a boolean, not a number")
     if isinstance(value, float):
@@ -118,12 +122,13 @@ def normalize_number(value: Any) -> str:
     exponent = number.adjusted()
     if exponent < -130 or exponent > 125:
         raise ItemError(f"{value!r} is out of DynamoDB's range (1E-130 to 9.9E+125)")
-    text = format(number.normalize(), "f")
-    return text
+    with localcontext(Context(prec=MAX_NUMBER_DIGITS + 2)):
+        return format(number.normalize(), "f")
 
 
 def _significant_digits(number: Decimal) -> int:
-    digits = number.normalize().as_tuple().digits
+    """Digits between the first and last non-zero digit (no context rounding involved)."""
+    digits = "".join(map(str, number.as_tuple().digits)).strip("0")
     return max(1, len(digits))
 
 
@@ -277,7 +282,9 @@ def _check_attribute(name: str, value: Any) -> dict[str, Any]:
             if not isinstance(inner, str):
                 raise ItemError("S must be a string")
             return {"S": inner}
-        return to_attribute(inner if type_name not in SET_TYPES else list(inner), type_name)
+        if type_name in SET_TYPES and not isinstance(inner, list):
+            raise ItemError(f"malformed {type_name} value: a set must be a list of members")
+        return to_attribute(inner, type_name)
     except (TypeError, AttributeError):
         raise ItemError(f"attribute {name!r}: malformed {type_name} value") from None
     except ItemError as exc:
@@ -444,6 +451,11 @@ def prepare_item(
     dynamodb_json: bool = False,
 ) -> PreparedItem:
     """Convert and validate one row exactly as DynamoDB would judge it, before any call."""
+    if delete:
+        # A delete carries exactly the key attributes: other columns are not even converted,
+        # so a bad cell outside the key cannot fail a delete DynamoDB would accept.
+        names = set(key_schema.names)
+        values = {column: v for column, v in values.items() if parse_header(str(column))[0] in names}
     try:
         item = parse_dynamodb_json(values) if dynamodb_json else row_to_item(values, key_schema)
         size = validate_item(item, key_schema)
@@ -451,6 +463,5 @@ def prepare_item(
         return PreparedItem(position, error=str(exc))
     key = key_of(item, key_schema)
     if delete:
-        # A delete carries exactly the key attributes; other columns are ignored.
-        return PreparedItem(position, item=key, key=key, size=item_size(key))
+        return PreparedItem(position, item=key, key=key, size=size)
     return PreparedItem(position, item=item, key=key, size=size)

@@ -1,0 +1,268 @@
+"""The operator's admin: new jobs from files, the live job page, read-only outcomes.
+
+Thin by design: every view validates its input with a form, calls one service, and tells
+the operator what happened. Nothing here talks to boto3 or to RQ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from import_export.admin import ExportActionMixin
+
+from bulkwrites import selectors
+from bulkwrites.forms import FileJobForm
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus
+from bulkwrites.resources import EXPORT_FORMATS, FORMATS_BY_NAME, ItemExportResource, export_items
+from bulkwrites.services import jobs as job_services
+
+PROGRESS_BAR = (
+    '<div class="bw-progress" title="{pct}%"><div class="bw-bar bw-{status}" style="width:{pct}%"></div></div>'
+    '<span class="bw-pct">{pct}%</span>'
+)
+
+# name → (service, permission, message)
+JOB_ACTIONS: dict[str, tuple[Any, str, str]] = {
+    "start": (job_services.job_start, "bulkwrites.run_job", "Job {id} queued."),
+    "resume": (job_services.job_resume, "bulkwrites.run_job", "Job {id} resumed."),
+    "retry_failed": (job_services.job_retry_failed, "bulkwrites.run_job", "Failed items of job {id} queued again."),
+    "pause": (job_services.job_pause, "bulkwrites.cancel_job", "Job {id} paused."),
+    "cancel": (job_services.job_cancel, "bulkwrites.cancel_job", "Job {id} cancelled."),
+}
+
+
+def progress_bar(job: Job) -> str:
+    return format_html(PROGRESS_BAR, pct=job.progress_percent, status=job.status)
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "table_name", "operation", "source", "status", "progress", "counts", "created_at")
+    list_filter = ("status", "operation", "source_kind", "table_name")
+    search_fields = ("table_name", "source_name", "source_sha256")
+    list_per_page = 50
+    show_full_result_count = False
+
+    @admin.display(description="source")
+    def source(self, job: Job) -> str:
+        return f"{job.get_source_kind_display()}: {job.source_name}"
+
+    @admin.display(description="progress")
+    def progress(self, job: Job) -> str:
+        return progress_bar(job)
+
+    @admin.display(description="succeeded / failed / skipped / total")
+    def counts(self, job: Job) -> str:
+        return f"{job.succeeded_items:,} / {job.failed_items:,} / {job.skipped_items:,} / {job.total_items:,}"
+
+    # Jobs are created through the upload flow and never edited: the ledger is an audit trail.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("bulkwrites.run_job")
+
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("new-from-file/", wrap(self.new_from_file_view), name="bulkwrites_job_new_from_file"),
+            path("<int:job_id>/preview/", wrap(self.preview_view), name="bulkwrites_job_preview"),
+            path("<int:job_id>/progress.json", wrap(self.progress_view), name="bulkwrites_job_progress"),
+            path("<int:job_id>/action/<str:action>/", wrap(self.action_view), name="bulkwrites_job_action"),
+            path("<int:job_id>/export/<str:status>.<str:fmt>", wrap(self.export_view), name="bulkwrites_job_export"),
+            *super().get_urls(),
+        ]
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        return HttpResponseRedirect(reverse("admin:bulkwrites_job_new_from_file"))
+
+    def _require(self, request: HttpRequest, permission: str) -> None:
+        if not request.user.has_perm(permission):
+            raise PermissionDenied
+
+    def _context(self, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
+        return {**self.admin_site.each_context(request), "opts": self.model._meta, "title": title, **extra}
+
+    # --- new job from a file ------------------------------------------------------------
+
+    def new_from_file_view(self, request: HttpRequest) -> HttpResponse:
+        self._require(request, "bulkwrites.run_job")
+        form = FileJobForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                job = job_services.job_create_from_file(
+                    upload=upload.file,
+                    file_name=upload.name,
+                    table_name=form.cleaned_data["table_name"],
+                    operation=form.cleaned_data["operation"],
+                    source_format=form.cleaned_data["source_format"] or None,
+                    created_by=request.user,
+                    **form.job_settings(),
+                )
+            except job_services.JobError as exc:
+                form.add_error(None, str(exc))
+            else:
+                return HttpResponseRedirect(reverse("admin:bulkwrites_job_preview", args=[job.pk]))
+        return TemplateResponse(
+            request, "admin/bulkwrites/job/new_from_file.html", self._context(request, "New job from a file", form=form)
+        )
+
+    def preview_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        self._require(request, "bulkwrites.run_job")
+        job = get_object_or_404(Job, pk=job_id)
+        if job.status != JobStatus.DRAFT:
+            return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
+        preview = error = None
+        try:
+            preview = job_services.job_preview(job)
+        except job_services.JobError as exc:
+            error = str(exc)
+        return TemplateResponse(
+            request,
+            "admin/bulkwrites/job/preview.html",
+            self._context(request, f"Preview of job {job.pk}", job=job, preview=preview, error=error),
+        )
+
+    # --- the job page -------------------------------------------------------------------
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        job = get_object_or_404(Job, pk=object_id)
+        if not self.has_view_permission(request, job):
+            raise PermissionDenied
+        user = request.user
+        allowed = {name for name, (_, perm, _) in JOB_ACTIONS.items() if user.has_perm(perm)}
+        context = self._context(
+            request,
+            f"Job {job.pk}: {job.source_name} → {job.table_name}",
+            job=job,
+            progress=selectors.job_progress(job),
+            failed_items=selectors.failed_items(job)[:50],
+            failures_by_code=selectors.failures_by_code(job),
+            actions=[a for a in selectors.available_actions(job) if a in allowed],
+            can_export=user.has_perm("bulkwrites.export_items"),
+            items_url=reverse("admin:bulkwrites_item_changelist") + f"?job__id__exact={job.pk}",
+            original=job,
+        )
+        return TemplateResponse(request, "admin/bulkwrites/job/job_page.html", context)
+
+    def progress_view(self, request: HttpRequest, job_id: int) -> JsonResponse:
+        job = get_object_or_404(Job, pk=job_id)
+        if not self.has_view_permission(request, job):
+            raise PermissionDenied
+        return JsonResponse(selectors.job_progress(job))
+
+    def action_view(self, request: HttpRequest, job_id: int, action: str) -> HttpResponse:
+        """Start, pause, resume, cancel or retry: POST only, permission-checked, logged."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if action not in JOB_ACTIONS:
+            raise Http404("unknown action")
+        service, permission, message = JOB_ACTIONS[action]
+        self._require(request, permission)
+        job = get_object_or_404(Job, pk=job_id)
+        try:
+            service(job=job)
+        except job_services.JobError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, message.format(id=job.pk))
+            LogEntry.objects.log_actions(
+                user_id=request.user.pk,
+                queryset=[job],
+                action_flag=CHANGE,
+                change_message=f"{action.replace('_', ' ')} (status now {job.status})",
+                single_object=True,
+            )
+        return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
+
+    def export_view(self, request: HttpRequest, job_id: int, status: str, fmt: str) -> HttpResponse:
+        """Download a job's items of one status (usually ``failed``) as CSV, XLSX, TSV or JSON."""
+        self._require(request, "bulkwrites.export_items")
+        job = get_object_or_404(Job, pk=job_id)
+        if fmt not in FORMATS_BY_NAME or status not in ItemStatus.values:
+            raise Http404("unknown export")
+        content, content_type = export_items(job.items.filter(status=status).order_by("position"), fmt)
+        response = HttpResponse(content, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="job-{job.pk}-{status}-items.{fmt}"'
+        return response
+
+
+class FailedErrorCodeFilter(admin.SimpleListFilter):
+    title = "error code"
+    parameter_name = "error_code"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        job_id = request.GET.get("job__id__exact")
+        codes = selectors.error_codes(int(job_id) if job_id and job_id.isdigit() else None)
+        return [(code, code) for code in codes]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Item]) -> QuerySet[Item]:
+        return queryset.filter(error_code=self.value()) if self.value() else queryset
+
+
+@admin.register(Item)
+class ItemAdmin(ExportActionMixin, admin.ModelAdmin):
+    resource_classes = [ItemExportResource]
+    export_formats = EXPORT_FORMATS
+    list_display = ("position", "job_link", "key_text", "status", "attempts", "error_code", "short_error", "updated_at")
+    list_filter = ("status", FailedErrorCodeFilter)
+    search_fields = ("key__icontains",)
+    list_select_related = False
+    list_per_page = 100
+    show_full_result_count = False
+    readonly_fields = [f.name for f in Item._meta.fields]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Item]:
+        # The list never needs the payload or the raw row: keep pages fast on big jobs.
+        return super().get_queryset(request).defer("payload", "raw", "history")
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Item], search_term: str) -> Any:
+        if not search_term:
+            return queryset, False
+        return selectors.search_items_by_key(queryset, search_term), False
+
+    @admin.display(description="job", ordering="job")
+    def job_link(self, item: Item) -> str:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:bulkwrites_job_change", args=[item.job_id]), item.job_id
+        )
+
+    @admin.display(description="key")
+    def key_text(self, item: Item) -> str:
+        return selectors.key_text(item.key)
+
+    @admin.display(description="error")
+    def short_error(self, item: Item) -> str:
+        return item.error_message[:120]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Item | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Item | None = None) -> bool:
+        return False
+
+    def has_export_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("bulkwrites.export_items")
+
+
+def log_entry_for(job: Job) -> QuerySet[LogEntry]:
+    return LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(Job), object_id=str(job.pk))

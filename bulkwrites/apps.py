@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class BulkwritesConfig(AppConfig):
+    name = "bulkwrites"
+    verbose_name = "Bulk writes to DynamoDB"
+    default_auto_field = "django.db.models.BigAutoField"

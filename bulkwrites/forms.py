@@ -1,0 +1,64 @@
+"""Admin forms: a new job from a file, and the settings every job has."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+
+from bulkwrites.models import DuplicatePolicy, Operation
+from bulkwrites.services.tables import TableError, list_table_names
+from bulkwrites.sources.files import FORMATS
+
+
+class JobSettingsForm(forms.Form):
+    duplicate_policy = forms.ChoiceField(choices=DuplicatePolicy.choices, initial=DuplicatePolicy.LAST)
+    concurrency = forms.IntegerField(min_value=1, max_value=64, initial=4, help_text="calls in flight per worker")
+    workers = forms.IntegerField(min_value=1, max_value=32, initial=1, help_text="workers on this job at once")
+    max_attempts = forms.IntegerField(
+        min_value=1, max_value=100, initial=10, help_text="calls without progress before an item is given up"
+    )
+    batch_size = forms.IntegerField(min_value=1, max_value=25, initial=25, help_text="requests per call (≤ 25)")
+
+    def job_settings(self) -> dict[str, Any]:
+        return {name: self.cleaned_data[name] for name in JobSettingsForm.base_fields}
+
+
+class TableChoiceField(forms.ChoiceField):
+    """The tables DynamoDB lists; a clear form error if it cannot be asked."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=(), **kwargs)
+        self.listing_error = ""
+        try:
+            names = list_table_names()
+        except TableError as exc:
+            names = []
+            self.listing_error = exc.message
+        self.choices = [("", "— choose a table —"), *((n, n) for n in names)]
+
+
+class FileJobForm(JobSettingsForm):
+    file = forms.FileField(help_text="CSV, TSV, JSON, JSON Lines, XLSX or DynamoDB JSON lines")
+    source_format = forms.ChoiceField(
+        choices=[("", "detect from the file"), *FORMATS.items()], required=False, label="Format"
+    )
+    table_name = TableChoiceField(label="Target table")
+    operation = forms.ChoiceField(choices=Operation.choices, initial=Operation.PUT)
+
+    field_order = ["file", "source_format", "table_name", "operation"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["table_name"] = TableChoiceField(label="Target table")
+        listing_error = self.fields["table_name"].listing_error
+        if listing_error:
+            self.fields["table_name"].help_text = f"Could not list tables: {listing_error}"
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data["file"]
+        limit = settings.BULKWRITES["MAX_UPLOAD_BYTES"]
+        if upload.size > limit:
+            raise forms.ValidationError(f"The file is {upload.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        return upload

@@ -1,0 +1,95 @@
+"""django-import-export resources: exports of the ledger, safe to open in a spreadsheet.
+
+Spreadsheets run a cell that starts with ``= + - @`` (and, in some, tab, CR or NUL) as a
+formula (CSV/formula injection, OWASP ASVS 1.2.10). django-import-export's own escaping
+removes one leading ``=`` only, which both misses the other triggers and changes the data;
+here such a cell gets a leading apostrophe instead, which spreadsheets show as text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from import_export import fields, resources
+from import_export.formats import base_formats
+
+from bulkwrites.models import Item
+
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
+
+
+def neutralize_formula(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+class _FormulaSafe:
+    """Mixed into a tablib format: neutralise every cell of the dataset before writing it."""
+
+    def export_data(self, dataset: Any, **kwargs: Any) -> Any:
+        for index, row in enumerate(list(dataset)):
+            dataset[index] = [neutralize_formula(cell) for cell in row]
+        return dataset.export(self.get_title(), **kwargs)  # type: ignore[attr-defined]
+
+
+class SafeCSV(_FormulaSafe, base_formats.CSV):
+    pass
+
+
+class SafeTSV(_FormulaSafe, base_formats.TSV):
+    pass
+
+
+class SafeXLSX(_FormulaSafe, base_formats.XLSX):
+    pass
+
+
+EXPORT_FORMATS = [SafeCSV, SafeXLSX, SafeTSV, base_formats.JSON]
+FORMATS_BY_NAME: dict[str, type[base_formats.Format]] = {
+    "csv": SafeCSV,
+    "xlsx": SafeXLSX,
+    "tsv": SafeTSV,
+    "json": base_formats.JSON,
+}
+
+
+class JSONText(fields.Field):
+    def get_value(self, instance: Any) -> Any:
+        value = super().get_value(instance)
+        return "" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+class ItemExportResource(resources.ModelResource):
+    """One row per item: where it came from, its outcome, and the item itself."""
+
+    key = JSONText(attribute="key", column_name="key")
+    payload = JSONText(attribute="payload", column_name="item")
+
+    class Meta:
+        model = Item
+        fields = (
+            "job",
+            "position",
+            "status",
+            "attempts",
+            "error_code",
+            "error_message",
+            "key",
+            "payload",
+            "raw",
+            "updated_at",
+        )
+        export_order = fields
+        use_natural_foreign_keys = False
+
+    def dehydrate_job(self, item: Item) -> int:
+        return item.job_id
+
+
+def export_items(queryset: Any, format_name: str) -> tuple[bytes | str, str]:
+    """Items in ``csv``, ``xlsx``, ``tsv`` or ``json``, and the content type (job page and CLI)."""
+    file_format = FORMATS_BY_NAME[format_name]()
+    dataset = ItemExportResource().export(queryset=queryset)
+    return file_format.export_data(dataset), file_format.get_content_type()

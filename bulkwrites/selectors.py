@@ -1,0 +1,112 @@
+"""Reads: a job's progress, its failures, the actions its status allows, item search."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, QuerySet, Sum
+from django.utils import timezone
+
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus
+
+RATE_WINDOW_SECONDS = 30
+
+
+def job_progress(job: Job) -> dict[str, Any]:
+    """Everything the live job page shows; counters come from the job row, not a COUNT(*)."""
+    now = timezone.now()
+    rate = recent_rate(job, now=now)
+    pending = job.pending_items
+    running = job.status == JobStatus.RUNNING
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "status_label": job.get_status_display(),
+        "finished": job.is_finished,
+        "total": job.total_items,
+        "succeeded": job.succeeded_items,
+        "failed": job.failed_items,
+        "skipped": job.skipped_items,
+        "pending": pending,
+        "percent": job.progress_percent,
+        "items_per_second": round(rate, 1),
+        "eta_seconds": round(pending / rate) if running and rate > 0 else None,
+        "calls": job.calls,
+        "throttled_calls": job.throttled_calls,
+        "throttled_share": round(job.throttled_calls / job.calls, 4) if job.calls else 0.0,
+        "unprocessed_returned": job.unprocessed_returned,
+        "consumed_wcu": round(job.consumed_wcu, 1),
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "duration_seconds": _duration(job, now),
+    }
+
+
+def _duration(job: Job, now: Any) -> float | None:
+    if job.started_at is None:
+        return None
+    return round(((job.finished_at or now) - job.started_at).total_seconds(), 1)
+
+
+def recent_rate(job: Job, *, now: Any) -> float:
+    """Items with an outcome per second: the last 30 s while running, the whole run after."""
+    if job.started_at is None:
+        return 0.0
+    if job.is_finished:
+        elapsed = (job.finished_at or now) - job.started_at
+        done = job.runs.aggregate(n=Sum("succeeded") + Sum("failed"))["n"] or 0
+        return done / max(elapsed.total_seconds(), 0.001)
+    since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
+    window = min(RATE_WINDOW_SECONDS, max((now - job.started_at).total_seconds(), 0.001))
+    done = job.runs.filter(finished_at__gte=since).aggregate(n=Sum("succeeded") + Sum("failed"))["n"] or 0
+    return done / window
+
+
+def failed_items(job: Job) -> QuerySet[Item]:
+    return job.items.failed().defer("payload", "history").order_by("position")
+
+
+def failures_by_code(job: Job) -> list[dict[str, Any]]:
+    return list(job.items.failed().values("error_code").annotate(count=Count("id")).order_by("-count", "error_code"))
+
+
+def error_codes(job_id: int | None = None) -> list[str]:
+    items = Item.objects.filter(status=ItemStatus.FAILED)
+    if job_id is not None:
+        items = items.filter(job_id=job_id)
+    return list(items.order_by().values_list("error_code", flat=True).distinct()[:50])
+
+
+def available_actions(job: Job) -> list[str]:
+    """Which control buttons make sense for the job's status."""
+    status = job.status
+    actions = []
+    if status == JobStatus.DRAFT:
+        actions.append("start")
+    if status in JobStatus.active():
+        actions.append("pause")
+    if status in (JobStatus.PAUSED, JobStatus.FAILED, JobStatus.CANCELLED) and job.pending_items:
+        actions.append("resume")
+    if status in (JobStatus.COMPLETED_WITH_FAILURES, JobStatus.FAILED, JobStatus.CANCELLED) and job.failed_items:
+        actions.append("retry_failed")
+    if status in (JobStatus.DRAFT, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED):
+        actions.append("cancel")
+    return actions
+
+
+def search_items_by_key(queryset: QuerySet[Item], term: str) -> QuerySet[Item]:
+    """Items whose key has an attribute value containing ``term`` (case-insensitive)."""
+    return queryset.filter(key__icontains=term)
+
+
+def key_text(key: dict[str, dict[str, Any]] | None) -> str:
+    if not key:
+        return "—"
+    parts = []
+    for name, value in key.items():
+        ((_, inner),) = value.items()
+        parts.append(f"{name}={inner}")
+    return ", ".join(parts)

@@ -1,0 +1,28 @@
+"""Handing job ids to RQ. Only ids travel through Redis: never models, querysets or secrets."""
+
+from __future__ import annotations
+
+import django_rq
+from django.conf import settings
+
+
+def enqueue_run(job_id: int, *, copies: int = 1) -> None:
+    """Ask ``copies`` workers to work on the job; django-rq enqueues after the transaction commits."""
+    queue = django_rq.get_queue(settings.BULKWRITES["QUEUE"])
+    for _ in range(max(1, copies)):
+        queue.enqueue(
+            "bulkwrites.tasks.run_job",
+            job_id,
+            job_timeout=settings.BULKWRITES["RUN_SLICE_SECONDS"] * 10 + 600,
+            result_ttl=3600,
+            failure_ttl=7 * 24 * 3600,
+            description=f"bulkwrites job {job_id}",
+        )
+
+
+def live_worker_count() -> int:
+    """Workers listening on the bulkwrites queue now (their heartbeat is fresh)."""
+    from rq import Worker
+
+    queue = django_rq.get_queue(settings.BULKWRITES["QUEUE"])
+    return len(Worker.all(queue=queue))

@@ -1,0 +1,1 @@
+"""Readers that turn a source (file, queryset, SQL query) into plain dict rows."""

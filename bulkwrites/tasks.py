@@ -1,0 +1,16 @@
+"""RQ entry points: take a job id, call a service, nothing else."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from rq import get_current_job
+
+from bulkwrites.services import jobs
+
+
+def run_job(job_id: int) -> str:
+    rq_job = get_current_job()
+    worker = f"{socket.gethostname()}:{os.getpid()}:{rq_job.id if rq_job else 'inline'}"
+    return jobs.job_work(job_id, worker=worker)

@@ -1,0 +1,135 @@
+"""Settings for the bulkwrites project.
+
+Everything that differs between a laptop and production comes from environment variables,
+with defaults that point at the services ``make services`` starts under ``.local/``.
+AWS credentials are never read here: boto3's standard chain finds them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
+DEBUG = env_bool("DJANGO_DEBUG", True)
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_rq",
+    "import_export",
+    "bulkwrites",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "project.wsgi.application"
+ASGI_APPLICATION = "project.asgi.application"
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", "postgres://bulkwrites@127.0.0.1:54329/bulkwrites"),
+        conn_max_age=60,
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
+RQ_QUEUES = {
+    "bulkwrites": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 900},
+}
+RQ = {
+    # Enqueue only after the transaction that created the job commits (django-rq's default
+    # since 4.0; stated so nobody turns it off by accident).
+    "COMMIT_MODE": "on_db_commit",
+    "WORKER_CLASS": "bulkwrites.worker.Worker",
+}
+RQ_SHOW_ADMIN_LINK = True
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".local" / "static"
+MEDIA_ROOT = Path(os.environ.get("BULKWRITES_MEDIA_ROOT", BASE_DIR / ".local" / "media"))
+MEDIA_URL = "media/"
+
+# Uploads: Django has no maximum upload size of its own. Bodies above this stream to a
+# temporary file instead of memory; the product's own cap is BULKWRITES["MAX_UPLOAD_BYTES"].
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# Off on purpose: bulkwrites.resources neutralises every formula trigger instead of
+# stripping one leading "=" (which is what this setting does).
+IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = False
+
+BULKWRITES = {
+    "MAX_UPLOAD_BYTES": int(os.environ.get("BULKWRITES_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)),
+    "QUEUE": "bulkwrites",
+    # Seconds a worker holds a slice of items before another worker may take it over.
+    "LEASE_SECONDS": int(os.environ.get("BULKWRITES_LEASE_SECONDS", 30)),
+    # Seconds one RQ job works on a bulk-write job before handing over to a fresh RQ job,
+    # so SIGTERM (finish the current job, then exit) never has to wait long.
+    "RUN_SLICE_SECONDS": int(os.environ.get("BULKWRITES_RUN_SLICE_SECONDS", 60)),
+    # A queued/running job with no progress for this long is re-enqueued by the sweeper,
+    # which every worker runs this often (also while idle).
+    "STALL_SECONDS": int(os.environ.get("BULKWRITES_STALL_SECONDS", 45)),
+    "SWEEP_SECONDS": int(os.environ.get("BULKWRITES_SWEEP_SECONDS", 20)),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "bulkwrites": {"handlers": ["console"], "level": os.environ.get("BULKWRITES_LOG_LEVEL", "INFO")},
+    },
+}

@@ -1,0 +1,193 @@
+"""Shared fixtures: the real services `make test` starts (PostgreSQL, Redis, DynamoDB Local).
+
+Integration tests fail loudly when a service is missing: a silently skipped test is a defect.
+Tests use Redis database 15, so a `make run` worker on database 0 never steals their jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_REDIS_DB = 15
+
+
+def _require_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: run the tests with `make test` (it starts the services)", pytrace=False)
+    return value
+
+
+def test_redis_url() -> str:
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
+    return base.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
+
+
+test_redis_url.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_queue() -> Iterator[None]:
+    from django.test import override_settings
+
+    with override_settings(RQ_QUEUES={"bulkwrites": {"URL": test_redis_url(), "DEFAULT_TIMEOUT": 900}}):
+        yield
+
+
+@pytest.fixture
+def rq_queue() -> Iterator[Any]:
+    import django_rq
+
+    queue = django_rq.get_queue("bulkwrites")
+    queue.connection.flushdb()
+    yield queue
+    queue.connection.flushdb()
+
+
+@pytest.fixture
+def run_worker(rq_queue: Any) -> Callable[[], None]:
+    """Run a burst worker in this process until the queue is empty (no fork: fast, same DB)."""
+    from rq import SimpleWorker
+
+    def run() -> None:
+        worker = SimpleWorker([rq_queue], connection=rq_queue.connection)
+        worker.work(burst=True, with_scheduler=False)
+        # Hand-overs (a job re-enqueued for its next time slice) land in the same queue.
+        assert rq_queue.count == 0
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def dynamodb() -> Any:
+    _require_env("AWS_ENDPOINT_URL_DYNAMODB")
+    return boto3.client("dynamodb", config=Config(retries={"mode": "standard", "max_attempts": 3}))
+
+
+@pytest.fixture
+def make_table(dynamodb: Any) -> Iterator[Callable[..., str]]:
+    """Create a uniquely named table; deleted after the test."""
+    created: list[str] = []
+
+    def make(pk: str = "pk", pk_type: str = "S", sk: str | None = None, sk_type: str = "N") -> str:
+        name = f"test-{uuid.uuid4().hex[:12]}"
+        attributes = [{"AttributeName": pk, "AttributeType": pk_type}]
+        schema = [{"AttributeName": pk, "KeyType": "HASH"}]
+        if sk:
+            attributes.append({"AttributeName": sk, "AttributeType": sk_type})
+            schema.append({"AttributeName": sk, "KeyType": "RANGE"})
+        dynamodb.create_table(
+            TableName=name, AttributeDefinitions=attributes, KeySchema=schema, BillingMode="PAY_PER_REQUEST"
+        )
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
+            dynamodb.delete_table(TableName=name)
+
+
+@pytest.fixture
+def scan(dynamodb: Any) -> Callable[[str], list[dict[str, Any]]]:
+    """Every item really in a table, in DynamoDB JSON (what was written, not what we believe)."""
+    from bulkwrites.dynamo.items import from_wire
+
+    def run(table: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+        while True:
+            page = dynamodb.scan(**kwargs)
+            items.extend(from_wire(i) for i in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    return run
+
+
+@pytest.fixture
+def admin_user(transactional_db: Any, django_user_model: Any) -> Any:
+    return django_user_model.objects.create_superuser("root", "root@example.com", "pw-for-tests")
+
+
+@pytest.fixture
+def admin_client_tx(client: Any, admin_user: Any) -> Any:
+    client.force_login(admin_user)
+    return client
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """Environment for a worker subprocess: the test database and the test Redis database."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        REDIS_URL=test_redis_url(),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+class WorkerProcess:
+    """A real `manage.py rqworker` process (forks a work horse per job, like production)."""
+
+    def __init__(self, env: dict[str, str], log: Path, burst: bool = False) -> None:
+        args = [sys.executable, "manage.py", "rqworker", "bulkwrites"]
+        if burst:
+            args.append("--burst")
+        self.log_path = log
+        self.log = log.open("w")
+        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def worker_process(transactional_db: Any, rq_queue: Any, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(**env: str) -> WorkerProcess:
+        worker = WorkerProcess(worker_env(**env), tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll until predicate() is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
