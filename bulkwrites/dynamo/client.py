@@ -4,8 +4,9 @@ Configuration comes from the environment, as for any AWS tool: ``AWS_REGION``,
 ``AWS_ENDPOINT_URL_DYNAMODB`` (DynamoDB Local, or unset for AWS) and the standard
 credential chain. Credentials are never passed in, stored or logged by bulkwrites.
 
-Retries: botocore's own retry layer is switched off (``max_attempts=1``) for the writing
-client, because the writer retries every call itself with full-jitter backoff and counts
+Retries: botocore's own retry layer is switched off (``total_max_attempts=1``; note that
+botocore's ``max_attempts`` counts *retries*, so ``max_attempts=1`` would still retry once) for
+the writing client, because the writer retries every call itself with full-jitter backoff and counts
 attempts per item. Two layers would multiply (10 botocore attempts x our attempts) and
 hide throttling from our rate control. Reads made from the admin (DescribeTable,
 ListTables) keep botocore's ``standard`` mode.
@@ -40,7 +41,7 @@ def make_client(*, for_writing: bool = False, max_connections: int = 10, endpoin
     """A new DynamoDB client. boto3 clients are thread-safe: share one per job run."""
     config = Config(
         region_name=region(),
-        retries={"mode": "standard", "max_attempts": 1 if for_writing else 3},
+        retries={"mode": "standard", "total_max_attempts": 1 if for_writing else 3},
         connect_timeout=5,
         read_timeout=30,
         max_pool_connections=max(10, max_connections),
