@@ -26,11 +26,27 @@ Positions (``SourceRow.position``, 1-based):
   blank lines (which are skipped), so it matches a text editor's line numbers. Lines end
   at ``\\n`` only (a ``\\r`` before it is dropped).
 
-Cells of CSV, TSV and XLSX are strings (XLSX values are turned into text), empty cells
-are left out of ``values``, and headers are passed through as written (``price:N`` is just
-a header here; :mod:`bulkwrites.dynamo.items` interprets it). JSON values keep their JSON
-types, with numbers as ``int`` or :class:`~decimal.Decimal` (never ``float``). DynamoDB JSON
-rows hold the item as written (see :data:`ROWS_ARE_DYNAMODB_JSON`).
+Values:
+
+* CSV, TSV and XLSX: cells are strings (XLSX values are turned into text: 42, 1.5,
+  true/false, ISO 8601 dates), empty cells are left out of ``values``, and headers are
+  passed through as written (``price:N`` is just a header here;
+  :mod:`bulkwrites.dynamo.items` interprets it). Nothing is stripped from cells, except
+  that line breaks inside a quoted CSV cell become ``\\n``. The header is the first
+  non-blank row; blank header cells after the last name are ignored, any other blank or
+  duplicate (after stripping spaces) header is a SourceError. A row with fewer cells than
+  the header just lacks the others; a row with a non-empty cell past the header is a
+  row error (empty cells past it are ignored). TSV is CSV with tabs, quoting included
+  (as Excel writes it).
+* JSON and JSON Lines: each row is an object; values keep their JSON types, with numbers
+  as ``int`` or :class:`~decimal.Decimal` (never ``float``); NaN and Infinity are refused.
+* DynamoDB JSON lines: the item as written, ``{"pk": {"S": "a"}, ...}``, unwrapped from
+  ``{"Item": ...}`` when wrapped (see :data:`ROWS_ARE_DYNAMODB_JSON`). Only its outline is
+  checked here; :func:`bulkwrites.dynamo.items.parse_dynamodb_json` checks the values.
+
+``raw`` is the row's text (CSV, TSV, JSON Lines: as in the file; XLSX: cells joined by
+tabs), cut at RAW_LIMIT characters. It is set on every row, except on valid elements of
+a JSON array, which have no text of their own.
 """
 
 from __future__ import annotations
@@ -74,6 +90,7 @@ CHUNK_SIZE = 64 * 1024
 MAX_CELL_CHARS = 409_600
 XLSX_EXPANSION_FACTOR = 10  # an XLSX may unpack to at most this many times max_bytes
 XLSX_MAX_UNPACKED = 1 << 30  # ...or to 1 GiB when there is no max_bytes
+EXCEL_MAX_ROWS = 1_048_576
 
 if csv.field_size_limit() < MAX_CELL_CHARS:
     csv.field_size_limit(MAX_CELL_CHARS)
@@ -109,7 +126,7 @@ class SourceRow:
     position: int  # see the module docstring
     values: dict[str, Any] | None  # column header -> cell
     error: str | None = None  # why the row could not be read, starting with where it is
-    raw: str | None = None  # the row as read (at most RAW_LIMIT characters); set with error
+    raw: str | None = None  # the row as read (at most RAW_LIMIT characters); always set with error
 
 
 # --- format detection -----------------------------------------------------------------
@@ -120,10 +137,12 @@ def detect_format(filename: str, head: bytes) -> str:
 
     The extension decides (``.csv``, ``.tsv``/``.tab``, ``.json``, ``.jsonl``/``.ndjson``,
     ``.xlsx``); the first bytes refine it: a ``.json`` file whose first line is an object is
-    JSON Lines, and JSON lines that start ``{"Item": {`` are DynamoDB JSON. With another
-    extension, a zip (``PK\\x03\\x04``) is XLSX, JSON is recognised as above, and a ``.txt``
-    whose first line has tabs (or commas) is TSV (or CSV). Pass at least the first few KB
-    as ``head``. Raises :class:`SourceError` when the format cannot be told.
+    JSON Lines, and JSON lines that start ``{"Item": {`` are DynamoDB JSON. A zip
+    (``PK\\x03\\x04``) is XLSX whatever its name (a renamed workbook is never text). With an
+    unknown extension JSON is recognised as above, and a ``.txt`` whose first line has tabs
+    (or commas) is TSV (or CSV). Pass at least the first few KB as ``head``. Raises
+    :class:`SourceError` when the format cannot be told, and for gzip files and old
+    ``.xls`` workbooks, with a message saying what to do.
     """
     name = filename.replace("\\", "/").rsplit("/", 1)[-1].lower()
     ext = name.rpartition(".")[2] if "." in name else ""
@@ -131,6 +150,8 @@ def detect_format(filename: str, head: bytes) -> str:
         raise SourceError("The file is gzip-compressed; decompress it and upload the file inside.")
     if ext == "xls" or head.startswith(_OLE_MAGIC):
         raise SourceError(_OLE_MESSAGE)
+    if head.startswith(_ZIP_MAGIC):
+        return "xlsx"
     body = head.removeprefix(codecs.BOM_UTF8).lstrip(_JSON_SPACE.encode())
     fmt = _EXTENSIONS.get(ext)
     if fmt in ("csv", "tsv", "xlsx"):
@@ -139,8 +160,6 @@ def detect_format(filename: str, head: bytes) -> str:
         return _sniff_json(body) or "json"
     if fmt == "jsonl":
         return "ddbjson" if _sniff_json(body) == "ddbjson" else "jsonl"
-    if head.startswith(_ZIP_MAGIC):
-        return "xlsx"
     sniffed = _sniff_json(body)
     if sniffed:
         return sniffed
@@ -275,8 +294,8 @@ def _count_breaks(text: str, universal: bool) -> int:
 def _line_batches(source: _CountingReader, *, universal: bool) -> Iterator[list[str]]:
     """Decode UTF-8 (dropping a leading BOM) and yield the complete lines of each chunk read.
 
-    ``universal``: lines end at ``\r\n``, ``\r`` or ``\n`` and keep their line break (what
-    csv expects of a file opened with ``newline=""``). Otherwise lines end at ``\n`` only and
+    ``universal``: lines end at ``\\r\\n``, ``\\r`` or ``\\n`` and keep their line break (what
+    csv expects of a file opened with ``newline=""``). Otherwise lines end at ``\\n`` only and
     come without it. Lines come in lists, one per chunk, so that the per-line work is done in C.
     Bad UTF-8 raises SourceError naming the byte offset and the line.
     """
@@ -384,11 +403,8 @@ def _read_delimited(source: _CountingReader, fmt: str) -> Iterator[SourceRow]:
             if headers is None:
                 headers = _check_header(cells, label)
                 width = len(headers)
-                if fmt == "csv" and width == 1 and ";" in headers[0]:
-                    raise SourceError(
-                        "CSV file: the header row is separated by semicolons, not commas. "
-                        "Save the file as CSV with commas (in Excel: CSV UTF-8 (Comma delimited))."
-                    )
+                if width == 1:
+                    _check_separator(headers[0], fmt)
                 continue
             position += 1
             count = len(cells)
@@ -414,6 +430,21 @@ def _read_delimited(source: _CountingReader, fmt: str) -> Iterator[SourceRow]:
         raise SourceError(f"{label} file: {where}: {_csv_problem(exc)}") from None
     if headers is None:
         raise SourceError(f"{label} file: the file is empty; its first line must be the header row.")
+
+
+def _check_separator(header: str, fmt: str) -> None:
+    """A one-column header holding another separator means the wrong format was chosen."""
+    expected = "tabs" if fmt == "tsv" else "commas"
+    advice = {
+        "tabs": "choose the TSV format for this file.",
+        "commas": "choose the CSV format for this file.",
+        "semicolons": "save it as CSV with commas (in Excel: CSV UTF-8 (Comma delimited)).",
+    }
+    for separator, name in (("\t", "tabs"), (",", "commas"), (";", "semicolons")):
+        if name != expected and separator in header:
+            raise SourceError(
+                f"{_LABELS[fmt]} file: the header row is separated by {name}, not {expected}; {advice[name]}"
+            )
 
 
 def _one_newline_style(cell: str) -> str:
@@ -509,6 +540,8 @@ def _kind(value: Any) -> str:
 
 
 def _json_text(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
     try:
         return json.dumps(value, ensure_ascii=False, default=str)[:RAW_LIMIT]
     except (ValueError, RecursionError):
@@ -667,6 +700,13 @@ def _check_archive(fileobj: BinaryIO, unpacked_limit: int) -> None:
 
 
 def _xlsx_rows(workbook: Any) -> Iterator[SourceRow]:
+    """The rows of the first sheet.
+
+    openpyxl pads each row with empty cells up to its last cell, and yields an empty row
+    for every missing row number, so the work here is kept proportional to the cells in
+    the file: rows past Excel's last row are refused, cells are converted only up to the
+    header's width, and the raw text of a too-wide row stops at RAW_LIMIT.
+    """
     if not workbook.worksheets:
         raise SourceError("XLSX file: the workbook has no worksheet.")
     sheet = workbook.worksheets[0]
@@ -679,36 +719,59 @@ def _xlsx_rows(workbook: Any) -> Iterator[SourceRow]:
     while True:
         try:
             cells = next(rows, None)
-            if cells is None:
-                break
-            texts = [_cell_text(cell) for cell in cells]
         except Exception:  # noqa: BLE001 - a corrupt sheet makes openpyxl raise almost anything
             raise SourceError(f"XLSX file: the workbook is damaged (sheet row {sheet_row + 1}).") from None
+        if cells is None:
+            break
         sheet_row += 1
-        count = len(texts)
-        while count and texts[count - 1] is None:
-            count -= 1
+        if sheet_row > EXCEL_MAX_ROWS:
+            raise SourceError(f"XLSX file: the sheet has more than {EXCEL_MAX_ROWS:,} rows, Excel's limit.")
+        count = len(cells)
+        while count and _is_blank(cells[count - 1]):
+            count -= 1  # trailing cells with a format but no value
         if not count:
             continue  # a blank row
         if headers is None:
-            headers = _check_header([text or "" for text in texts[:count]], "XLSX", letters=True)
+            headers = _check_header([text or "" for text in _cell_texts(cells, count)], "XLSX", letters=True)
             width = len(headers)
             continue
         position += 1
-        raw = "\t".join(text or "" for text in texts[:count])[:RAW_LIMIT]
         if count > width:
             yield SourceRow(
                 position,
                 None,
                 error=f"row {position} (sheet row {sheet_row}): {count} cells but the header has "
                 f"{width} column{'s' if width != 1 else ''}",
-                raw=raw,
+                raw=_xlsx_raw(cells, count),
             )
             continue
+        texts = _cell_texts(cells, count)
         values = {header: text for header, text in zip(headers, texts, strict=False) if text is not None}
-        yield SourceRow(position, values, raw=raw)
+        yield SourceRow(position, values, raw="\t".join(text or "" for text in texts)[:RAW_LIMIT])
     if headers is None:
         raise SourceError("XLSX file: the first sheet is empty; its first row must be the header row.")
+
+
+def _is_blank(cell: Any) -> bool:
+    value = cell.value
+    return value is None or value == ""
+
+
+def _cell_texts(cells: tuple[Any, ...], count: int) -> list[str | None]:
+    return [_cell_text(cells[index]) for index in range(count)]
+
+
+def _xlsx_raw(cells: tuple[Any, ...], count: int) -> str:
+    """The first cells of a row, tab-separated, up to RAW_LIMIT characters."""
+    pieces: list[str] = []
+    size = 0
+    for index in range(count):
+        text = _cell_text(cells[index]) or ""
+        pieces.append(text)
+        size += len(text) + 1
+        if size > RAW_LIMIT:
+            break
+    return "\t".join(pieces)[:RAW_LIMIT]
 
 
 def _cell_text(cell: Any) -> str | None:
