@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
@@ -21,7 +22,7 @@ from django.utils.html import format_html
 from import_export.admin import ExportActionMixin
 
 from bulkwrites import selectors
-from bulkwrites.forms import FileJobForm
+from bulkwrites.forms import FileJobForm, upload_too_large
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus
 from bulkwrites.resources import EXPORT_FORMATS, FORMATS_BY_NAME, ItemExportResource, export_items
 from bulkwrites.services import jobs as job_services
@@ -39,6 +40,13 @@ JOB_ACTIONS: dict[str, tuple[Any, str, str]] = {
     "pause": (job_services.job_pause, "bulkwrites.cancel_job", "Job {id} paused."),
     "cancel": (job_services.job_cancel, "bulkwrites.cancel_job", "Job {id} cancelled."),
 }
+
+
+def _declared_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
 
 
 def progress_bar(job: Job) -> str:
@@ -100,6 +108,19 @@ class JobAdmin(admin.ModelAdmin):
 
     def new_from_file_view(self, request: HttpRequest) -> HttpResponse:
         self._require(request, "bulkwrites.run_job")
+        if request.method == "POST" and _declared_length(request) > settings.BULKWRITES["MAX_UPLOAD_BYTES"] + (1 << 20):
+            # Refuse before Django reads the body: a 10 GB upload never reaches the disk.
+            return TemplateResponse(
+                request,
+                "admin/bulkwrites/job/new_from_file.html",
+                self._context(
+                    request,
+                    "New job from a file",
+                    form=FileJobForm(),
+                    error=upload_too_large(_declared_length(request)),
+                ),
+                status=413,
+            )
         form = FileJobForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]

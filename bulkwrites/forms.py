@@ -12,6 +12,11 @@ from bulkwrites.services.tables import TableError, list_table_names
 from bulkwrites.sources.files import FORMATS
 
 
+def upload_too_large(size: int) -> str:
+    limit = settings.BULKWRITES["MAX_UPLOAD_BYTES"]
+    return f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB."
+
+
 class JobSettingsForm(forms.Form):
     duplicate_policy = forms.ChoiceField(choices=DuplicatePolicy.choices, initial=DuplicatePolicy.LAST)
     concurrency = forms.IntegerField(min_value=1, max_value=64, initial=4, help_text="calls in flight per worker")
@@ -62,3 +67,26 @@ class FileJobForm(JobSettingsForm):
         if upload.size > limit:
             raise forms.ValidationError(f"The file is {upload.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
         return upload
+
+
+class TargetForm(JobSettingsForm):
+    """Target table and operation, for sources that are not files."""
+
+    table_name = TableChoiceField(label="Target table")
+    operation = forms.ChoiceField(choices=Operation.choices, initial=Operation.PUT)
+
+    field_order = ["table_name", "operation"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["table_name"] = TableChoiceField(label="Target table")
+
+
+class CopyRecordsForm(TargetForm):
+    mapping = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 60}),
+        required=False,
+        help_text="One `field -> attribute` per line (a type may follow: `total -> amount:N`). "
+        "Empty: every field under its own name, related objects by id, and the primary key "
+        "feeding the table's key attribute if no field has its name.",
+    )

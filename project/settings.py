@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django_rq",
     "import_export",
     "bulkwrites",
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -73,11 +74,14 @@ DATABASES = {
         conn_max_age=60,
     )
 }
+# One test database per test process, so two suites on one server never drop each other's.
+DATABASES["default"]["TEST"] = {"NAME": os.environ.get("BULKWRITES_TEST_DB") or f"test_bulkwrites_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
+BULKWRITES_QUEUE = os.environ.get("BULKWRITES_QUEUE", "bulkwrites")
 RQ_QUEUES = {
-    "bulkwrites": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 900},
+    BULKWRITES_QUEUE: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 900},
 }
 RQ = {
     # Enqueue only after the transaction that created the job commits (django-rq's default
@@ -112,7 +116,7 @@ IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = False
 
 BULKWRITES = {
     "MAX_UPLOAD_BYTES": int(os.environ.get("BULKWRITES_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)),
-    "QUEUE": "bulkwrites",
+    "QUEUE": BULKWRITES_QUEUE,
     # Seconds a worker holds a slice of items before another worker may take it over.
     "LEASE_SECONDS": int(os.environ.get("BULKWRITES_LEASE_SECONDS", 30)),
     # Seconds one RQ job works on a bulk-write job before handing over to a fresh RQ job,

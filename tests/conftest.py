@@ -1,7 +1,8 @@
 """Shared fixtures: the real services `make test` starts (PostgreSQL, Redis, DynamoDB Local).
 
 Integration tests fail loudly when a service is missing: a silently skipped test is a defect.
-Tests use Redis database 15, so a `make run` worker on database 0 never steals their jobs.
+Tests use Redis database 15 and a queue name of their own process, so neither a `make run`
+worker nor another test run ever takes their jobs.
 """
 
 from __future__ import annotations
@@ -39,22 +40,36 @@ def test_redis_url() -> str:
 test_redis_url.__test__ = False  # type: ignore[attr-defined]
 
 
+TEST_QUEUE = f"bulkwrites-test-{os.getpid()}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_queue() -> Iterator[None]:
+    from django.conf import settings
     from django.test import override_settings
 
-    with override_settings(RQ_QUEUES={"bulkwrites": {"URL": test_redis_url(), "DEFAULT_TIMEOUT": 900}}):
+    with override_settings(
+        RQ_QUEUES={TEST_QUEUE: {"URL": test_redis_url(), "DEFAULT_TIMEOUT": 900}},
+        BULKWRITES={**settings.BULKWRITES, "QUEUE": TEST_QUEUE},
+    ):
         yield
+
+
+def _empty(queue: Any) -> None:
+    queue.empty()
+    for registry in (queue.started_job_registry, queue.failed_job_registry, queue.finished_job_registry):
+        for job_id in registry.get_job_ids():
+            registry.remove(job_id, delete_job=True)
 
 
 @pytest.fixture
 def rq_queue() -> Iterator[Any]:
     import django_rq
 
-    queue = django_rq.get_queue("bulkwrites")
-    queue.connection.flushdb()
+    queue = django_rq.get_queue(TEST_QUEUE)
+    _empty(queue)
     yield queue
-    queue.connection.flushdb()
+    _empty(queue)
 
 
 @pytest.fixture
@@ -139,6 +154,7 @@ def worker_env(**extra: str) -> dict[str, str]:
     env.update(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         REDIS_URL=test_redis_url(),
+        BULKWRITES_QUEUE=TEST_QUEUE,
         PYTHONUNBUFFERED="1",
         **extra,
     )
@@ -149,7 +165,7 @@ class WorkerProcess:
     """A real `manage.py rqworker` process (forks a work horse per job, like production)."""
 
     def __init__(self, env: dict[str, str], log: Path, burst: bool = False) -> None:
-        args = [sys.executable, "manage.py", "rqworker", "bulkwrites"]
+        args = [sys.executable, "manage.py", "rqworker", TEST_QUEUE]
         if burst:
             args.append("--burst")
         self.log_path = log

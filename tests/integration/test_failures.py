@@ -22,7 +22,7 @@ import pytest
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus
 from bulkwrites.services import jobs
 from faultproxy import FaultProxy
-from tests.conftest import ROOT, wait_for, worker_env
+from tests.conftest import ROOT, TEST_QUEUE, wait_for, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -291,7 +291,7 @@ def test_a_sigkilled_worker_is_replaced_and_nothing_is_lost_or_counted_twice(
         "BULKWRITES_SWEEP_SECONDS": "3",
     }
     victim = subprocess.Popen(
-        [sys.executable, "manage.py", "rqworker", "bulkwrites"],
+        [sys.executable, "manage.py", "rqworker", TEST_QUEUE],
         cwd=ROOT,
         env=worker_env(**fast_recovery),
         stdout=(tmp_path / "victim.log").open("w"),
