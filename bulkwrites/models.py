@@ -125,9 +125,10 @@ class Job(models.Model):
         ordering = ["-id"]
         indexes = [models.Index(fields=["status", "last_activity_at"], name="job_status_activity")]
         permissions = [
-            ("run_job", "Can start, resume and retry bulk-write jobs"),
+            ("run_job", "Can create, start, resume and retry bulk-write jobs"),
             ("cancel_job", "Can cancel or pause bulk-write jobs"),
             ("export_items", "Can export bulk-write items"),
+            ("use_sql_sources", "Can create jobs from PostgreSQL query sources"),
         ]
 
     def __str__(self) -> str:
@@ -271,3 +272,33 @@ class SliceRun(models.Model):
     @property
     def duration(self) -> timedelta:
         return self.finished_at - self.started_at
+
+
+class SqlSource(models.Model):
+    """A saved PostgreSQL query (or table + columns) that jobs copy rows from.
+
+    ``connection`` names a connection configured outside the database (a Django database
+    alias, or ``BULKWRITES_SQL_<NAME>`` in the environment), so no password is ever stored.
+    """
+
+    name = models.CharField(max_length=120, unique=True)
+    connection = models.CharField(max_length=64, help_text="connection name (see README: SQL sources)")
+    query = models.TextField(blank=True, help_text="a single read-only SELECT; leave empty to pick a table")
+    table = models.CharField(max_length=255, blank=True, help_text="schema.table, when no query is given")
+    columns = models.TextField(blank=True, help_text="comma-separated columns of the table (empty: all)")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "SQL source"
+        permissions = [("manage_sources", "Can manage SQL sources")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def column_list(self) -> list[str]:
+        return [c.strip() for c in self.columns.split(",") if c.strip()]

@@ -14,12 +14,17 @@ from django.contrib.auth import get_user_model
 from bulkwrites.dynamo import client as dynamo_client
 
 DEMO_TABLE = "bulkwrites-demo"
+DEMO_RECORDS_TABLE = "bulkwrites-demo-records"  # for "Copy to DynamoDB" on the demo shop
 DEMO_ROWS = 1000
 
 
 def demo_setup() -> Iterator[str]:
+    from demo.seed import seed_demo
+
     yield ensure_admin_user()
     yield ensure_table(DEMO_TABLE)
+    yield ensure_table(DEMO_RECORDS_TABLE, key="id", key_type="N", sort_key=None)
+    yield seed_demo()
     yield write_demo_file(Path(settings.BASE_DIR) / ".local" / "demo" / "demo-items.csv")
 
 
@@ -35,19 +40,18 @@ def ensure_admin_user() -> str:
     return f"admin user {username!r} exists"
 
 
-def ensure_table(name: str) -> str:
-    """A table keyed like many real ones: a string partition key and a number sort key."""
+def ensure_table(name: str, *, key: str = "pk", key_type: str = "S", sort_key: str | None = "sk") -> str:
+    """A demo table; by default keyed like many real ones (string partition, number sort key)."""
     client = dynamo_client.reading_client()
     if name in client.list_tables().get("TableNames", []):
         return f"table {name!r} exists at {dynamo_client.endpoint_label()}"
+    attributes = [{"AttributeName": key, "AttributeType": key_type}]
+    schema = [{"AttributeName": key, "KeyType": "HASH"}]
+    if sort_key:
+        attributes.append({"AttributeName": sort_key, "AttributeType": "N"})
+        schema.append({"AttributeName": sort_key, "KeyType": "RANGE"})
     client.create_table(
-        TableName=name,
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "N"},
-        ],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        BillingMode="PAY_PER_REQUEST",
+        TableName=name, AttributeDefinitions=attributes, KeySchema=schema, BillingMode="PAY_PER_REQUEST"
     )
     client.get_waiter("table_exists").wait(TableName=name)
     return f"table {name!r} created at {dynamo_client.endpoint_label()}"

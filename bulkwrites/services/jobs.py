@@ -22,11 +22,11 @@ from django.utils import timezone
 
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY
-from bulkwrites.dynamo.items import KeySchema
+from bulkwrites.dynamo.items import KeySchema, parse_header
 from bulkwrites.models import Job, JobStatus, Operation, Slice, SourceKind
 from bulkwrites.services import dispatch, running, staging
 from bulkwrites.services.tables import TableError, describe_key_schema
-from bulkwrites.sources import files
+from bulkwrites.sources import files, querysets
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,60 @@ def _checked_settings(values: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+def job_create_from_queryset(
+    *,
+    queryset: Any,
+    table_name: str,
+    mapping_text: str = "",
+    operation: str = Operation.PUT,
+    description: str = "",
+    created_by: Any = None,
+    **job_settings: Any,
+) -> Job:
+    """A draft job from admin records, staged at once (records are read in this request).
+
+    The mapping says which field feeds which attribute; empty means every field under its
+    own name, with the primary key feeding a key attribute the model has no field for.
+    """
+    model = queryset.model
+    key_schema = _key_schema(table_name)
+    try:
+        mapping = (
+            querysets.parse_mapping(mapping_text, model)
+            if mapping_text.strip()
+            else querysets.default_mapping(model, key_schema)
+        )
+    except querysets.MappingError as exc:
+        raise JobError(str(exc)) from None
+    mapped = {parse_header(header)[0] for _, header in mapping}
+    for key in key_schema.attributes:
+        if key.name not in mapped:
+            raise JobError(
+                f"No field is mapped to the key attribute {key.name!r} ({key.type}) of {table_name!r}; "
+                f"add a line such as `id -> {key.name}`."
+            )
+    label = model._meta.label
+    with transaction.atomic():
+        job = Job.objects.create(
+            table_name=table_name,
+            region=dynamo_client.region(),
+            endpoint=dynamo_client.endpoint_url() or "",
+            operation=operation,
+            key_schema=key_schema.to_json(),
+            source_kind=SourceKind.QUERYSET,
+            source_name=label,
+            source_detail=f"{description}\nmapping:\n{querysets.format_mapping(mapping)}".strip(),
+            created_by=created_by,
+            **_checked_settings(job_settings),
+        )
+        rows = querysets.rows_from_queryset(queryset.order_by("pk").iterator(chunk_size=2000), mapping)
+        staging.stage_items(job, rows, dynamodb_json=False)
+        job.staged_at = timezone.now()
+        job.save(update_fields=["staged_at"])
+    job.refresh_from_db()
+    return job
+
+
 # --- reading the source ---------------------------------------------------------------
 
 
@@ -148,7 +202,9 @@ def job_source_rows(job: Job) -> Iterator[tuple[Iterator[files.SourceRow], bool]
 
 
 def job_preview(job: Job, **kwargs: Any) -> staging.Preview:
-    """Validate every row of the job's source; writes nothing anywhere."""
+    """Validate every row of the job's source; writes nothing to DynamoDB."""
+    if job.staged_at is not None:
+        return staging.preview_from_ledger(job)
     try:
         with job_source_rows(job) as (rows, dynamodb_json):
             return staging.preview_rows(

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from django.db import connection, transaction
@@ -25,6 +26,7 @@ from bulkwrites.sources.files import SourceRow
 logger = logging.getLogger(__name__)
 
 RAW_LIMIT = 2000  # characters of a bad source row kept for the operator
+COPY_CHUNK_ROWS = 5000
 
 
 @dataclass(frozen=True)
@@ -128,22 +130,26 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
     with transaction.atomic():
         Item.objects.filter(job=job).delete()
         Slice.objects.filter(job=job).delete()
-        with connection.cursor() as cursor, cursor.cursor.copy(_COPY_ITEMS) as copy:
-            for row, prepared in prepared_rows(rows, key_schema, operation=job.operation, dynamodb_json=dynamodb_json):
-                result.rows += 1
-                if prepared.is_valid:
-                    payload = json.dumps(prepared.item, ensure_ascii=False, separators=(",", ":"))
-                    key = json.dumps(prepared.key, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-                    copy.write_row(
-                        (job.pk, prepared.position, key, payload, "", prepared.size,
-                         len(payload.encode("utf-8")), ItemStatus.PENDING, 0, "", "", "[]", now)
-                    )  # fmt: skip
-                else:
-                    result.invalid += 1
-                    copy.write_row(
-                        (job.pk, prepared.position, None, None, _raw(row), 0, 0, ItemStatus.FAILED, 0,
-                         CODE_INVALID_ROW, prepared.error, "[]", now)
-                    )  # fmt: skip
+        prepared = prepared_rows(rows, key_schema, operation=job.operation, dynamodb_json=dynamodb_json)
+        # COPY in chunks: a source that reads from this same connection (a queryset's
+        # server-side cursor) fetches between two COPYs, never during one.
+        while chunk := list(islice(prepared, COPY_CHUNK_ROWS)):
+            with connection.cursor() as cursor, cursor.cursor.copy(_COPY_ITEMS) as copy:
+                for row, item in chunk:
+                    result.rows += 1
+                    if item.is_valid:
+                        payload = json.dumps(item.item, ensure_ascii=False, separators=(",", ":"))
+                        key = json.dumps(item.key, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+                        copy.write_row(
+                            (job.pk, item.position, key, payload, "", item.size,
+                             len(payload.encode("utf-8")), ItemStatus.PENDING, 0, "", "", "[]", now)
+                        )  # fmt: skip
+                    else:
+                        result.invalid += 1
+                        copy.write_row(
+                            (job.pk, item.position, None, None, _raw(row), 0, 0, ItemStatus.FAILED, 0,
+                             CODE_INVALID_ROW, item.error, "[]", now)
+                        )  # fmt: skip
         result.superseded, result.rejected_duplicates = _apply_duplicate_policy(job)
         _create_slices(job)
         Job.objects.filter(pk=job.pk).update(
@@ -205,3 +211,17 @@ def _create_slices(job: Job) -> None:
             """,
             [job.pk, job.slice_size, job.pk, job.slice_size],
         )
+
+
+def preview_from_ledger(job: Job, *, sample_size: int = 10, max_problems: int = 1000) -> Preview:
+    """The preview of a job whose items are already staged (records and query sources)."""
+    preview = Preview(rows=job.total_items)
+    invalid = job.items.filter(status=ItemStatus.FAILED, error_code=CODE_INVALID_ROW)
+    preview.invalid = invalid.count()
+    preview.valid = preview.rows - preview.invalid
+    preview.duplicates = job.items.filter(error_code__in=(CODE_SUPERSEDED, CODE_DUPLICATE_KEY)).count()
+    preview.samples = list(job.items.pending().order_by("position").values_list("payload", flat=True)[:sample_size])
+    problems = invalid.order_by("position").values_list("position", "error_message", "raw")[: max_problems + 1]
+    preview.problems = [RowProblem(position, message, raw) for position, message, raw in problems[:max_problems]]
+    preview.problems_truncated = len(problems) > max_problems
+    return preview
