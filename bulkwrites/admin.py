@@ -22,8 +22,8 @@ from django.utils.html import format_html
 from import_export.admin import ExportActionMixin
 
 from bulkwrites import selectors
-from bulkwrites.forms import FileJobForm, upload_too_large
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus
+from bulkwrites.forms import FileJobForm, SqlSourceForm, TargetForm, upload_too_large
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SqlSource
 from bulkwrites.resources import EXPORT_FORMATS, FORMATS_BY_NAME, ItemExportResource, export_items
 from bulkwrites.services import jobs as job_services
 
@@ -287,3 +287,86 @@ class ItemAdmin(ExportActionMixin, admin.ModelAdmin):
 
 def log_entry_for(job: Job) -> QuerySet[LogEntry]:
     return LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(Job), object_id=str(job.pk))
+
+
+@admin.register(SqlSource)
+class SqlSourceAdmin(admin.ModelAdmin):
+    """Saved PostgreSQL sources: managed with manage_sources, used with use_sql_sources + run_job."""
+
+    form = SqlSourceForm
+    list_display = ("name", "connection", "what", "created_by", "created_at")
+    search_fields = ("name", "query", "table")
+    readonly_fields = ("created_by", "created_at")
+
+    @admin.display(description="reads")
+    def what(self, source: SqlSource) -> str:
+        return (source.query or f"table {source.table}")[:100]
+
+    def has_view_permission(self, request: HttpRequest, obj: SqlSource | None = None) -> bool:
+        user = request.user
+        return user.has_perm("bulkwrites.manage_sources") or user.has_perm("bulkwrites.use_sql_sources")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("bulkwrites.manage_sources")
+
+    def has_change_permission(self, request: HttpRequest, obj: SqlSource | None = None) -> bool:
+        return request.user.has_perm("bulkwrites.manage_sources")
+
+    def has_delete_permission(self, request: HttpRequest, obj: SqlSource | None = None) -> bool:
+        return request.user.has_perm("bulkwrites.manage_sources")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def save_model(self, request: HttpRequest, obj: SqlSource, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:source_id>/new-job/", wrap(self.new_job_view), name="bulkwrites_sqlsource_new_job"),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "can_start_job": _may_use_sql(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def new_job_view(self, request: HttpRequest, source_id: int) -> HttpResponse:
+        """A job from this source: pick the target, then the same preview as files."""
+        from bulkwrites.services import sql
+
+        if not _may_use_sql(request):
+            raise PermissionDenied
+        source = get_object_or_404(SqlSource, pk=source_id)
+        form = TargetForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                job = sql.job_create_from_sql(
+                    spec=sql.spec_for(source),
+                    table_name=form.cleaned_data["table_name"],
+                    operation=form.cleaned_data["operation"],
+                    source_name=source.name,
+                    created_by=request.user,
+                    **form.job_settings(),
+                )
+            except job_services.JobError as exc:
+                form.add_error(None, str(exc))
+            else:
+                return HttpResponseRedirect(reverse("admin:bulkwrites_job_preview", args=[job.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"New job from {source.name}",
+            "form": form,
+            "source": source,
+        }
+        return TemplateResponse(request, "admin/bulkwrites/sqlsource/new_job.html", context)
+
+
+def _may_use_sql(request: HttpRequest) -> bool:
+    return request.user.has_perm("bulkwrites.run_job") and request.user.has_perm("bulkwrites.use_sql_sources")

@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from bulkwrites.models import DuplicatePolicy, Operation
+from bulkwrites.models import DuplicatePolicy, Operation, SqlSource
 from bulkwrites.services.tables import TableError, list_table_names
 from bulkwrites.sources.files import FORMATS
 
@@ -90,3 +90,84 @@ class CopyRecordsForm(TargetForm):
         "Empty: every field under its own name, related objects by id, and the primary key "
         "feeding the table's key attribute if no field has its name.",
     )
+
+
+class SqlSourceForm(forms.ModelForm):
+    """A saved PostgreSQL source: a named connection and a SELECT, or a table and columns from lists."""
+
+    class Meta:
+        model = SqlSource
+        fields = ["name", "connection", "query", "table", "columns"]
+        widgets = {"query": forms.Textarea(attrs={"rows": 8, "cols": 80, "spellcheck": "false"})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from bulkwrites.services import sql
+
+        super().__init__(*args, **kwargs)
+        names = sql.connection_names()
+        self.fields["connection"] = forms.ChoiceField(
+            choices=[(n, n) for n in names],
+            help_text="a database alias, or BULKWRITES_SQL_<NAME> set for the web server and workers",
+        )
+        connection = self.data.get("connection") or self.initial.get("connection") or (names[0] if names else "")
+        self.table_choices = self._tables(connection)
+        if self.table_choices:
+            self.fields["table"] = forms.ChoiceField(
+                choices=[("", "— a query instead —"), *((t, t) for t in self.table_choices)],
+                required=False,
+                help_text=f"tables and views connection {connection!r} may read",
+            )
+        table = self.data.get("table") or self.initial.get("table") or ""
+        columns = self._columns(connection, table)
+        if columns:
+            self.fields["columns"] = forms.MultipleChoiceField(
+                choices=[(c, f"{c} ({t})") for c, t in columns],
+                required=False,
+                widget=forms.SelectMultiple(attrs={"size": min(12, len(columns))}),
+                help_text="none selected: every column",
+            )
+            if self.instance.pk and not self.data:
+                self.initial["columns"] = self.instance.column_list
+
+    @staticmethod
+    def _tables(connection: str) -> list[str]:
+        from bulkwrites.services import sql
+        from bulkwrites.services.jobs import JobError
+        from bulkwrites.sources import postgres
+
+        try:
+            return [f"{schema}.{table}" for schema, table in postgres.list_tables(sql.resolve_dsn(connection))]
+        except (JobError, postgres.QueryError):
+            return []
+
+    @staticmethod
+    def _columns(connection: str, table: str) -> list[tuple[str, str]]:
+        from bulkwrites.services import sql
+        from bulkwrites.services.jobs import JobError
+        from bulkwrites.sources import postgres
+
+        schema, _, name = table.rpartition(".")
+        if not name:
+            return []
+        try:
+            return postgres.list_columns(sql.resolve_dsn(connection), schema or "public", name)
+        except (JobError, postgres.QueryError):
+            return []
+
+    def clean_columns(self) -> str:
+        value = self.cleaned_data.get("columns") or ""
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def clean(self) -> dict[str, Any]:
+        from bulkwrites.sources import postgres
+
+        data = super().clean()
+        query, table = (data.get("query") or "").strip(), (data.get("table") or "").strip()
+        if bool(query) == bool(table):
+            raise forms.ValidationError("Write a query, or pick a table — one of the two.")
+        if query:
+            try:
+                data["query"] = postgres.check_select(query)
+            except postgres.QueryError as exc:
+                self.add_error("query", str(exc))
+        return data

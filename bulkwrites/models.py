@@ -81,6 +81,9 @@ class Job(models.Model):
     source_sha256 = models.CharField(max_length=64, blank=True)
     source_file = models.FileField(upload_to="bulkwrites/sources/%Y/%m/", blank=True)
     source_detail = models.TextField(blank=True, help_text="query text, or model and filter")
+    source_spec = models.JSONField(
+        default=dict, blank=True, help_text="how to read the source again (SQL: connection name and query); no secrets"
+    )
 
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -192,6 +192,11 @@ def job_create_from_queryset(
 @contextmanager
 def job_source_rows(job: Job) -> Iterator[tuple[Iterator[files.SourceRow], bool]]:
     """The job's source rows, streamed, and whether they are DynamoDB JSON already."""
+    if job.source_kind == SourceKind.SQL:
+        from bulkwrites.services import sql
+
+        yield sql.rows_for(job.source_spec), False
+        return
     if job.source_kind != SourceKind.FILE:
         raise JobError(f"jobs from {job.get_source_kind_display()} are staged when they are created")
     if not job.source_file:

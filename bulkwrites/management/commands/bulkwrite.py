@@ -53,6 +53,19 @@ class Command(BaseCommand):
         load.add_argument("--wait", action="store_true", help="wait for the job and print its outcome")
         load.add_argument("--dry-run", action="store_true", help="validate only: no job, nothing written")
 
+        copy = sub.add_parser("copy", help="create a job from a PostgreSQL query or table")
+        copy.add_argument("--database", required=True, help="a connection name (alias) or a postgres:// URL")
+        what = copy.add_mutually_exclusive_group(required=True)
+        what.add_argument("--query", help="a single read-only SELECT")
+        what.add_argument("--from-table", help="[schema.]table to copy")
+        copy.add_argument("--columns", help="comma-separated columns of --from-table (default: all)")
+        copy.add_argument("--table", required=True, help="the DynamoDB table")
+        copy.add_argument("--operation", choices=Operation.values, default=Operation.PUT)
+        copy.add_argument("--duplicates", choices=DuplicatePolicy.values, default=DuplicatePolicy.LAST)
+        copy.add_argument("--concurrency", type=int)
+        copy.add_argument("--workers", type=int)
+        copy.add_argument("--wait", action="store_true")
+
         status = sub.add_parser("status", help="print a job's status and counts")
         status.add_argument("job", type=int)
 
@@ -127,6 +140,47 @@ class Command(BaseCommand):
             self.stdout.write(f"{preview.duplicates} rows repeat an earlier key (policy: {options['duplicates']})")
         self.stdout.write(f"dry run: {preview.valid} valid, {preview.invalid} invalid")
         return EXIT_OK if preview.invalid == 0 else EXIT_FAILED_ITEMS
+
+    # --- copy from PostgreSQL -------------------------------------------------------------
+
+    def handle_copy(self, *, database: str, table: str, wait: bool, **options: Any) -> int:
+        from bulkwrites.services import sql
+        from bulkwrites.sources import postgres
+
+        if options["query"]:
+            try:
+                spec: dict[str, Any] = {"query": postgres.check_select(options["query"])}
+            except postgres.QueryError as exc:
+                raise CommandError(f"refused: {exc}") from None
+        else:
+            schema, _, name = options["from_table"].rpartition(".")
+            columns = [c.strip() for c in (options["columns"] or "").split(",") if c.strip()]
+            spec = {"schema": schema, "table": name, "columns": columns}
+        job_settings = {
+            "duplicate_policy": options["duplicates"],
+            "concurrency": options["concurrency"],
+            "workers": options["workers"],
+        }
+        try:
+            if database in sql.connection_names():
+                job = sql.job_create_from_sql(
+                    spec={**spec, "connection": database},
+                    table_name=table,
+                    source_name="command line",
+                    operation=options["operation"],
+                    **job_settings,
+                )
+            else:
+                dsn = sql.resolve_dsn(database, allow_url=True)
+                job = sql.job_create_from_dsn(
+                    dsn=dsn, spec=spec, table_name=table, operation=options["operation"], **job_settings
+                )
+            jobs.job_start(job=job)
+        except jobs.JobError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"job {job.pk}")
+        self.stdout.flush()
+        return self._wait(job.pk) if wait else EXIT_OK
 
     # --- wait / status ------------------------------------------------------------------
 
