@@ -22,8 +22,8 @@ from django.utils.html import format_html
 from import_export.admin import ExportActionMixin
 
 from bulkwrites import selectors
-from bulkwrites.forms import FileJobForm, SqlSourceForm, TargetForm, upload_too_large
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SqlSource
+from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TargetForm, upload_too_large
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SqlSource, TableSetting
 from bulkwrites.resources import EXPORT_FORMATS, FORMATS_BY_NAME, ItemExportResource, export_items
 from bulkwrites.services import jobs as job_services
 
@@ -91,6 +91,7 @@ class JobAdmin(admin.ModelAdmin):
             path("<int:job_id>/progress.json", wrap(self.progress_view), name="bulkwrites_job_progress"),
             path("<int:job_id>/action/<str:action>/", wrap(self.action_view), name="bulkwrites_job_action"),
             path("<int:job_id>/export/<str:status>.<str:fmt>", wrap(self.export_view), name="bulkwrites_job_export"),
+            path("<int:job_id>/rate/", wrap(self.rate_view), name="bulkwrites_job_rate"),
             *super().get_urls(),
         ]
 
@@ -177,6 +178,8 @@ class JobAdmin(admin.ModelAdmin):
             failures_by_code=selectors.failures_by_code(job),
             actions=[a for a in selectors.available_actions(job) if a in allowed],
             can_export=user.has_perm("bulkwrites.export_items"),
+            can_set_rate=user.has_perm("bulkwrites.run_job") and not job.is_finished,
+            runs=selectors.run_totals(job),
             items_url=reverse("admin:bulkwrites_item_changelist") + f"?job__id__exact={job.pk}",
             original=job,
         )
@@ -210,6 +213,25 @@ class JobAdmin(admin.ModelAdmin):
                 change_message=f"{action.replace('_', ' ')} (status now {job.status})",
                 single_object=True,
             )
+        return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
+
+    def rate_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        """Change the job's write-capacity cap, also while it runs (POST, run_job, logged)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        self._require(request, "bulkwrites.run_job")
+        job = get_object_or_404(Job, pk=job_id)
+        form = RateForm(request.POST)
+        if form.is_valid():
+            rate = form.cleaned_data["rate_limit_wcu"]
+            job_services.job_set_rate(job=job, wcu_per_second=rate)
+            message = f"rate cap set to {rate:g} WCU/s" if rate else "rate cap removed"
+            messages.success(request, f"Job {job.pk}: {message}.")
+            LogEntry.objects.log_actions(
+                user_id=request.user.pk, queryset=[job], action_flag=CHANGE, change_message=message, single_object=True
+            )
+        else:
+            messages.error(request, "The rate must be a positive number of WCU/s (empty: no cap).")
         return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
 
     def export_view(self, request: HttpRequest, job_id: int, status: str, fmt: str) -> HttpResponse:
@@ -370,3 +392,9 @@ class SqlSourceAdmin(admin.ModelAdmin):
 
 def _may_use_sql(request: HttpRequest) -> bool:
     return request.user.has_perm("bulkwrites.run_job") and request.user.has_perm("bulkwrites.use_sql_sources")
+
+
+@admin.register(TableSetting)
+class TableSettingAdmin(admin.ModelAdmin):
+    list_display = ("table_name", "rate_limit_wcu")
+    search_fields = ("table_name",)

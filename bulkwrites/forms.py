@@ -17,7 +17,19 @@ def upload_too_large(size: int) -> str:
     return f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB."
 
 
+class RateForm(forms.Form):
+    rate_limit_wcu = forms.FloatField(
+        required=False, min_value=0.1, label="Rate cap (WCU/s)", help_text="empty: no cap"
+    )
+
+
 class JobSettingsForm(forms.Form):
+    rate_limit_wcu = forms.FloatField(
+        required=False,
+        min_value=0.1,
+        label="Rate cap (WCU/s)",
+        help_text="write capacity units per second for the whole job (empty: the table's default, or no cap)",
+    )
     duplicate_policy = forms.ChoiceField(choices=DuplicatePolicy.choices, initial=DuplicatePolicy.LAST)
     concurrency = forms.IntegerField(min_value=1, max_value=64, initial=4, help_text="calls in flight per worker")
     workers = forms.IntegerField(min_value=1, max_value=32, initial=1, help_text="workers on this job at once")

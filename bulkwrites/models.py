@@ -113,6 +113,9 @@ class Job(models.Model):
     workers = models.PositiveSmallIntegerField(default=1, help_text="RQ jobs working on it at once")
     slice_size = models.PositiveIntegerField(default=1000, help_text="items a worker claims at once")
     duplicate_policy = models.CharField(max_length=16, choices=DuplicatePolicy.choices, default=DuplicatePolicy.LAST)
+    rate_limit_wcu = models.FloatField(
+        null=True, blank=True, help_text="write capacity units per second for the whole job; empty: no cap"
+    )
 
     # Audit totals of the BatchWriteItem calls.
     calls = models.BigIntegerField(default=0)
@@ -170,6 +173,21 @@ class Job(models.Model):
         self.error_message = message
         self.finished_at = self.last_activity_at = timezone.now()
         self.save(update_fields=["status", "error_code", "error_message", "finished_at", "last_activity_at"])
+
+
+class TableSetting(models.Model):
+    """Defaults for jobs that write to one table (a table that also serves production traffic)."""
+
+    table_name = models.CharField(max_length=255, unique=True)
+    rate_limit_wcu = models.FloatField(
+        null=True, blank=True, help_text="default cap in write capacity units per second for new jobs"
+    )
+
+    class Meta:
+        ordering = ["table_name"]
+
+    def __str__(self) -> str:
+        return self.table_name
 
 
 class ItemStatus(models.TextChoices):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
@@ -42,7 +43,43 @@ def job_progress(job: Job) -> dict[str, Any]:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "duration_seconds": _duration(job, now),
+        "rate_limit_wcu": job.rate_limit_wcu,
+        **capacity_rates(job),
+        "history": throughput_series(job),
     }
+
+
+def capacity_rates(job: Job) -> dict[str, float | None]:
+    """The write rate allowed now (cap, or lower while AIMD backs off) and the rate consumed."""
+    if job.status not in JobStatus.active():
+        return {"allowed_wcu": None, "observed_wcu": None}
+    from bulkwrites.dynamo.ratelimit import JobRateLimiter
+    from bulkwrites.services.dispatch import rate_scope, redis_connection
+
+    try:
+        limiter = JobRateLimiter(redis_connection(), rate_scope(job.pk))
+        allowed, observed = limiter.current_rate(), limiter.observed_rate()
+    except Exception:  # noqa: BLE001 - the page must render even when Redis is down
+        return {"allowed_wcu": None, "observed_wcu": None}
+    return {"allowed_wcu": None if allowed is None else round(allowed, 1), "observed_wcu": round(observed, 1)}
+
+
+def throughput_series(job: Job, *, points: int = 60) -> list[list[float]]:
+    """[seconds since start, items/s] per time bucket, for the job page's chart."""
+    if job.started_at is None:
+        return []
+    end = job.finished_at or timezone.now()
+    span = max((end - job.started_at).total_seconds(), 1.0)
+    bucket = max(1, int(span // points) + 1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT floor(extract(epoch FROM finished_at - %s) / %s)::int AS n, sum(succeeded + failed)
+            FROM bulkwrites_slicerun WHERE job_id = %s GROUP BY n ORDER BY n
+            """,
+            [job.started_at, bucket, job.pk],
+        )
+        return [[n * bucket, round(count / bucket, 1)] for n, count in cursor.fetchall()]
 
 
 def _duration(job: Job, now: Any) -> float | None:
@@ -63,6 +100,17 @@ def recent_rate(job: Job, *, now: Any) -> float:
     window = min(RATE_WINDOW_SECONDS, max((now - job.started_at).total_seconds(), 0.001))
     done = job.runs.filter(finished_at__gte=since).aggregate(n=Sum("succeeded") + Sum("failed"))["n"] or 0
     return done / window
+
+
+def run_totals(job: Job) -> dict[str, Any]:
+    """Audit totals over every pass of every worker: who worked on it, calls, latency."""
+    totals = job.runs.aggregate(
+        passes=Count("id"), calls=Sum("calls"), latency_ms=Sum("latency_ms"), items=Sum("items_sent")
+    )
+    totals["workers"] = list(job.runs.order_by().values_list("worker", flat=True).distinct()[:20])
+    calls = totals["calls"] or 0
+    totals["mean_call_ms"] = round((totals["latency_ms"] or 0) / calls, 1) if calls else None
+    return totals
 
 
 def failed_items(job: Job) -> QuerySet[Item]:

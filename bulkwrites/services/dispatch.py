@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import django_rq
 from django.conf import settings
 
@@ -18,6 +20,16 @@ def enqueue_run(job_id: int, *, copies: int = 1) -> None:
             failure_ttl=7 * 24 * 3600,
             description=f"bulkwrites job {job_id}",
         )
+
+
+def redis_connection() -> Any:
+    """The Redis of the job queue; also where the shared write-capacity budgets live."""
+    return django_rq.get_connection(settings.BULKWRITES["QUEUE"])
+
+
+def rate_scope(job_id: int) -> str:
+    """The job's key in the shared rate budgets: job ids repeat across databases, queues do not."""
+    return f"{settings.BULKWRITES['QUEUE']}:{job_id}"
 
 
 def live_worker_count() -> int:

@@ -21,9 +21,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from bulkwrites.dynamo import client as dynamo_client
+from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY
 from bulkwrites.dynamo.items import KeySchema, parse_header
-from bulkwrites.models import Job, JobStatus, Operation, Slice, SourceKind
+from bulkwrites.models import Job, JobStatus, Operation, Slice, SourceKind, TableSetting
 from bulkwrites.services import dispatch, running, staging
 from bulkwrites.services.tables import TableError, describe_key_schema
 from bulkwrites.sources import files, querysets
@@ -31,6 +32,7 @@ from bulkwrites.sources import files, querysets
 logger = logging.getLogger(__name__)
 
 JOB_SETTINGS = (
+    "rate_limit_wcu",
     "batch_size",
     "max_attempts",
     "backoff_base",
@@ -95,7 +97,7 @@ def job_create_from_file(
         source_size=size,
         source_sha256=digest.hexdigest(),
         created_by=created_by,
-        **_checked_settings(job_settings),
+        **_checked_settings({**default_settings(table_name), **_given(job_settings)}),
     )
     job.source_file.save(file_name, File(upload, name=file_name), save=False)
     job.save()
@@ -129,7 +131,19 @@ def _checked_settings(values: dict[str, Any]) -> dict[str, Any]:
         raise JobError("Workers must be between 1 and 32.")
     if not 1 <= int(clean.get("max_attempts", 10)) <= 100:
         raise JobError("Max attempts must be between 1 and 100.")
+    if clean.get("rate_limit_wcu") is not None and not 0 < float(clean["rate_limit_wcu"]) < 1e7:
+        raise JobError("The rate limit must be a positive number of write capacity units per second.")
     return clean
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def default_settings(table_name: str) -> dict[str, Any]:
+    """Per-table defaults an operator set (TableSetting), used where a job gives none."""
+    setting = TableSetting.objects.filter(table_name=table_name).first()
+    return {"rate_limit_wcu": setting.rate_limit_wcu} if setting and setting.rate_limit_wcu else {}
 
 
 def job_create_from_queryset(
@@ -176,7 +190,7 @@ def job_create_from_queryset(
             source_name=label,
             source_detail=f"{description}\nmapping:\n{querysets.format_mapping(mapping)}".strip(),
             created_by=created_by,
-            **_checked_settings(job_settings),
+            **_checked_settings({**default_settings(table_name), **_given(job_settings)}),
         )
         rows = querysets.rows_from_queryset(queryset.order_by("pk").iterator(chunk_size=2000), mapping)
         staging.stage_items(job, rows, dynamodb_json=False)
@@ -266,6 +280,14 @@ def job_cancel(*, job: Job) -> None:
     ).update(status=JobStatus.CANCELLED, finished_at=timezone.now())
     if not updated:
         raise JobError(f"Job {job.pk} is {_status(job)}; it cannot be cancelled.")
+    job.refresh_from_db()
+
+
+def job_set_rate(*, job: Job, wcu_per_second: float | None) -> None:
+    """Change a job's write-capacity cap; running workers follow within about a second."""
+    _checked_settings({"rate_limit_wcu": wcu_per_second})
+    Job.objects.filter(pk=job.pk).update(rate_limit_wcu=wcu_per_second)
+    ratelimit.set_rate_cap(dispatch.redis_connection(), dispatch.rate_scope(job.pk), wcu_per_second)
     job.refresh_from_db()
 
 

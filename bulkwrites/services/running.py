@@ -24,9 +24,11 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from bulkwrites.dynamo import client as dynamo_client
+from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.backoff import Backoff
 from bulkwrites.dynamo.writer import BatchResult, BatchWriter, CallStats, Outcome, WriteRequest, WriterPolicy
 from bulkwrites.models import ItemStatus, Job, JobStatus, Operation, Slice, SliceRun
+from bulkwrites.services import dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,10 @@ def job_run(
         return report
     job = Job.objects.get(pk=job_id)
     control = JobControl(job_id)
+    redis = dispatch.redis_connection()
+    # The cap lives in Redis so every worker on every machine shares it; the ledger is the truth.
+    ratelimit.set_rate_cap(redis, dispatch.rate_scope(job_id), job.rate_limit_wcu)
+    limiter = ratelimit.JobRateLimiter(redis, dispatch.rate_scope(job_id), sleep=sleep)
     if client is None:
         client = dynamo_client.make_client(for_writing=True, max_connections=job.concurrency)
     writer = BatchWriter(
@@ -97,6 +103,7 @@ def job_run(
         policy=WriterPolicy(max_attempts=job.max_attempts, backoff=Backoff(base=job.backoff_base, cap=job.backoff_cap)),
         sleep=sleep,
         should_stop=control.should_stop,
+        limiter=limiter,
         endpoint=job.endpoint or dynamo_client.endpoint_label(),
     )
     while True:
@@ -116,6 +123,7 @@ def job_run(
         if result.stopped:
             report.stopped_by = control.stop_reason or "stopped"
             return report
+    limiter.flush()
     report.finished = finish_if_done(job_id)
     return report
 

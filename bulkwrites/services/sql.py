@@ -20,7 +20,7 @@ from psycopg import sql as pg_sql
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.models import Job, Operation, SourceKind, SqlSource
 from bulkwrites.services import staging
-from bulkwrites.services.jobs import JobError, _checked_settings, _key_schema
+from bulkwrites.services.jobs import JobError, _checked_settings, _given, _key_schema, default_settings
 from bulkwrites.sources import postgres
 from bulkwrites.sources.files import SourceRow
 
@@ -120,7 +120,7 @@ def job_create_from_sql(
         source_detail=f"connection {spec['connection']}:\n{describe(spec)}",
         source_spec=spec,
         created_by=created_by,
-        **_checked_settings(job_settings),
+        **_checked_settings({**default_settings(table_name), **_given(job_settings)}),
     )
 
 
