@@ -6,6 +6,7 @@ the operator what happened. Nothing here talks to boto3 or to RQ.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.conf import settings
@@ -47,6 +48,15 @@ def _declared_length(request: HttpRequest) -> int:
         return int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return 0
+
+
+ACTION_LABELS = {
+    "start": "Start",
+    "resume": "Resume",
+    "retry_failed": "Retry failed items",
+    "pause": "Pause",
+    "cancel": "Cancel",
+}
 
 
 def progress_bar(job: Job) -> str:
@@ -156,7 +166,14 @@ class JobAdmin(admin.ModelAdmin):
         return TemplateResponse(
             request,
             "admin/bulkwrites/job/preview.html",
-            self._context(request, f"Preview of job {job.pk}", job=job, preview=preview, error=error),
+            self._context(
+                request,
+                f"Preview of job {job.pk}",
+                job=job,
+                preview=preview,
+                error=error,
+                samples_json=[json.dumps(item, ensure_ascii=False) for item in (preview.samples if preview else [])],
+            ),
         )
 
     # --- the job page -------------------------------------------------------------------
@@ -176,7 +193,7 @@ class JobAdmin(admin.ModelAdmin):
             progress=selectors.job_progress(job),
             failed_items=selectors.failed_items(job)[:50],
             failures_by_code=selectors.failures_by_code(job),
-            actions=[a for a in selectors.available_actions(job) if a in allowed],
+            actions=[{"name": a, "label": ACTION_LABELS[a]} for a in selectors.available_actions(job) if a in allowed],
             can_export=user.has_perm("bulkwrites.export_items"),
             can_set_rate=user.has_perm("bulkwrites.run_job") and not job.is_finished,
             runs=selectors.run_totals(job),
@@ -288,7 +305,7 @@ class ItemAdmin(ExportActionMixin, admin.ModelAdmin):
 
     @admin.display(description="key")
     def key_text(self, item: Item) -> str:
-        return selectors.key_text(item.key)
+        return item.key_text
 
     @admin.display(description="error")
     def short_error(self, item: Item) -> str:

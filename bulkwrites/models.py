@@ -244,6 +244,13 @@ class Item(models.Model):
     def __str__(self) -> str:
         return f"item {self.position} of job {self.job_id}"
 
+    @property
+    def key_text(self) -> str:
+        """``pk=a, sk=1``, or a dash for a row that never had a key."""
+        if not self.key:
+            return "—"
+        return ", ".join(f"{name}={next(iter(value.values()))}" for name, value in self.key.items())
+
 
 class Slice(models.Model):
     """A range of a job's items that one worker claims at a time (lease + SKIP LOCKED)."""

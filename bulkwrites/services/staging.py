@@ -35,6 +35,12 @@ class RowProblem:
     message: str
     raw: str = ""
 
+    def describe(self) -> str:
+        """One line for a terminal; reader errors already say where they are ("line 7: ...")."""
+        if self.message.startswith(("row ", "line ", "element ")):
+            return self.message
+        return f"row {self.position}: {self.message}"
+
 
 @dataclass
 class Preview:
@@ -152,6 +158,10 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
                         )  # fmt: skip
         result.superseded, result.rejected_duplicates = _apply_duplicate_policy(job)
         _create_slices(job)
+        # Fresh statistics: the planner must use the (job, status, position) index from the
+        # first claim on, not wait for autovacuum to notice a million new rows.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE bulkwrites_item")
         Job.objects.filter(pk=job.pk).update(
             total_items=result.rows,
             succeeded_items=0,

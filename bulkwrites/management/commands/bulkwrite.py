@@ -135,7 +135,7 @@ class Command(BaseCommand):
         except (TableError, files.SourceError) as exc:
             raise CommandError(getattr(exc, "message", str(exc))) from None
         for problem in preview.problems:
-            self.stdout.write(f"row {problem.position}: {problem.message}")
+            self.stdout.write(problem.describe())
         if preview.duplicates:
             self.stdout.write(f"{preview.duplicates} rows repeat an earlier key (policy: {options['duplicates']})")
         self.stdout.write(f"dry run: {preview.valid} valid, {preview.invalid} invalid")
