@@ -65,11 +65,18 @@ def progress_bar(job: Job) -> str:
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "table_name", "operation", "source", "status", "progress", "counts", "created_at")
+    list_display = ("id", "table_name", "op", "source", "status", "progress", "counts", "created_at")
     list_filter = ("status", "operation", "source_kind", "table_name")
     search_fields = ("table_name", "source_name", "source_sha256")
     list_per_page = 50
     show_full_result_count = False
+
+    class Media:
+        css = {"all": ["bulkwrites/admin.css"]}
+
+    @admin.display(description="operation", ordering="operation")
+    def op(self, job: Job) -> str:
+        return job.operation
 
     @admin.display(description="source")
     def source(self, job: Job) -> str:
