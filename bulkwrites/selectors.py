@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
+from bulkwrites.dynamo.items import ItemError, normalize_number
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus
 
 
@@ -141,6 +142,21 @@ def available_actions(job: Job) -> list[str]:
     return actions
 
 
-def search_items_by_key(queryset: QuerySet[Item], term: str) -> QuerySet[Item]:
-    """Items whose key has an attribute value containing ``term`` (case-insensitive)."""
-    return queryset.filter(key__icontains=term)
+def search_items_by_key(queryset: QuerySet[Item], term: str, *, job: Job | None = None) -> QuerySet[Item]:
+    """Items of a job whose key attribute equals ``term``; without a job, keys containing it.
+
+    Within a job the key schema is known, so the search is a jsonb containment per key
+    attribute (no text cast of every key); across jobs it is a case-insensitive substring.
+    """
+    if job is None or not job.key_schema:
+        return queryset.filter(key__icontains=term)
+    condition = Q()
+    for attribute in job.key_schema:
+        value = term
+        if attribute["type"] == "N":
+            try:
+                value = normalize_number(term)
+            except ItemError:
+                continue
+        condition |= Q(key__contains={attribute["name"]: {attribute["type"]: value}})
+    return queryset.filter(condition) if condition else queryset.none()
