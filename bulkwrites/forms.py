@@ -119,7 +119,7 @@ class SqlSourceForm(forms.ModelForm):
         names = sql.connection_names()
         self.fields["connection"] = forms.ChoiceField(
             choices=[(n, n) for n in names],
-            help_text="a database alias, or BULKWRITES_SQL_<NAME> set for the web server and workers",
+            help_text="a database alias, or BULKWRITES_SQL_&lt;NAME&gt; set for the web server and workers",
         )
         connection = self.data.get("connection") or self.initial.get("connection") or (names[0] if names else "")
         self.table_choices = self._tables(connection)

@@ -543,6 +543,7 @@ def _stream(
     if max_rows == 0:
         return
     conn, secret_values = _connect(dsn)
+    cursor: Any = None
     try:
         try:
             _configure_loaders(conn)
@@ -573,4 +574,7 @@ def _stream(
                 position += 1
                 yield SourceRow(position=position, values={n: to_value(v) for n, v in zip(names, row, strict=True)})
     finally:
+        if cursor is not None:
+            with contextlib.suppress(psycopg.Error):
+                cursor.close()
         conn.close()  # also on GeneratorExit: the server ends the transaction and drops the cursor
