@@ -197,6 +197,21 @@ def worker_process(transactional_db: Any, rq_queue: Any, tmp_path: Path) -> Iter
         worker.stop()
 
 
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """`manage.py bulkwrite ...` in this process: (exit code, stdout, stderr)."""
+    import io
+
+    from django.core.management import call_command
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("bulkwrite", *args, stdout=out, stderr=err)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
     """Poll until predicate() is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -86,22 +86,31 @@ def job_create_from_file(
         digest.update(chunk)
     upload.seek(0)
     job = Job(
-        table_name=table_name,
-        region=dynamo_client.region(),
-        endpoint=dynamo_client.endpoint_url() or "",
-        operation=operation,
-        key_schema=key_schema.to_json(),
+        **new_job_fields(table_name, operation, key_schema, created_by, job_settings),
         source_kind=SourceKind.FILE,
         source_name=file_name[:255],
         source_format=fmt,
         source_size=size,
         source_sha256=digest.hexdigest(),
-        created_by=created_by,
-        **_checked_settings({**default_settings(table_name), **_given(job_settings)}),
     )
     job.source_file.save(file_name, File(upload, name=file_name), save=False)
     job.save()
     return job
+
+
+def new_job_fields(
+    table_name: str, operation: str, key_schema: KeySchema, created_by: Any, job_settings: dict[str, Any]
+) -> dict[str, Any]:
+    """What every new job records whatever its source: target, key, who, and checked settings."""
+    return {
+        "table_name": table_name,
+        "region": dynamo_client.region(),
+        "endpoint": dynamo_client.endpoint_url() or "",
+        "operation": operation,
+        "key_schema": key_schema.to_json(),
+        "created_by": created_by,
+        **_checked_settings({**default_settings(table_name), **_given(job_settings)}),
+    }
 
 
 def _stream_size(stream: IO[bytes]) -> int:
@@ -181,16 +190,10 @@ def job_create_from_queryset(
     label = model._meta.label
     with transaction.atomic():
         job = Job.objects.create(
-            table_name=table_name,
-            region=dynamo_client.region(),
-            endpoint=dynamo_client.endpoint_url() or "",
-            operation=operation,
-            key_schema=key_schema.to_json(),
+            **new_job_fields(table_name, operation, key_schema, created_by, job_settings),
             source_kind=SourceKind.QUERYSET,
             source_name=label,
             source_detail=f"{description}\nmapping:\n{querysets.format_mapping(mapping)}".strip(),
-            created_by=created_by,
-            **_checked_settings({**default_settings(table_name), **_given(job_settings)}),
         )
         rows = querysets.rows_from_queryset(queryset.order_by("pk").iterator(chunk_size=2000), mapping)
         staging.stage_items(job, rows, dynamodb_json=False)

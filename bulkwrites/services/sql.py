@@ -17,10 +17,9 @@ from django.db import transaction
 from django.utils import timezone
 from psycopg import sql as pg_sql
 
-from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.models import Job, Operation, SourceKind, SqlSource
 from bulkwrites.services import staging
-from bulkwrites.services.jobs import JobError, _checked_settings, _given, _key_schema, default_settings
+from bulkwrites.services.jobs import JobError, _key_schema, new_job_fields
 from bulkwrites.sources import postgres
 from bulkwrites.sources.files import SourceRow
 
@@ -108,19 +107,12 @@ def job_create_from_sql(
     **job_settings: Any,
 ) -> Job:
     """A draft job reading a saved query; its rows are read by the preview and by the worker."""
-    key_schema = _key_schema(table_name)
     return Job.objects.create(
-        table_name=table_name,
-        region=dynamo_client.region(),
-        endpoint=dynamo_client.endpoint_url() or "",
-        operation=operation,
-        key_schema=key_schema.to_json(),
+        **new_job_fields(table_name, operation, _key_schema(table_name), created_by, job_settings),
         source_kind=SourceKind.SQL,
         source_name=source_name[:255],
         source_detail=f"connection {spec['connection']}:\n{describe(spec)}",
         source_spec=spec,
-        created_by=created_by,
-        **_checked_settings({**default_settings(table_name), **_given(job_settings)}),
     )
 
 

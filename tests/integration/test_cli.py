@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import subprocess
 import sys
@@ -11,22 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.management import call_command
 
 from bulkwrites.models import Job, JobStatus
-from tests.conftest import ROOT, wait_for, worker_env
+from tests.conftest import ROOT, run_cli, wait_for, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("bulkwrite", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def write_csv(path: Path, rows: list[list[str]], header: list[str] | None = None) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +13,7 @@ from django.urls import reverse
 
 from bulkwrites.models import Job, JobStatus, SourceKind, SqlSource
 from demo.models import Customer, Order
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -121,16 +121,6 @@ def test_sql_sources_need_their_permissions(client: Any, django_user_model: Any,
 def _dsn() -> str:
     db = connection.settings_dict
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("bulkwrite", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_cli_copy_from_a_table_by_url(orders: list[Order], make_table: Any, scan: Any, run_worker: Any) -> None:

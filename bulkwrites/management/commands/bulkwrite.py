@@ -112,6 +112,13 @@ class Command(BaseCommand):
                     source_format=options["source_format"],
                     **job_settings,
                 )
+        except jobs.JobError as exc:
+            raise CommandError(str(exc)) from None
+        return self._start(job, wait=wait)
+
+    def _start(self, job: Job, *, wait: bool) -> int:
+        """Queue the job, print its id at once, and follow it with --wait."""
+        try:
             jobs.job_start(job=job)
         except jobs.JobError as exc:
             raise CommandError(str(exc)) from None
@@ -175,12 +182,9 @@ class Command(BaseCommand):
                 job = sql.job_create_from_dsn(
                     dsn=dsn, spec=spec, table_name=table, operation=options["operation"], **job_settings
                 )
-            jobs.job_start(job=job)
         except jobs.JobError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(f"job {job.pk}")
-        self.stdout.flush()
-        return self._wait(job.pk) if wait else EXIT_OK
+        return self._start(job, wait=wait)
 
     # --- wait / status ------------------------------------------------------------------
 
