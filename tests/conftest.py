@@ -156,8 +156,8 @@ def worker_env(**extra: str) -> dict[str, str]:
         REDIS_URL=test_redis_url(),
         BULKWRITES_QUEUE=TEST_QUEUE,
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import django_rq
@@ -32,9 +33,25 @@ def rate_scope(job_id: int) -> str:
     return f"{settings.BULKWRITES['QUEUE']}:{job_id}"
 
 
+LIVE_HEARTBEAT_SECONDS = 90  # a worker heartbeats at least every sweep interval (20 s) and while working
+
+
 def live_worker_count() -> int:
-    """Workers listening on the bulkwrites queue now (their heartbeat is fresh)."""
+    """Workers listening on the bulkwrites queue whose heartbeat is fresh.
+
+    A SIGKILLed worker stays registered in Redis until its TTL (minutes) runs out; its
+    heartbeat stops at once.
+    """
     from rq import Worker
 
     queue = django_rq.get_queue(settings.BULKWRITES["QUEUE"])
-    return len(Worker.all(queue=queue))
+    now = datetime.now(UTC)
+    return sum(
+        1
+        for worker in Worker.all(queue=queue)
+        if worker.last_heartbeat and (now - _aware(worker.last_heartbeat)).total_seconds() < LIVE_HEARTBEAT_SECONDS
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

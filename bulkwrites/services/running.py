@@ -10,6 +10,7 @@ nothing is counted twice.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -158,8 +159,10 @@ def _run_slice(job: Job, job_slice: Slice, writer: BatchWriter, control: JobCont
         control.poll()
 
     control.poll(force=True)
-    result = writer.write_all(requests, concurrency=job.concurrency, batch_size=job.batch_size, on_result=on_result)
-    recorder.flush()
+    try:
+        result = writer.write_all(requests, concurrency=job.concurrency, batch_size=job.batch_size, on_result=on_result)
+    finally:
+        recorder.close()
     complete = not (result.fatal or result.stopped)
     Slice.objects.filter(pk=job_slice.pk).update(
         done=complete, leased_by="", lease_expires_at=None
@@ -200,29 +203,63 @@ def _pending_requests(job: Job, job_slice: Slice) -> list[WriteRequest]:
 
 
 class OutcomeRecorder:
-    """Buffers outcomes and records them with one SQL statement per flush."""
+    """Records a slice's outcomes on its own thread and database connection.
+
+    The dispatch loop only queues outcomes here: waiting ~30 ms for each UPDATE would leave
+    the writer's calls idle (measured: a third of a job's time). Outcomes are recorded with
+    one statement per flush, at least every 250 outcomes or 0.5 s, and the slice's lease is
+    renewed with each flush. ``close()`` waits until everything queued is recorded.
+    """
 
     def __init__(self, job_id: int, slice_id: int, worker: str) -> None:
         self.job_id = job_id
         self.slice_id = slice_id
         self.worker = worker
-        self.outcomes: list[Outcome] = []
-        self.stats = CallStats()
-        self.flushed_at = time.monotonic()
+        self._queue: queue.SimpleQueue[tuple[list[Outcome], CallStats] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bulkwrites-recorder", daemon=True)
+        self._thread.start()
 
     def add(self, outcomes: list[Outcome], stats: CallStats) -> None:
-        self.outcomes.extend(outcomes)
-        self.stats.add(stats)
-        if len(self.outcomes) >= FLUSH_OUTCOMES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
-            self.flush()
+        if self._error is not None:
+            raise self._error
+        self._queue.put((outcomes, stats))
 
-    def flush(self) -> None:
-        record_outcomes(self.job_id, self.outcomes, self.stats)
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        outcomes: list[Outcome] = []
+        stats = CallStats()
+        flushed_at = time.monotonic()
+        try:
+            while True:
+                try:
+                    entry = self._queue.get(timeout=FLUSH_SECONDS)
+                except queue.Empty:
+                    entry = ([], CallStats())
+                if entry is None:
+                    break
+                outcomes.extend(entry[0])
+                stats.add(entry[1])
+                if len(outcomes) >= FLUSH_OUTCOMES or time.monotonic() - flushed_at >= FLUSH_SECONDS:
+                    self._flush(outcomes, stats)
+                    outcomes, stats, flushed_at = [], CallStats(), time.monotonic()
+            self._flush(outcomes, stats)
+        except BaseException as exc:  # noqa: BLE001 - handed to the dispatching thread by add()/close()
+            self._error = exc
+        finally:
+            connection.close()  # this thread's own connection
+
+    def _flush(self, outcomes: list[Outcome], stats: CallStats) -> None:
+        if not outcomes and not stats.calls:
+            return
+        record_outcomes(self.job_id, outcomes, stats)
         lease = timedelta(seconds=settings.BULKWRITES["LEASE_SECONDS"])
         Slice.objects.filter(pk=self.slice_id, leased_by=self.worker).update(lease_expires_at=timezone.now() + lease)
-        self.outcomes = []
-        self.stats = CallStats()
-        self.flushed_at = time.monotonic()
 
 
 def record_outcomes(job_id: int, outcomes: list[Outcome], stats: CallStats) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bulkwrites.models import Job, JobStatus
-from tests.conftest import ROOT, run_cli, wait_for, worker_env
+from tests.conftest import ROOT, TEST_QUEUE, run_cli, wait_for, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,7 +100,7 @@ def test_wait_says_so_when_no_worker_is_alive(tmp_path: Path, make_table: Any, r
     process = subprocess.run(
         [sys.executable, "manage.py", "bulkwrite", "load", str(source), "--table", table, "--wait"],
         cwd=ROOT,
-        env=worker_env(),
+        env=worker_env(BULKWRITES_QUEUE=f"{TEST_QUEUE}-nobody"),  # a queue no worker of any test serves
         capture_output=True,
         text=True,
         timeout=60,
