@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation, localcontext
+from functools import lru_cache
 from typing import Any
 
 MAX_ITEM_BYTES = 409_600  # 400 KB, DynamoDB's hard limit per item
@@ -81,6 +82,7 @@ class KeySchema:
 # --- header types ---------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)  # one call per cell otherwise: a file has few distinct headers
 def parse_header(column: str) -> tuple[str, str | None]:
     """Split a column header ``price:N`` into ``("price", "N")``; untyped gives ``None``.
 
@@ -337,10 +339,12 @@ def _value_size(value: Mapping[str, Any]) -> int:
 
 
 def _number_size(text: str) -> int:
-    number = Decimal(text)
-    if number.is_zero():
+    # Significant digits of a number's text: the digits without sign, point, exponent and the
+    # leading/trailing zeros (DynamoDB trims them too).
+    mantissa = text.lstrip("-").split("e")[0].split("E")[0].replace(".", "").strip("0")
+    if not mantissa:
         return 2
-    return math.ceil(_significant_digits(number) / 2) + 1
+    return math.ceil(len(mantissa) / 2) + 1
 
 
 def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
