@@ -207,6 +207,7 @@ class JobAdmin(admin.ModelAdmin):
             can_export=user.has_perm("bulkwrites.export_items"),
             can_set_rate=user.has_perm("bulkwrites.run_job") and not job.is_finished,
             runs=selectors.run_totals(job),
+            history=log_entry_for(job).select_related("user").order_by("action_time")[:50],
             items_url=reverse("admin:bulkwrites_item_changelist") + f"?job__id__exact={job.pk}",
             original=job,
         )

@@ -93,6 +93,8 @@ def test_actions_are_logged_with_the_user(admin_client_tx: Any, admin_user: Any)
     entry = LogEntry.objects.get(object_id=str(job.pk))
     assert entry.user_id == admin_user.pk
     assert "pause" in entry.change_message
+    page = admin_client_tx.get(reverse("admin:bulkwrites_job_change", args=[job.pk])).content.decode()
+    assert "pause (status now paused)" in page  # the job page shows who did what
 
 
 def test_upload_and_export_need_their_permissions(client: Any, django_user_model: Any) -> None:

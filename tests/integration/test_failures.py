@@ -324,3 +324,19 @@ def test_a_sigkilled_worker_is_replaced_and_nothing_is_lost_or_counted_twice(
     assert Item.objects.filter(job=job, status=ItemStatus.SUCCEEDED).count() == 2500
     assert table_state(scan, table) == dict(rows)
     assert recovery_seconds < 120
+
+
+def test_a_job_lost_from_redis_is_recovered_from_postgresql(
+    make_table: Any, scan: Any, rq_queue: Any, worker_process: Any
+) -> None:
+    table = make_table()
+    rows = rows_of(200)
+    job = new_job(table, rows, **FAST_BACKOFF)
+    assert rq_queue.count == 1
+    rq_queue.empty()  # what a flushed or restarted Redis leaves: the job is only in PostgreSQL
+    assert rq_queue.count == 0
+    worker_process(BULKWRITES_STALL_SECONDS="3", BULKWRITES_SWEEP_SECONDS="2")
+    wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, timeout=60, what="the sweeper to recover the job")
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert table_state(scan, table) == dict(rows)
