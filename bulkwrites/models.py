@@ -123,6 +123,7 @@ class Job(models.Model):
     unprocessed_returned = models.BigIntegerField(default=0)
     consumed_wcu = models.FloatField(default=0.0)
 
+    queue = models.CharField(max_length=100, blank=True, help_text="the RQ queue its workers serve")
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     objects = JobQuerySet.as_manager()

@@ -11,6 +11,10 @@ from django.conf import settings
 
 def enqueue_run(job_id: int, *, copies: int = 1) -> None:
     """Ask ``copies`` workers to work on the job; django-rq enqueues after the transaction commits."""
+    from bulkwrites.models import Job
+
+    # The sweeper of a deployment recovers only the jobs of its own queue.
+    Job.objects.filter(pk=job_id).exclude(queue=settings.BULKWRITES["QUEUE"]).update(queue=settings.BULKWRITES["QUEUE"])
     queue = django_rq.get_queue(settings.BULKWRITES["QUEUE"])
     for _ in range(max(1, copies)):
         queue.enqueue(

@@ -387,12 +387,14 @@ def recover_stalled_jobs() -> list[int]:
     """Re-enqueue active jobs nobody is working on (killed worker, flushed Redis).
 
     A job counts as stalled when it made no progress for ``STALL_SECONDS`` and no slice of
-    it is under a live lease. Duplicated RQ jobs are harmless: slices are claimed with leases.
+    it is under a live lease. Only jobs of this worker's queue: several deployments (or a
+    benchmark) may share one database with their own queues and endpoints. Duplicated RQ
+    jobs are harmless: slices are claimed with leases.
     """
     stall = timedelta(seconds=settings.BULKWRITES["STALL_SECONDS"])
     now = timezone.now()
     recovered = []
-    for job in Job.objects.stalled(older_than=stall):
+    for job in Job.objects.stalled(older_than=stall).filter(queue=settings.BULKWRITES["QUEUE"]):
         if Slice.objects.filter(job=job, done=False, lease_expires_at__gt=now).exists():
             continue
         if job.staged_at is not None and running.finish_if_done(job.pk):

@@ -158,10 +158,6 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
                         )  # fmt: skip
         result.superseded, result.rejected_duplicates = _apply_duplicate_policy(job)
         _create_slices(job)
-        # Fresh statistics: the planner must use the (job, status, position) index from the
-        # first claim on, not wait for autovacuum to notice a million new rows.
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE bulkwrites_item")
         Job.objects.filter(pk=job.pk).update(
             total_items=result.rows,
             succeeded_items=0,
