@@ -161,13 +161,6 @@ class Job(models.Model):
 
     # --- transitions: each saves only what it touches ---------------------------------
 
-    def mark_queued(self) -> None:
-        self.status = JobStatus.QUEUED
-        self.error_code = self.error_message = ""
-        self.finished_at = None
-        self.last_activity_at = timezone.now()
-        self.save(update_fields=["status", "error_code", "error_message", "finished_at", "last_activity_at"])
-
     def mark_failed(self, code: str, message: str) -> None:
         self.status = JobStatus.FAILED
         self.error_code = code[:128]
@@ -208,9 +201,6 @@ class ItemQuerySet(models.QuerySet["Item"]):
 
     def failed(self) -> ItemQuerySet:
         return self.filter(status=ItemStatus.FAILED)
-
-    def succeeded(self) -> ItemQuerySet:
-        return self.filter(status=ItemStatus.SUCCEEDED)
 
     def in_positions(self, first: int, last: int) -> ItemQuerySet:
         return self.filter(position__gte=first, position__lte=last)

@@ -390,21 +390,6 @@ def _wire_value(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value)
 
 
-def has_binary(item: Mapping[str, Mapping[str, Any]]) -> bool:
-    return any(_has_binary(value) for value in item.values())
-
-
-def _has_binary(value: Mapping[str, Any]) -> bool:
-    ((type_name, inner),) = value.items()
-    if type_name in ("B", "BS"):
-        return True
-    if type_name == "L":
-        return any(_has_binary(v) for v in inner)
-    if type_name == "M":
-        return any(_has_binary(v) for v in inner.values())
-    return False
-
-
 def from_wire(item: Mapping[str, Mapping[str, Any]]) -> Item:
     """What boto3 returns (binary as bytes) → DynamoDB JSON."""
     out: Item = {}
