@@ -14,12 +14,15 @@ ListTables) keep botocore's ``standard`` mode.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from .writer import CallRequests
 
 DEFAULT_REGION = "us-east-1"
 
@@ -51,7 +54,54 @@ def make_client(*, for_writing: bool = False, max_connections: int = 10, endpoin
         parameter_validation=not for_writing,
     )
     session = boto3.session.Session()
-    return session.client("dynamodb", config=config, endpoint_url=endpoint or endpoint_url())
+    client = session.client("dynamodb", config=config, endpoint_url=endpoint or endpoint_url())
+    if for_writing:
+        send_requests_as_json(client)
+    return client
+
+
+_CONTEXT_KEY = "bulkwrites_request_json"
+
+
+def send_requests_as_json(client: Any) -> None:
+    """Let ``batch_write_item`` send :class:`CallRequests` as their stored JSON text.
+
+    Items are stored as DynamoDB JSON, which is exactly their form in the JSON body of a
+    call; serializing them again through botocore's model costs ~2 ms of CPU per call of 25.
+    Before the parameters are built, each ``CallRequests`` is swapped for an empty list (the
+    table name stays, as endpoint rules read it) and its JSON is kept in the call's context;
+    after serialization, and before signing, the body gets the requests back. Anything else
+    passed to ``batch_write_item`` goes through botocore untouched.
+    """
+    events = client.meta.events
+    events.register("before-parameter-build.dynamodb.BatchWriteItem", _take_request_json)
+    events.register("before-call.dynamodb.BatchWriteItem", _put_request_json)
+
+
+def _take_request_json(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    request_items = params.get("RequestItems")
+    if not isinstance(request_items, dict):
+        return
+    taken = {table: requests.json() for table, requests in request_items.items() if isinstance(requests, CallRequests)}
+    if taken:
+        params["RequestItems"] = {table: [] if table in taken else value for table, value in request_items.items()}
+        context[_CONTEXT_KEY] = taken
+
+
+def _put_request_json(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    taken = context.pop(_CONTEXT_KEY, None)
+    if not taken:
+        return
+    body = json.loads(params["body"])
+    markers = {}
+    for number, table in enumerate(taken):
+        marker = f"\x00bulkwrites-requests-{number}\x00"  # cannot occur in a serialized body
+        body["RequestItems"][table] = marker
+        markers[json.dumps(marker)] = taken[table]
+    text = json.dumps(body)
+    for marker, requests_json in markers.items():
+        text = text.replace(marker, requests_json, 1)
+    params["body"] = text.encode("utf-8")
 
 
 @lru_cache(maxsize=1)

@@ -22,14 +22,15 @@ pending.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .backoff import Backoff
 from .batching import chunk_requests
@@ -38,16 +39,24 @@ from .items import Item, Key, from_wire, key_identity, to_wire
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so sets of requests are cheap
 class WriteRequest:
-    """One put or delete; ``ref`` is the caller's id for it (the ledger row)."""
+    """One put or delete; ``ref`` is the caller's id for it (the ledger row).
+
+    A put carries its item either as a dict (``item``) or, cheaper, as the JSON text it was
+    stored as (``item_json``, DynamoDB JSON): that text is already the item's form in the
+    body of a BatchWriteItem call, so it can be sent without being parsed and serialized again.
+    """
 
     ref: int
     key: Item
     item: Item | None = None  # the whole item for a put; None for a delete
     wire_bytes: int = 0
     size: int = 0  # DynamoDB item size, for write-capacity estimates
+    item_json: str | None = None  # the item as DynamoDB JSON text, instead of ``item``
     identity: Key = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,7 +64,7 @@ class WriteRequest:
 
     @property
     def is_put(self) -> bool:
-        return self.item is not None
+        return self.item is not None or self.item_json is not None
 
     @property
     def write_units(self) -> int:
@@ -63,9 +72,46 @@ class WriteRequest:
         return max(1, math.ceil(self.size / 1024)) if self.is_put else 1
 
     def to_api(self) -> dict[str, Any]:
-        if self.item is not None:
-            return {"PutRequest": {"Item": to_wire(self.item)}}
+        """The request as boto3 takes it (binary as bytes)."""
+        if self.is_put:
+            item = self.item if self.item is not None else json.loads(self.item_json or "{}")
+            return {"PutRequest": {"Item": to_wire(item)}}
         return {"DeleteRequest": {"Key": to_wire(self.key)}}
+
+    def to_json(self) -> str:
+        """The request as it appears in the JSON body of a call (DynamoDB JSON, binary as base64)."""
+        if self.item_json is not None:
+            return '{"PutRequest":{"Item":' + self.item_json + "}}"
+        if self.item is not None:
+            return json.dumps({"PutRequest": {"Item": self.item}}, separators=(",", ":"))
+        return json.dumps({"DeleteRequest": {"Key": self.key}}, separators=(",", ":"))
+
+
+class CallRequests(Sequence[dict[str, Any]]):
+    """The requests of one call, passed to ``batch_write_item`` as ``RequestItems[table]``.
+
+    To any client it reads as the list of request dicts boto3 expects (built on access). A
+    client prepared by :func:`bulkwrites.dynamo.client.send_requests_as_json` takes
+    :meth:`json` instead and puts it in the request body as is: botocore's serializer would
+    otherwise walk every attribute of every item on each call (~2 ms of CPU per call of 25).
+    """
+
+    def __init__(self, requests: Sequence[WriteRequest]) -> None:
+        self.requests = requests
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [r.to_api() for r in self.requests[index]]
+        return self.requests[index].to_api()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (r.to_api() for r in self.requests)
+
+    def json(self) -> str:
+        return "[" + ",".join(r.to_json() for r in self.requests) + "]"
 
 
 @dataclass(frozen=True)
@@ -251,7 +297,7 @@ class BatchWriter:
         began = time.perf_counter()
         try:
             response = self.client.batch_write_item(
-                RequestItems={self.table: [r.to_api() for r in requests]},
+                RequestItems={self.table: CallRequests(requests)},
                 ReturnConsumedCapacity="TOTAL",
             )
         except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
@@ -306,40 +352,55 @@ class BatchWriter:
         batch_size: int = 25,
         on_result: Callable[[BatchResult], None] | None = None,
     ) -> BatchResult:
-        """Write any number of requests, ``concurrency`` calls in flight.
+        """Write any number of requests, ``concurrency`` calls in flight (see :meth:`write_batches`)."""
+        batches = ((None, batch) for batch in chunk_requests(requests, max_requests=batch_size))
+        report = None if on_result is None else (lambda _tag, result: on_result(result))
+        return self.write_batches(batches, concurrency=concurrency, on_result=report)
 
-        ``on_result`` is called in the calling thread for each finished batch, so the caller
-        can record outcomes as they come (one statement per batch) from its own connection.
-        Stops handing out new batches after a fatal error or a stop request.
+    def write_batches(
+        self,
+        batches: Iterable[tuple[T, Sequence[WriteRequest]]],
+        *,
+        concurrency: int = 1,
+        on_result: Callable[[T, BatchResult], None] | None = None,
+    ) -> BatchResult:
+        """Write batches of at most 25 requests, each with a tag of the caller's, ``concurrency`` calls in flight.
+
+        ``batches`` is pulled lazily, in the calling thread, whenever a call slot is free, so a
+        caller can fetch more work while earlier calls are in flight. ``on_result(tag, result)``
+        is called in the calling thread for each finished batch, so the caller can record
+        outcomes as they come. Stops pulling batches after a fatal error or a stop request;
+        calls already in flight are finished first.
         """
         total = BatchResult()
 
-        def finish(batch_result: BatchResult) -> None:
+        def finish(tag: T, batch_result: BatchResult) -> None:
             total.add(batch_result)
             if on_result is not None:
-                on_result(batch_result)
+                on_result(tag, batch_result)
 
-        batches = chunk_requests(requests, max_requests=batch_size)
+        source = iter(batches)
         if concurrency <= 1:
-            for batch in batches:
-                finish(self.write(batch))
+            for tag, batch in source:
+                finish(tag, self.write(batch))
                 if total.fatal or total.stopped:
                     break
             return total
 
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bulkwrites-call") as pool:
-            in_flight: set[Future[BatchResult]] = set()
+            in_flight: dict[Future[BatchResult], T] = {}
             exhausted = False
             while True:
                 while not exhausted and len(in_flight) < concurrency and not (total.fatal or total.stopped):
-                    batch = next(batches, None)
-                    if batch is None:
+                    entry = next(source, None)
+                    if entry is None:
                         exhausted = True
                         break
-                    in_flight.add(pool.submit(self.write, batch))
+                    tag, batch = entry
+                    in_flight[pool.submit(self.write, batch)] = tag
                 if not in_flight:
                     break
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    finish(future.result())
+                    finish(in_flight.pop(future), future.result())
         return total

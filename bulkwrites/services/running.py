@@ -13,20 +13,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
+from django.db.models import F, Q, TextField, Value
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.backoff import Backoff
+from bulkwrites.dynamo.batching import chunk_requests
+from bulkwrites.dynamo.errors import ErrorInfo
 from bulkwrites.dynamo.writer import BatchResult, BatchWriter, CallStats, Outcome, WriteRequest, WriterPolicy
 from bulkwrites.models import ItemStatus, Job, JobStatus, Operation, Slice, SliceRun
 from bulkwrites.services import dispatch
@@ -112,26 +114,124 @@ def job_run(
         limiter=limiter,
         endpoint=job.endpoint or dynamo_client.endpoint_label(),
     )
-    while True:
-        if time.monotonic() >= deadline:
-            report.stopped_by = "budget"
-            return report
-        job_slice = claim_slice(job, worker=worker)
-        if job_slice is None:
-            break
-        result = _run_slice(job, job_slice, writer, control, worker=worker)
-        report.slices += 1
-        report.items += len(result.outcomes)
-        if result.fatal:
-            report.stopped_by = "fatal"
-            _fail_job(job, result.fatal.code, result.fatal.message)
-            return report
-        if result.stopped:
-            report.stopped_by = control.stop_reason or "stopped"
-            return report
+    return _run_slices(job, writer, control, worker=worker, deadline=deadline, report=report, limiter=limiter)
+
+
+@dataclass
+class SliceProgress:
+    """One claimed slice while its batches are in flight; becomes its SliceRun row."""
+
+    job_slice: Slice
+    items_sent: int
+    started_at: datetime
+    outstanding: int = 0  # batches handed to the writer and not finished yet
+    all_submitted: bool = False
+    closed: bool = False
+    succeeded: int = 0
+    failed: int = 0
+    stats: CallStats = field(default_factory=CallStats)
+    fatal: ErrorInfo | None = None
+    stopped: bool = False
+
+    def add(self, result: BatchResult) -> None:
+        self.outstanding -= 1
+        ok = sum(1 for o in result.outcomes if o.succeeded)
+        self.succeeded += ok
+        self.failed += len(result.outcomes) - ok
+        self.stats.add(result.stats)
+        self.fatal = self.fatal or result.fatal
+        self.stopped = self.stopped or result.stopped
+
+    @property
+    def complete(self) -> bool:
+        """Every item of the slice has an outcome (or had one before this claim)."""
+        return self.all_submitted and not (self.fatal or self.stopped)
+
+
+def _run_slices(
+    job: Job,
+    writer: BatchWriter,
+    control: JobControl,
+    *,
+    worker: str,
+    deadline: float,
+    report: RunReport,
+    limiter: ratelimit.JobRateLimiter,
+) -> RunReport:
+    """Stream the batches of one slice after another to the writer, with no drain in between.
+
+    The next slice is claimed and read on another thread while the current one is written,
+    and its batches go out as soon as call slots free up; a slice is marked done once the
+    outcomes of all its items are recorded. Waiting for each slice to drain, then claiming
+    and reading the next, left the calls idle ~30 % of the time (measured: call slots 55-68 %
+    busy at 1,000-item slices).
+    """
+    prefetcher = SlicePrefetcher(job, worker=worker)
+    recorder = OutcomeRecorder(job.pk, worker)
+    started: list[SliceProgress] = []
+    drained = False
+
+    def close(progress: SliceProgress) -> None:
+        progress.closed = True
+        recorder.close_slice(progress, stopped_by=_stopped_by(progress, control))
+
+    def batches() -> Iterator[tuple[SliceProgress, list[WriteRequest]]]:
+        nonlocal drained
+        while time.monotonic() < deadline and not control.should_stop():
+            entry = prefetcher.next()
+            if entry is None:
+                drained = True
+                return
+            job_slice, requests = entry
+            progress = SliceProgress(job_slice, len(requests), timezone.now())
+            started.append(progress)
+            for batch in chunk_requests(requests, max_requests=job.batch_size):
+                progress.outstanding += 1
+                yield progress, batch
+            progress.all_submitted = True
+            if progress.outstanding == 0:
+                close(progress)
+
+    def on_result(progress: SliceProgress, batch: BatchResult) -> None:
+        progress.add(batch)
+        recorder.add(batch.outcomes, batch.stats)
+        if progress.all_submitted and progress.outstanding == 0:
+            close(progress)
+        control.poll()
+
+    control.poll(force=True)
+    try:
+        try:
+            result = writer.write_batches(batches(), concurrency=job.concurrency, on_result=on_result)
+        finally:
+            prefetcher.close()  # no claim after this point, so the release below is the last word
+        for progress in started:
+            if not progress.closed:
+                close(progress)
+    finally:
+        recorder.close()
+        _release_leases(job.pk, worker)
     limiter.flush()
-    report.finished = finish_if_done(job_id)
+    report.slices = len(started)
+    report.items = len(result.outcomes)
+    if result.fatal:
+        report.stopped_by = "fatal"
+        _fail_job(job, result.fatal.code, result.fatal.message)
+    elif result.stopped or control.should_stop():
+        report.stopped_by = control.stop_reason or "stopped"
+    elif not drained:
+        report.stopped_by = "budget"
+    else:
+        report.finished = finish_if_done(job.pk)
     return report
+
+
+def _stopped_by(progress: SliceProgress, control: JobControl) -> str:
+    if progress.complete:
+        return ""
+    if progress.fatal:
+        return progress.fatal.code
+    return control.stop_reason or "stopped"
 
 
 def claim_slice(job: Job, *, worker: str) -> Slice | None:
@@ -154,92 +254,122 @@ def claim_slice(job: Job, *, worker: str) -> Slice | None:
     return job_slice
 
 
-def _run_slice(job: Job, job_slice: Slice, writer: BatchWriter, control: JobControl, *, worker: str) -> BatchResult:
-    started_at = timezone.now()
-    requests = _pending_requests(job, job_slice)
-    recorder = OutcomeRecorder(job.pk, job_slice.pk, worker)
+def _renew_leases(job_id: int, worker: str) -> None:
+    lease = timedelta(seconds=settings.BULKWRITES["LEASE_SECONDS"])
+    Slice.objects.filter(job_id=job_id, leased_by=worker, done=False).update(lease_expires_at=timezone.now() + lease)
 
-    def on_result(batch: BatchResult) -> None:
-        recorder.add(batch.outcomes, batch.stats)
-        control.poll()
 
-    control.poll(force=True)
-    try:
-        result = writer.write_all(requests, concurrency=job.concurrency, batch_size=job.batch_size, on_result=on_result)
-    finally:
-        recorder.close()
-    complete = not (result.fatal or result.stopped)
-    Slice.objects.filter(pk=job_slice.pk).update(
-        done=complete, leased_by="", lease_expires_at=None
-    )  # released either way: a stopped slice is claimed again on resume
-    succeeded = sum(1 for o in result.outcomes if o.succeeded)
-    SliceRun.objects.create(
-        job_id=job.pk,
-        slice=job_slice,
-        worker=worker[:255],
-        started_at=started_at,
-        finished_at=timezone.now(),
-        items_sent=len(requests),
-        succeeded=succeeded,
-        failed=len(result.outcomes) - succeeded,
-        calls=result.stats.calls,
-        unprocessed=result.stats.unprocessed,
-        throttled_calls=result.stats.throttled_calls,
-        consumed_wcu=result.stats.consumed_wcu,
-        latency_ms=result.stats.latency_seconds * 1000,
-        error_codes=dict(result.stats.error_codes),
-        stopped_by=(result.fatal.code if result.fatal else control.stop_reason if result.stopped else ""),
-    )
-    return result
+def _release_leases(job_id: int, worker: str) -> None:
+    """Hand back the slices this run still holds (stopped, or claimed ahead and not started)."""
+    Slice.objects.filter(job_id=job_id, leased_by=worker, done=False).update(leased_by="", lease_expires_at=None)
+
+
+class SlicePrefetcher:
+    """Claims and reads the next slice on its own thread and connection, one slice ahead.
+
+    ``next()`` hands over the slice read ahead and asks for the one after, so a run holds at
+    most the slice being written and one more. ``close()`` stops it; slices it claimed and
+    nobody started are released by the caller (their items are still pending).
+    """
+
+    def __init__(self, job: Job, *, worker: str) -> None:
+        self.job = job
+        self.worker = worker
+        self._ready: queue.SimpleQueue[tuple[Slice, list[WriteRequest]] | BaseException | None] = queue.SimpleQueue()
+        self._wanted = threading.Semaphore(1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bulkwrites-prefetch", daemon=True)
+        self._thread.start()
+
+    def next(self) -> tuple[Slice, list[WriteRequest]] | None:
+        """The next slice and its pending requests, or None when no open slice is left."""
+        entry = self._ready.get()
+        if isinstance(entry, BaseException):
+            raise entry
+        if entry is not None:
+            self._wanted.release()
+        return entry
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                while not self._wanted.acquire(timeout=0.1):
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    return
+                job_slice = claim_slice(self.job, worker=self.worker)
+                if job_slice is None:
+                    self._ready.put(None)
+                    return
+                self._ready.put((job_slice, _pending_requests(self.job, job_slice)))
+        except BaseException as exc:  # noqa: BLE001 - raised in the dispatching thread by next()
+            self._ready.put(exc)
+        finally:
+            connection.close()  # this thread's own connection
 
 
 def _pending_requests(job: Job, job_slice: Slice) -> list[WriteRequest]:
+    is_put = job.operation == Operation.PUT
+    # The payload comes as JSON text (not parsed): it is sent in the call's body as it is.
     rows = (
         job.items.pending()
         .in_positions(job_slice.first_position, job_slice.last_position)
         .order_by("position")
-        .values_list("id", "key", "payload", "size", "wire_bytes")
+        .annotate(item_json=Cast("payload", TextField()) if is_put else Value(None, TextField()))
+        .values_list("id", "key", "item_json", "size", "wire_bytes")
     )
-    is_put = job.operation == Operation.PUT
     return [
-        WriteRequest(ref=pk, key=key, item=payload if is_put else None, size=size, wire_bytes=wire_bytes)
-        for pk, key, payload, size, wire_bytes in rows
+        WriteRequest(ref=pk, key=key, item_json=item_json, size=size, wire_bytes=wire_bytes)
+        for pk, key, item_json, size, wire_bytes in rows
     ]
 
 
 class OutcomeRecorder:
-    """Records a slice's outcomes on its own thread and database connection.
+    """Records a run's outcomes, and closes its slices, on its own thread and connection.
 
     The dispatch loop only queues outcomes here: waiting ~30 ms for each UPDATE would leave
     the writer's calls idle (measured: a third of a job's time). Outcomes are recorded with
-    one statement per flush, at least every 250 outcomes or 0.5 s, and the slice's lease is
-    renewed with each flush. ``close()`` waits until everything queued is recorded.
+    one statement per flush, at least every 250 outcomes or 0.5 s; the run's slice leases are
+    renewed with each flush and at least every third of a lease. A slice is closed (marked
+    done, its SliceRun written) only after its outcomes are recorded, in queue order.
+    ``close()`` waits until everything queued is recorded.
     """
 
-    def __init__(self, job_id: int, slice_id: int, worker: str) -> None:
+    def __init__(self, job_id: int, worker: str) -> None:
         self.job_id = job_id
-        self.slice_id = slice_id
         self.worker = worker
-        self._queue: queue.SimpleQueue[tuple[list[Outcome], CallStats] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_RecorderEntry] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="bulkwrites-recorder", daemon=True)
         self._thread.start()
 
     def add(self, outcomes: list[Outcome], stats: CallStats) -> None:
-        if self._error is not None:
-            raise self._error
+        self._raise_if_failed()
         self._queue.put((outcomes, stats))
+
+    def close_slice(self, progress: SliceProgress, *, stopped_by: str) -> None:
+        self._raise_if_failed()
+        self._queue.put(_SliceClosing(progress, stopped_by, timezone.now()))
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
 
     def _run(self) -> None:
         outcomes: list[Outcome] = []
         stats = CallStats()
-        flushed_at = time.monotonic()
+        flushed_at = renewed_at = time.monotonic()
+        renew_every = settings.BULKWRITES["LEASE_SECONDS"] / 3
         try:
             while True:
                 try:
@@ -248,23 +378,64 @@ class OutcomeRecorder:
                     entry = ([], CallStats())
                 if entry is None:
                     break
-                outcomes.extend(entry[0])
-                stats.add(entry[1])
-                if len(outcomes) >= FLUSH_OUTCOMES or time.monotonic() - flushed_at >= FLUSH_SECONDS:
+                if isinstance(entry, _SliceClosing):
                     self._flush(outcomes, stats)
                     outcomes, stats, flushed_at = [], CallStats(), time.monotonic()
+                    _close_slice(self.job_id, entry)
+                    continue
+                outcomes.extend(entry[0])
+                stats.add(entry[1])
+                now = time.monotonic()
+                if len(outcomes) >= FLUSH_OUTCOMES or now - flushed_at >= FLUSH_SECONDS:
+                    if self._flush(outcomes, stats) or now - renewed_at >= renew_every:
+                        _renew_leases(self.job_id, self.worker)
+                        renewed_at = now
+                    outcomes, stats, flushed_at = [], CallStats(), now
             self._flush(outcomes, stats)
         except BaseException as exc:  # noqa: BLE001 - handed to the dispatching thread by add()/close()
             self._error = exc
         finally:
             connection.close()  # this thread's own connection
 
-    def _flush(self, outcomes: list[Outcome], stats: CallStats) -> None:
+    def _flush(self, outcomes: list[Outcome], stats: CallStats) -> bool:
         if not outcomes and not stats.calls:
-            return
+            return False
         record_outcomes(self.job_id, outcomes, stats)
-        lease = timedelta(seconds=settings.BULKWRITES["LEASE_SECONDS"])
-        Slice.objects.filter(pk=self.slice_id, leased_by=self.worker).update(lease_expires_at=timezone.now() + lease)
+        return True
+
+
+@dataclass(frozen=True)
+class _SliceClosing:
+    progress: SliceProgress
+    stopped_by: str
+    finished_at: datetime
+
+
+_RecorderEntry = tuple[list[Outcome], CallStats] | _SliceClosing | None
+
+
+def _close_slice(job_id: int, closing: _SliceClosing) -> None:
+    """Mark the slice done (or hand it back, if some of its items were not written) and audit it."""
+    progress = closing.progress
+    Slice.objects.filter(pk=progress.job_slice.pk).update(done=progress.complete, leased_by="", lease_expires_at=None)
+    stats = progress.stats
+    SliceRun.objects.create(
+        job_id=job_id,
+        slice_id=progress.job_slice.pk,
+        worker=progress.job_slice.leased_by[:255],
+        started_at=progress.started_at,
+        finished_at=closing.finished_at,
+        items_sent=progress.items_sent,
+        succeeded=progress.succeeded,
+        failed=progress.failed,
+        calls=stats.calls,
+        unprocessed=stats.unprocessed,
+        throttled_calls=stats.throttled_calls,
+        consumed_wcu=stats.consumed_wcu,
+        latency_ms=stats.latency_seconds * 1000,
+        error_codes=dict(stats.error_codes),
+        stopped_by=closing.stopped_by,
+    )
 
 
 def record_outcomes(job_id: int, outcomes: list[Outcome], stats: CallStats) -> None:
@@ -275,19 +446,22 @@ def record_outcomes(job_id: int, outcomes: list[Outcome], stats: CallStats) -> N
     """
     if not outcomes and not stats.calls:
         return
-    values_sql = ", ".join(["(%s::bigint, %s, %s::int, %s, %s)"] * len(outcomes)) or "(NULL::bigint, '', 0, '', '')"
-    params: list[Any] = []
+    # Five arrays, not a VALUES list of 5 x 250 placeholders: the statement text stays the same
+    # for every flush, and psycopg no longer splits a thousand-placeholder query in Python on
+    # each one (measured: ~65 µs of the worker's CPU per item, under the GIL).
+    columns: tuple[list[Any], ...] = ([], [], [], [], [])
     for o in outcomes:
-        params += [
-            o.ref,
-            ItemStatus.SUCCEEDED if o.succeeded else ItemStatus.FAILED,
-            o.attempts,
-            o.error_code or "",
-            o.error_message or "",
-        ]
-    params += [stats.calls, stats.throttled_calls, stats.unprocessed, stats.consumed_wcu, job_id]
-    sql = f"""
-        WITH v(id, status, attempts, code, message) AS (VALUES {values_sql}),
+        columns[0].append(o.ref)
+        columns[1].append(ItemStatus.SUCCEEDED.value if o.succeeded else ItemStatus.FAILED.value)
+        columns[2].append(o.attempts)
+        columns[3].append(o.error_code or "")
+        columns[4].append(o.error_message or "")
+    params = [*columns, stats.calls, stats.throttled_calls, stats.unprocessed, stats.consumed_wcu, job_id]
+    sql = """
+        WITH v AS (
+            SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[])
+                AS v(id, status, attempts, code, message)
+        ),
         changed AS (
             UPDATE bulkwrites_item AS i
             SET status = v.status, attempts = i.attempts + v.attempts, error_code = v.code,

@@ -45,7 +45,7 @@ class FakeClient:
         (requests,) = RequestItems.values()
         assert len(requests) <= 25
         with self.lock:
-            self.calls.append(requests)
+            self.calls.append(list(requests))  # what a client reads from CallRequests
             reaction = self.reactions.pop(0) if self.reactions else accept
         return reaction(requests)
 
