@@ -319,3 +319,42 @@ def test_write_all_stops_handing_out_batches_after_a_fatal_error() -> None:
     assert result.fatal is not None
     assert len(client.calls) == 2
     assert len(result.outcomes) == 25
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_write_batches_reports_each_batch_with_its_tag(concurrency: int) -> None:
+    client = FakeClient(*([leave_unprocessed("k7")] * 2))
+    batches = [(f"slice-{n // 2}", [put(n * 10 + i) for i in range(10)]) for n in range(6)]
+    seen: dict[str, list[int]] = {}
+
+    make_writer(client).write_batches(
+        batches,
+        concurrency=concurrency,
+        on_result=lambda tag, result: seen.setdefault(tag, []).extend(o.ref for o in result.outcomes),
+    )
+
+    assert {tag: sorted(refs) for tag, refs in seen.items()} == {
+        f"slice-{s}": list(range(s * 20, s * 20 + 20)) for s in range(3)
+    }
+
+
+def test_write_batches_pulls_a_batch_only_when_a_call_slot_is_free() -> None:
+    # The runner reads the next slice from the database while calls are in flight: batches
+    # must be pulled as slots free up, never all at once ahead of the calls.
+    client = FakeClient(*([accept] * 20))
+    finished = 0
+    waiting_when_pulled: list[int] = []
+
+    def batches():
+        for n in range(20):
+            waiting_when_pulled.append(n - finished)  # batches handed out and not finished yet
+            yield n, [put(n)]
+
+    def on_result(_tag: int, _result: Any) -> None:
+        nonlocal finished
+        finished += 1
+
+    result = make_writer(client).write_batches(batches(), concurrency=3, on_result=on_result)
+
+    assert len(result.outcomes) == 20
+    assert max(waiting_when_pulled) <= 3

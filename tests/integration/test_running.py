@@ -1,0 +1,78 @@
+"""The runner in this process against DynamoDB Local: slices stream back to back, and a run
+that ends hands back what it claimed ahead."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus, Slice, SliceRun
+from bulkwrites.services import jobs, running
+from faultproxy import FaultProxy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    with FaultProxy(upstream=os.environ["AWS_ENDPOINT_URL_DYNAMODB"], seed=11) as fault_proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", fault_proxy.url)
+        yield fault_proxy
+
+
+def staged_job(table: str, rows: int, **settings: Any) -> Job:
+    source = "pk,n:N\n" + "".join(f"k{i:04d},{i}\n" for i in range(rows))
+    job = jobs.job_create_from_file(
+        upload=io.BytesIO(source.encode()), file_name="rows.csv", table_name=table, **settings
+    )
+    assert jobs.job_stage(job)
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED)  # as job_start would, without RQ
+    return job
+
+
+def test_a_run_ends_at_its_budget_and_hands_back_the_slice_it_read_ahead(
+    proxy: FaultProxy, make_table: Any, scan: Any
+) -> None:
+    table = make_table()
+    job = staged_job(table, 500, slice_size=100, concurrency=1)
+    proxy.configure(latency_ms=150)  # 4 calls a slice: the first slice outlasts the budget
+
+    report = running.job_run(job.pk, worker="w-budget", budget_seconds=0.3)
+
+    assert (report.stopped_by, report.slices, report.items) == ("budget", 1, 100)
+    slices = list(Slice.objects.filter(job=job).order_by("first_position"))
+    assert [s.done for s in slices] == [True, False, False, False, False]
+    # The next slice was claimed and read while the first was written; it must not stay leased.
+    assert [(s.leased_by, s.lease_expires_at) for s in slices] == [("", None)] * 5
+    assert len(scan(table)) == 100
+
+    proxy.configure(latency_ms=0)
+    report = running.job_run(job.pk, worker="w-rest")
+
+    assert report.finished and report.items == 400
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items, job.failed_items) == (JobStatus.SUCCEEDED, 500, 0)
+    assert not Item.objects.filter(job=job).exclude(status=ItemStatus.SUCCEEDED).exists()
+    assert len(scan(table)) == 500
+    runs = list(SliceRun.objects.filter(job=job).order_by("slice__first_position"))
+    assert [(r.items_sent, r.succeeded, r.stopped_by) for r in runs] == [(100, 100, "")] * 5
+    assert [r.worker for r in runs] == ["w-budget"] + ["w-rest"] * 4
+
+
+def test_slices_are_written_back_to_back_with_every_outcome_recorded_once(make_table: Any, scan: Any) -> None:
+    table = make_table()
+    job = staged_job(table, 2000, slice_size=160, concurrency=6, batch_size=20)
+
+    report = running.job_run(job.pk, worker="w-stream")
+
+    assert report.finished and report.slices == 13 and report.items == 2000
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items) == (JobStatus.SUCCEEDED, 2000)
+    assert job.calls == sum(r.calls for r in SliceRun.objects.filter(job=job)) == 100  # 20 a call, none resent
+    assert Item.objects.filter(job=job, status=ItemStatus.SUCCEEDED, attempts=1).count() == 2000
+    assert not Slice.objects.filter(job=job, done=False).exists()
+    assert {item["pk"]["S"] for item in scan(table)} == {f"k{i:04d}" for i in range(2000)}
