@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from bulkwrites.models import DuplicatePolicy, Operation, SqlSource
+from bulkwrites.models import DEFAULT_CONCURRENCY, DuplicatePolicy, Operation, SqlSource
 from bulkwrites.services.tables import TableError, list_table_names
 from bulkwrites.sources.files import FORMATS
 
@@ -31,7 +31,9 @@ class JobSettingsForm(forms.Form):
         help_text="write capacity units per second for the whole job (empty: the table's default, or no cap)",
     )
     duplicate_policy = forms.ChoiceField(choices=DuplicatePolicy.choices, initial=DuplicatePolicy.LAST)
-    concurrency = forms.IntegerField(min_value=1, max_value=64, initial=4, help_text="calls in flight per worker")
+    concurrency = forms.IntegerField(
+        min_value=1, max_value=64, initial=DEFAULT_CONCURRENCY, help_text="calls in flight per worker"
+    )
     workers = forms.IntegerField(min_value=1, max_value=32, initial=1, help_text="workers on this job at once")
     max_attempts = forms.IntegerField(
         min_value=1, max_value=100, initial=10, help_text="calls without progress before an item is given up"

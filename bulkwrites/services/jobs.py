@@ -24,7 +24,7 @@ from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY
 from bulkwrites.dynamo.items import KeySchema, parse_header
-from bulkwrites.models import Job, JobStatus, Operation, Slice, SourceKind, TableSetting
+from bulkwrites.models import DEFAULT_CONCURRENCY, Job, JobStatus, Operation, Slice, SourceKind, TableSetting
 from bulkwrites.services import dispatch, running, staging
 from bulkwrites.services.tables import TableError, describe_key_schema
 from bulkwrites.sources import files, querysets
@@ -134,7 +134,7 @@ def _checked_settings(values: dict[str, Any]) -> dict[str, Any]:
     clean = {k: v for k, v in values.items() if v is not None}
     if not 1 <= int(clean.get("batch_size", 25)) <= 25:
         raise JobError("The batch size must be between 1 and 25 (DynamoDB's limit per call).")
-    if not 1 <= int(clean.get("concurrency", 4)) <= 64:
+    if not 1 <= int(clean.get("concurrency", DEFAULT_CONCURRENCY)) <= 64:
         raise JobError("Concurrency must be between 1 and 64 calls in flight.")
     if not 1 <= int(clean.get("workers", 1)) <= 32:
         raise JobError("Workers must be between 1 and 32.")

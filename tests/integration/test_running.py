@@ -53,7 +53,8 @@ def test_a_run_ends_at_its_budget_and_hands_back_the_slice_it_read_ahead(
     proxy.configure(latency_ms=0)
     report = running.job_run(job.pk, worker="w-rest")
 
-    assert report.finished and report.items == 400
+    assert report.finished
+    assert report.items == 400
     job.refresh_from_db()
     assert (job.status, job.succeeded_items, job.failed_items) == (JobStatus.SUCCEEDED, 500, 0)
     assert not Item.objects.filter(job=job).exclude(status=ItemStatus.SUCCEEDED).exists()
@@ -69,7 +70,8 @@ def test_slices_are_written_back_to_back_with_every_outcome_recorded_once(make_t
 
     report = running.job_run(job.pk, worker="w-stream")
 
-    assert report.finished and report.slices == 13 and report.items == 2000
+    assert report.finished
+    assert (report.slices, report.items) == (13, 2000)
     job.refresh_from_db()
     assert (job.status, job.succeeded_items) == (JobStatus.SUCCEEDED, 2000)
     assert job.calls == sum(r.calls for r in SliceRun.objects.filter(job=job)) == 100  # 20 a call, none resent

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from bulkwrites.models import DuplicatePolicy, Job, JobStatus, Operation
+from bulkwrites.models import DEFAULT_CONCURRENCY, DuplicatePolicy, Job, JobStatus, Operation
 from bulkwrites.resources import FORMATS_BY_NAME, export_items
 from bulkwrites.services import dispatch, jobs, staging
 from bulkwrites.services.tables import TableError, describe_key_schema
@@ -47,7 +47,7 @@ class Command(BaseCommand):
         load.add_argument("--format", choices=sorted(files.FORMATS), dest="source_format")
         load.add_argument("--operation", choices=Operation.values, default=Operation.PUT)
         load.add_argument("--duplicates", choices=DuplicatePolicy.values, default=DuplicatePolicy.LAST)
-        load.add_argument("--concurrency", type=int, help="calls in flight per worker (default 4)")
+        load.add_argument("--concurrency", type=int, help=f"calls in flight per worker (default {DEFAULT_CONCURRENCY})")
         load.add_argument("--workers", type=int, help="workers on the job at once (default 1)")
         load.add_argument("--max-attempts", type=int)
         load.add_argument("--wait", action="store_true", help="wait for the job and print its outcome")

@@ -22,7 +22,7 @@ TABLE = "orders.v2"
 ENDPOINT = "http://dynamodb.invalid:8000"
 
 ITEM = {
-    "pk": {"S": "ü-1 \"quoted\" \\ back"},
+    "pk": {"S": 'ü-1 "quoted" \\ back'},
     "sk": {"N": "-12.50"},
     "blob": {"B": "AAEC/w=="},
     "tags": {"SS": ["a", "b"]},
