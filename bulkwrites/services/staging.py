@@ -116,6 +116,11 @@ _COPY_ITEMS = (
 )
 
 
+# One encoder each, made once: json.dumps with options builds a new encoder on every call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_sorted = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+
+
 @dataclass
 class StagingResult:
     rows: int = 0
@@ -144,8 +149,8 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
                 for row, item in chunk:
                     result.rows += 1
                     if item.is_valid:
-                        payload = json.dumps(item.item, ensure_ascii=False, separators=(",", ":"))
-                        key = json.dumps(item.key, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+                        payload = _encode(item.item)
+                        key = _encode_sorted(item.key)
                         copy.write_row(
                             (job.pk, item.position, key, payload, "", item.size,
                              len(payload.encode("utf-8")), ItemStatus.PENDING, 0, "", "", "[]", now)

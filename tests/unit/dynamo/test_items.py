@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
-from decimal import Decimal
+import random
+from decimal import Context, Decimal, localcontext
 
 import pytest
 
@@ -124,6 +125,35 @@ def test_normalize_number_canonical_text(value: object, expected: str) -> None:
 def test_normalize_number_float_has_no_binary_artefacts(value: float, expected: str) -> None:
     # Decimal(1.1) would be 1.100000000000000088817841970012523233890533447265625
     assert normalize_number(value) == expected
+
+
+def test_normalize_number_integers_take_the_short_way_to_the_same_answer() -> None:
+    # Plain integers skip Decimal; whatever their length, sign or zeros, the text must be
+    # exactly what the exact Decimal path gives (or the same refusal).
+    rng = random.Random(5)
+
+    def reference(text: str) -> str | None:
+        with localcontext(Context(prec=200)):
+            number = Decimal(text)
+            if number.is_zero():
+                return "0"
+            digits = len("".join(map(str, number.as_tuple().digits)).strip("0"))
+            return None if digits > 38 else format(number.normalize(), "f")
+
+    cases = ["0", "-0", "00", "7", "-7", "10", "1" + "0" * 45, "9" * 38, "-" + "9" * 38, "9" * 39]
+    for _ in range(3000):
+        digits = rng.choice("123456789") + "".join(rng.choice("0123456789") for _ in range(rng.randrange(0, 44)))
+        if rng.random() < 0.2:
+            digits = digits.rstrip("123456789") or digits  # runs of trailing zeros
+        cases.append(("-" if rng.random() < 0.5 else "") + digits)
+    for text in cases:
+        expected = reference(text)
+        for value in (text, int(text)):
+            if expected is None:
+                with pytest.raises(ItemError):
+                    normalize_number(value)
+            else:
+                assert normalize_number(value) == expected, value
 
 
 def test_normalize_number_38_significant_digits_are_kept() -> None:
