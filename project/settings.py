@@ -129,6 +129,9 @@ BULKWRITES = {
     # which every worker runs this often (also while idle).
     "STALL_SECONDS": int(os.environ.get("BULKWRITES_STALL_SECONDS", 45)),
     "SWEEP_SECONDS": int(os.environ.get("BULKWRITES_SWEEP_SECONDS", 20)),
+    # Processes converting source rows while staging COPYs them into PostgreSQL; 0 converts
+    # in the staging process itself. Sources under 2,000 rows are always converted inline.
+    "STAGING_PROCESSES": int(os.environ.get("BULKWRITES_STAGING_PROCESSES", os.cpu_count() or 1)),
 }
 
 LOGGING = {

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_SUPERSEDED
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
+from bulkwrites.dynamo.records import RecordConverter
 from bulkwrites.models import DuplicatePolicy, Item, ItemStatus, Job, Operation, Slice
 from bulkwrites.sources.files import SourceRow
 
@@ -116,9 +118,9 @@ _COPY_ITEMS = (
 )
 
 
-# One encoder each, made once: json.dumps with options builds a new encoder on every call.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_encode_sorted = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+def staging_processes() -> int:
+    """Worker processes converting rows while this one COPYs (``BULKWRITES["STAGING_PROCESSES"]``)."""
+    return int(settings.BULKWRITES["STAGING_PROCESSES"])
 
 
 @dataclass
@@ -138,28 +140,32 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
     key_schema = KeySchema.from_json(job.key_schema)
     result = StagingResult()
     now = timezone.now()
+    converter = RecordConverter(
+        key_schema,
+        delete=job.operation == Operation.DELETE,
+        dynamodb_json=dynamodb_json,
+        processes=staging_processes(),
+    )
     with transaction.atomic():
         Item.objects.filter(job=job).delete()
         Slice.objects.filter(job=job).delete()
-        prepared = prepared_rows(rows, key_schema, operation=job.operation, dynamodb_json=dynamodb_json)
+        records = converter.convert(((row.position, row.values, row.error), row) for row in rows)
         # COPY in chunks: a source that reads from this same connection (a queryset's
         # server-side cursor) fetches between two COPYs, never during one.
-        while chunk := list(islice(prepared, COPY_CHUNK_ROWS)):
+        while chunk := list(islice(records, COPY_CHUNK_ROWS)):
             with connection.cursor() as cursor, cursor.cursor.copy(_COPY_ITEMS) as copy:
-                for row, item in chunk:
+                for record, row in chunk:
                     result.rows += 1
-                    if item.is_valid:
-                        payload = _encode(item.item)
-                        key = _encode_sorted(item.key)
+                    if record.error is None:
                         copy.write_row(
-                            (job.pk, item.position, key, payload, "", item.size,
-                             len(payload.encode("utf-8")), ItemStatus.PENDING, 0, "", "", "[]", now)
+                            (job.pk, record.position, record.key_json, record.item_json, "", record.size,
+                             record.wire_bytes, ItemStatus.PENDING, 0, "", "", "[]", now)
                         )  # fmt: skip
                     else:
                         result.invalid += 1
                         copy.write_row(
-                            (job.pk, item.position, None, None, _raw(row), 0, 0, ItemStatus.FAILED, 0,
-                             CODE_INVALID_ROW, item.error, "[]", now)
+                            (job.pk, record.position, None, None, _raw(row), 0, 0, ItemStatus.FAILED, 0,
+                             CODE_INVALID_ROW, record.error, "[]", now)
                         )  # fmt: skip
         result.superseded, result.rejected_duplicates = _apply_duplicate_policy(job)
         _create_slices(job)

@@ -1,0 +1,146 @@
+"""Source rows to ledger records: the conversion staging does, in this process or in others.
+
+A record is what the ledger stores for one row: its key and item as DynamoDB JSON text,
+the item's size and its bytes in a call, or why the row cannot be sent. Converting is
+pure CPU (typing cells, validating, sizing, encoding JSON) and, for a large file, most of
+the time staging takes, so :class:`RecordConverter` spreads it over worker processes while
+the caller reads the source and COPYs the records into PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import multiprocessing
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
+from typing import Any, NamedTuple, TypeVar
+
+from .items import KeySchema, prepare_item
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# (position, cells or None when the row could not be read, why it could not be read)
+RowInput = tuple[int, Mapping[str, Any] | None, str | None]
+
+
+class Record(NamedTuple):
+    position: int
+    key_json: str | None
+    item_json: str | None
+    size: int
+    wire_bytes: int
+    error: str | None  # None: valid
+
+    @property
+    def is_valid(self) -> bool:
+        return self.error is None
+
+
+# One encoder each, made once: json.dumps with options builds a new encoder on every call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_sorted = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+
+
+def convert_rows(rows: Iterable[RowInput], key_schema: KeySchema, *, delete: bool, dynamodb_json: bool) -> list[Record]:
+    """Convert and validate rows exactly as DynamoDB would judge them; one record per row, in order."""
+    records = []
+    for position, values, read_error in rows:
+        if values is None:
+            records.append(Record(position, None, None, 0, 0, read_error or "the row could not be read"))
+            continue
+        prepared = prepare_item(position, values, key_schema, delete=delete, dynamodb_json=dynamodb_json)
+        if not prepared.is_valid:
+            records.append(Record(position, None, None, 0, 0, prepared.error))
+            continue
+        item_json = _encode(prepared.item)
+        records.append(
+            Record(
+                position,
+                _encode_sorted(prepared.key),
+                item_json,
+                prepared.size,
+                len(item_json.encode("utf-8")),
+                None,
+            )
+        )
+    return records
+
+
+class RecordConverter:
+    """Converts a stream of rows in chunks, in ``processes`` worker processes, results in order.
+
+    Each row comes with a companion of the caller's (its source row, say) that stays in this
+    process and is handed back with the row's record. At most ``2 x processes`` chunks are in
+    flight, so memory stays bounded whatever the size of the source. The source is only read
+    while the caller pulls records, never in the background: a source that reads from the
+    caller's database connection is safe as long as the caller does not pull during a COPY.
+    With ``processes=0``, or a source smaller than one chunk, rows are converted in this
+    process (a pool costs ~0.1 s to start). Worker processes are started by ``forkserver``:
+    forking a process that runs threads (database connections, an RQ work horse) is unsafe.
+    """
+
+    def __init__(
+        self, key_schema: KeySchema, *, delete: bool, dynamodb_json: bool, processes: int, chunk_rows: int = 2000
+    ) -> None:
+        self.key_schema = key_schema
+        self.delete = delete
+        self.dynamodb_json = dynamodb_json
+        self.processes = processes
+        self.chunk_rows = chunk_rows
+
+    def convert(self, rows: Iterable[tuple[RowInput, T]]) -> Iterator[tuple[Record, T]]:
+        chunks = _chunks(rows, self.chunk_rows)
+        first = next(chunks, None)
+        if first is None:
+            return
+        if self.processes <= 0 or len(first) < self.chunk_rows:
+            for chunk in itertools.chain([first], chunks):
+                yield from zip(self._convert([r for r, _ in chunk]), (c for _, c in chunk), strict=True)
+            return
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=self.processes, mp_context=context) as pool:
+            in_flight: deque[tuple[Future[list[Record]] | None, list[RowInput], list[T]]] = deque()
+            waiting: Iterator[list[tuple[RowInput, T]]] = itertools.chain([first], chunks)
+            broken = False
+            while True:
+                while len(in_flight) < 2 * self.processes and (chunk := next(waiting, None)) is not None:
+                    inputs = [r for r, _ in chunk]
+                    future = None if broken else self._submit(pool, inputs)
+                    in_flight.append((future, inputs, [c for _, c in chunk]))
+                if not in_flight:
+                    return
+                future, inputs, companions = in_flight.popleft()
+                try:
+                    records = self._convert(inputs) if future is None else future.result()
+                except BrokenProcessPool:
+                    # A worker died (killed, out of memory, or it could not start here): the
+                    # rest is converted in this process, more slowly, but nothing is lost.
+                    logger.warning("staging: conversion processes failed; converting in the staging process")
+                    broken = True
+                    records = self._convert(inputs)
+                    in_flight = deque((None, i, c) for _, i, c in in_flight)
+                yield from zip(records, companions, strict=True)
+
+    def _submit(self, pool: ProcessPoolExecutor, inputs: list[RowInput]) -> Future[list[Record]] | None:
+        try:
+            return pool.submit(
+                convert_rows, inputs, self.key_schema, delete=self.delete, dynamodb_json=self.dynamodb_json
+            )
+        except BrokenProcessPool:
+            return None
+
+    def _convert(self, chunk: list[RowInput]) -> list[Record]:
+        return convert_rows(chunk, self.key_schema, delete=self.delete, dynamodb_json=self.dynamodb_json)
+
+
+def _chunks[R](rows: Iterable[R], size: int) -> Iterator[list[R]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

@@ -1,0 +1,87 @@
+"""Rows to ledger records, in this process and in worker processes (no server)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from bulkwrites.dynamo.items import KeyAttribute, KeySchema, item_size
+from bulkwrites.dynamo.records import Record, RecordConverter, convert_rows
+
+SCHEMA = KeySchema((KeyAttribute("pk", "S", "HASH"), KeyAttribute("sk", "N", "RANGE")))
+
+
+def row(n: int, **cells: Any) -> tuple[int, dict[str, Any], None]:
+    return n, {"pk": f"k{n}", "sk": str(n), "note:S": "é" * (n % 5), **cells}, None
+
+
+def test_a_valid_row_becomes_its_key_and_item_as_dynamodb_json() -> None:
+    (record,) = convert_rows([row(7, **{"price:N": "9.50"})], SCHEMA, delete=False, dynamodb_json=False)
+    item = {"pk": {"S": "k7"}, "sk": {"N": "7"}, "note": {"S": "éé"}, "price": {"N": "9.5"}}
+    assert record.is_valid
+    assert json.loads(record.item_json) == item
+    assert record.key_json == '{"pk":{"S":"k7"},"sk":{"N":"7"}}'  # sorted: one text per key, for duplicates
+    assert record.size == item_size(item)
+    assert record.wire_bytes == len(record.item_json.encode("utf-8"))
+
+
+def test_bad_and_unreadable_rows_keep_their_reason() -> None:
+    records = convert_rows(
+        [(1, {"pk": "a", "sk": "not a number"}, None), (2, None, "line 3: unclosed quote")],
+        SCHEMA,
+        delete=False,
+        dynamodb_json=False,
+    )
+    assert [(r.position, r.is_valid, r.item_json) for r in records] == [(1, False, None), (2, False, None)]
+    assert "not a number" in records[0].error
+    assert records[1].error == "line 3: unclosed quote"
+
+
+def test_a_delete_carries_only_the_key() -> None:
+    (record,) = convert_rows([row(3, **{"bad:N": "x"})], SCHEMA, delete=True, dynamodb_json=False)
+    assert record.is_valid  # a bad cell outside the key cannot fail a delete
+    assert json.loads(record.item_json) == {"pk": {"S": "k3"}, "sk": {"N": "3"}}
+
+
+def rows_with_companions(count: int) -> list[tuple[tuple[int, Any, Any], str]]:
+    rows = [row(n) for n in range(count)]
+    rows[17] = (17, {"pk": "", "sk": "1"}, None)  # invalid: empty key
+    return [(r, f"source row {r[0]}") for r in rows]
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_the_converter_gives_every_row_its_record_in_order(processes: int) -> None:
+    converter = RecordConverter(SCHEMA, delete=False, dynamodb_json=False, processes=processes, chunk_rows=50)
+    out = list(converter.convert(rows_with_companions(1003)))
+    expected = convert_rows([r for r, _ in rows_with_companions(1003)], SCHEMA, delete=False, dynamodb_json=False)
+    assert [record for record, _ in out] == expected
+    assert [companion for _, companion in out] == [f"source row {n}" for n in range(1003)]
+    assert [r.position for r in expected if not r.is_valid] == [17]
+
+
+class KillsTheWorker:
+    """A cell that ends the process that unpickles it: a worker dying mid-staging."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os._exit, (3,)
+
+    def __str__(self) -> str:
+        return "survivor"
+
+
+def test_rows_are_still_converted_when_a_worker_process_dies(caplog: pytest.LogCaptureFixture) -> None:
+    rows = rows_with_companions(600)
+    rows[260] = ((260, {"pk": "k260", "sk": "260", "cell": KillsTheWorker()}, None), "source row 260")
+    converter = RecordConverter(SCHEMA, delete=False, dynamodb_json=False, processes=2, chunk_rows=50)
+
+    out = list(converter.convert(rows))
+
+    assert [record.position for record, _ in out] == list(range(600))
+    assert [companion for _, companion in out] == [c for _, c in rows]
+    survivor: Record = out[260][0]
+    assert json.loads(survivor.item_json)["cell"] == {"S": "survivor"}
+    assert sum(1 for record, _ in out if record.is_valid) == 599
+    assert "conversion processes failed" in caplog.text
