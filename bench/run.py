@@ -62,8 +62,8 @@ BENCH_REDIS_DB = 14
 SEED = 20240611
 THREAD_COUNTS = (2, 4, 8, 16)
 POLL_SECONDS = 0.1
-UPLOAD_CAP_BYTES = 1 << 34  # the bench's files may exceed the app's upload cap (100 MB by default)
-APP_UPLOAD_CAP = int(os.environ.get("BULKWRITES_MAX_UPLOAD_BYTES") or 100 * 1024 * 1024)  # before setup_django
+UPLOAD_CAP_BYTES = 1 << 34  # the bench's files may exceed the app's upload cap (1 GiB by default)
+APP_UPLOAD_CAP = int(os.environ.get("BULKWRITES_MAX_UPLOAD_BYTES") or 1024 * 1024 * 1024)  # before setup_django
 WAYS = (
     "boto3_batch_writer",
     "threaded_batch_write_item",

@@ -118,7 +118,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = False
 
 BULKWRITES = {
-    "MAX_UPLOAD_BYTES": int(os.environ.get("BULKWRITES_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)),
+    # Uploads stream to disk and are read as a stream: the cap bounds disk use, not memory.
+    # 1 GiB holds a million rows of ~1 KB (a 1M-row CSV of 150-byte rows is ~150 MB).
+    "MAX_UPLOAD_BYTES": int(os.environ.get("BULKWRITES_MAX_UPLOAD_BYTES", 1024 * 1024 * 1024)),
     "QUEUE": BULKWRITES_QUEUE,
     # Seconds a worker holds a slice of items before another worker may take it over.
     "LEASE_SECONDS": int(os.environ.get("BULKWRITES_LEASE_SECONDS", 30)),
