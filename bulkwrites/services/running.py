@@ -209,8 +209,10 @@ def _run_slices(
             if not progress.closed:
                 close(progress)
     finally:
-        recorder.close()
-        _release_leases(job.pk, worker)
+        try:
+            recorder.close()
+        finally:
+            _release_leases(job.pk, worker)
     limiter.flush()
     report.slices = len(started)
     report.items = len(result.outcomes)
