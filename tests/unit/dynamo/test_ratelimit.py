@@ -249,6 +249,15 @@ def test_charge_delta_prefers_what_dynamodb_reported(estimate: float, consumed: 
     assert charge_delta(estimate, consumed) == delta
 
 
+@pytest.mark.parametrize(
+    ("estimate", "consumed", "delta"),
+    [(25, 10.0, 0.0), (25, 0.0, 0.0), (25, 30.0, 5.0)],
+)
+def test_a_throttled_call_is_not_refunded_what_dynamodb_refused(estimate: float, consumed: float, delta: float) -> None:
+    # The refused items are retried: refunding them would let the retries skip the rate.
+    assert charge_delta(estimate, consumed, throttled=True) == delta
+
+
 def _simulate(
     *, rate: float, callers: int, seconds: float, sizes: Callable[[random.Random], float], seed: int = 7
 ) -> list[tuple[float, float]]:
@@ -459,8 +468,8 @@ def test_record_charges_what_dynamodb_reported(redis: ModelRedis, clock: FakeClo
     assert limiter.current_rate() == 700.0  # and AIMD backed off: the bucket now holds at most 700
     limiter.acquire(30)
     assert redis.bucket.tokens == 670.0
-    limiter.record(consumed=20.0, throttled=True)  # UnprocessedItems: what was written is charged
-    assert redis.bucket.tokens == 680.0
+    limiter.record(consumed=20.0, throttled=True)  # UnprocessedItems: the refused 10 stay charged (retried)
+    assert redis.bucket.tokens == 670.0
     assert redis.consumed[str(math.floor(clock.now))] == 12.0 + 30.0 + 45.0 + 20.0
 
 
