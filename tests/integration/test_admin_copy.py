@@ -138,3 +138,34 @@ def test_the_action_is_only_offered_to_users_who_may_run_jobs(
     assert "copy_to_dynamodb" not in client.get(changelist).content.decode()
     copy(client, changelist, [shop[0].pk], **form_fields("t"))  # Django answers "no such action"
     assert not Job.objects.exists()
+
+
+def test_copying_thousands_of_records_converts_them_in_worker_processes(
+    admin_client_tx: Any, shop: list[Customer], make_table: Any, scan: Any, run_worker: Any
+) -> None:
+    # Over one conversion chunk (2,000 rows), so staging uses its process pool while it reads
+    # the records through a server-side cursor on the same connection it COPYs with.
+    customer = shop[0]
+    Order.objects.bulk_create(
+        Order(customer=customer, number=f"B-{n:05d}", total=Decimal(n) / 4, note=f"bulk {n}") for n in range(4500)
+    )
+    table = make_table(pk="order_no", pk_type="S")
+    changelist = reverse("admin:demo_order_changelist")
+    response = copy(
+        admin_client_tx,
+        changelist,
+        [Order.objects.first().pk],
+        select_across=True,
+        **form_fields(table, mapping="number -> order_no\ntotal -> amount:N"),
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    job = Job.objects.get()
+    assert (job.total_items, job.failed_items) == (4506, 0)
+    admin_client_tx.post(reverse("admin:bulkwrites_job_action", args=[job.pk, "start"]))
+    run_worker()
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items) == (JobStatus.SUCCEEDED, 4506)
+    items = {i["order_no"]["S"]: i["amount"]["N"] for i in scan(table)}
+    assert len(items) == 4506
+    assert items["B-00007"] == "1.75"
+    assert items["B-04499"] == "1124.75"
