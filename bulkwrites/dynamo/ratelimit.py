@@ -410,6 +410,13 @@ if event == 'throttled' then
     end
     adaptive = math.max(floor_for(base), base * factor)
     redis.call('HSET', KEYS[2], 'rate', fmt(adaptive), 'base', fmt(base), 'updated', fmt(now), 'decreased', fmt(now))
+    -- A job without a cap ran unlimited until now: the throttle says DynamoDB's capacity (and
+    -- its burst) is used up, so its new bucket starts empty instead of full. Starting full
+    -- sent a second's worth at once into the exhausted table: ~1,000 of the ~1,200 unprocessed
+    -- items of a run at a 1,000 WCU/s cap came back in its first two seconds.
+    if not cap and redis.call('EXISTS', KEYS[3]) == 0 then
+      save(KEYS[3], 0, 0, now, state_ttl)
+    end
   end
   redis.call('PEXPIRE', KEYS[2], state_ttl)
 elseif event == 'success' then
@@ -612,6 +619,10 @@ class JobRateLimiter:
         self.recheck_seconds = recheck_seconds
         self._report_script = redis.register_script(REPORT_LUA)
         self._lock = threading.Lock()
+        # One report at a time per limiter: a throttle reported while another thread was still
+        # sending the consumption it had just taken made the uncapped start see a fraction of what
+        # was consumed (its first rate came out tiny, and the job crawled for ~25 s).
+        self._send_lock = threading.Lock()
         self._local = threading.local()
         self._unlimited = False  # last seen state; while True (and not due) calls skip Redis
         self._recheck_at = -math.inf
@@ -699,6 +710,10 @@ class JobRateLimiter:
     def _send(
         self, *, observe: float = 0.0, delta: float = 0.0, event: str, acquired_at: float | None = None
     ) -> Limits:
+        with self._send_lock:
+            return self._send_locked(observe=observe, delta=delta, event=event, acquired_at=acquired_at)
+
+    def _send_locked(self, *, observe: float, delta: float, event: str, acquired_at: float | None) -> Limits:
         with self._lock:
             pending, self._pending = self._pending, 0.0
             since, self._pending_since = self._pending_since, None

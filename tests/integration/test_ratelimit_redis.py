@@ -418,3 +418,24 @@ def test_report_script_matches_the_pure_aimd(client: redis_lib.Redis, new_job: C
     want = aimd_on_throttle(None, cap=None, observed=observed, now=51.4, acquired_at=None, policy=policy)
     assert limits.adaptive == pytest.approx(want.rate, rel=1e-12)
     assert limits.cap is None
+
+
+def test_an_uncapped_job_throttled_for_the_first_time_starts_with_an_empty_bucket(
+    client: redis_lib.Redis, new_job: Callable[[], str]
+) -> None:
+    # It ran unlimited until DynamoDB throttled it: a full bucket would send another second's
+    # worth at once into the exhausted table. A capped job's bucket still starts full.
+    script = client.register_script(REPORT_LUA)
+    uncapped, capped = new_job(), new_job()
+    set_rate_cap(client, capped, 1000.0)
+    for job in (uncapped, capped):
+        keys = JobKeys.for_job(job)
+        report(script, keys, observe=1250.0, observe_span=1.0, now=30.0)
+        limits = report(script, keys, event="throttled", policy=AimdPolicy(decrease_factor=0.8), now=30.0)
+        assert limits.rate == pytest.approx(1000.0 if job == uncapped else 800.0)
+
+    first = RedisTokenBucket(client, uncapped).take(25, now=30.0)
+    assert first.status == "wait"
+    assert first.wait == pytest.approx(25 / 1000.0)
+    assert RedisTokenBucket(client, uncapped).take(25, first.ticket, now=30.03).status == "granted"
+    assert RedisTokenBucket(client, capped).take(25, now=30.0).status == "granted"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,7 @@ class ModelRedis:
         if delta and rate is not None:
             self.bucket = charge_tokens(self.bucket, delta, rate=rate, burst=burst, now=now)
         if event == "throttled":
+            first = self.aimd is None
             self.aimd = aimd_on_throttle(
                 self.aimd,
                 cap=cap,
@@ -124,6 +126,8 @@ class ModelRedis:
                 acquired_at=float(acquired) if acquired else None,
                 policy=POLICY,
             )
+            if first and cap is None and self.bucket is None:
+                self.bucket = BucketState(0.0, 0.0, now)  # as REPORT_LUA: nothing left to burst with
         elif event == "success":
             self.aimd = aimd_on_success(self.aimd, cap=cap, now=now, policy=POLICY)
         return [repr(cap) if cap else "", repr(self.aimd.rate) if self.aimd else "", repr(now)]
@@ -555,3 +559,38 @@ def test_record_without_acquire_only_counts_consumption(redis: ModelRedis, clock
     assert redis.consumed[str(math.floor(clock.now))] == 3.0
     assert redis.aimd is None
     assert redis.bucket is None
+
+
+def test_a_throttle_is_reported_after_the_consumption_another_thread_is_sending(clock: FakeClock) -> None:
+    # Thread A flushes the consumption of unlimited calls; thread B reports the first throttle
+    # meanwhile. If B's report reached Redis first, the uncapped job's first rate would be
+    # computed from a fraction of what it consumed.
+    redis = ModelRedis(clock)
+    limiter = make_limiter(redis, clock)
+    limiter.acquire(25)
+    limiter.record(consumed=1200.0, throttled=False)  # unlimited: kept until the next report
+    assert redis.calls == [("_take", redis.calls[0][1])]
+    entered, release = threading.Event(), threading.Event()
+    report = limiter._report_script
+
+    def slow_first_report(**kwargs: Any) -> Any:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(5)
+        return report(**kwargs)
+
+    limiter._report_script = slow_first_report
+    flusher = threading.Thread(target=limiter.flush)
+    flusher.start()
+    assert entered.wait(5)
+    thrower = threading.Thread(target=lambda: limiter.record(consumed=0.0, throttled=True))
+    thrower.start()
+    thrower.join(0.2)
+    assert thrower.is_alive()  # waits for the flush in flight
+    release.set()
+    flusher.join(5)
+    thrower.join(5)
+    reports = [args for name, args in redis.calls if name == "_report"]
+    assert [(float(a[0]), a[3]) for a in reports] == [(1200.0, "none"), (0.0, "throttled")]
+    assert redis.aimd is not None
+    assert redis.aimd.base == pytest.approx(1200.0 / max(1.0, 0.0))
