@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from itertools import islice
 from typing import Any, NamedTuple, TypeVar
 
 from .items import KeySchema, prepare_item
@@ -112,7 +111,18 @@ class RecordConverter:
             while True:
                 while len(in_flight) < 2 * self.processes and (chunk := next(waiting, None)) is not None:
                     inputs = [r for r, _ in chunk]
-                    future = None if broken else self._submit(pool, inputs)
+                    future = None
+                    if not broken:
+                        try:
+                            future = pool.submit(
+                                convert_rows,
+                                inputs,
+                                self.key_schema,
+                                delete=self.delete,
+                                dynamodb_json=self.dynamodb_json,
+                            )
+                        except BrokenProcessPool:
+                            broken = True
                     in_flight.append((future, inputs, [c for _, c in chunk]))
                 if not in_flight:
                     return
@@ -128,19 +138,11 @@ class RecordConverter:
                     in_flight = deque((None, i, c) for _, i, c in in_flight)
                 yield from zip(records, companions, strict=True)
 
-    def _submit(self, pool: ProcessPoolExecutor, inputs: list[RowInput]) -> Future[list[Record]] | None:
-        try:
-            return pool.submit(
-                convert_rows, inputs, self.key_schema, delete=self.delete, dynamodb_json=self.dynamodb_json
-            )
-        except BrokenProcessPool:
-            return None
-
     def _convert(self, chunk: list[RowInput]) -> list[Record]:
         return convert_rows(chunk, self.key_schema, delete=self.delete, dynamodb_json=self.dynamodb_json)
 
 
 def _chunks[R](rows: Iterable[R], size: int) -> Iterator[list[R]]:
     iterator = iter(rows)
-    while chunk := list(islice(iterator, size)):
+    while chunk := list(itertools.islice(iterator, size)):
         yield chunk

@@ -74,7 +74,7 @@ class WriteRequest:
     def to_api(self) -> dict[str, Any]:
         """The request as boto3 takes it (binary as bytes)."""
         if self.is_put:
-            item = self.item if self.item is not None else json.loads(self.item_json or "{}")
+            item = self.item if self.item is not None else json.loads(self.item_json)
             return {"PutRequest": {"Item": to_wire(item)}}
         return {"DeleteRequest": {"Key": to_wire(self.key)}}
 

@@ -118,11 +118,6 @@ _COPY_ITEMS = (
 )
 
 
-def staging_processes() -> int:
-    """Worker processes converting rows while this one COPYs (``BULKWRITES["STAGING_PROCESSES"]``)."""
-    return int(settings.BULKWRITES["STAGING_PROCESSES"])
-
-
 @dataclass
 class StagingResult:
     rows: int = 0
@@ -144,7 +139,7 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
         key_schema,
         delete=job.operation == Operation.DELETE,
         dynamodb_json=dynamodb_json,
-        processes=staging_processes(),
+        processes=settings.BULKWRITES["STAGING_PROCESSES"],
     )
     with transaction.atomic():
         Item.objects.filter(job=job).delete()
