@@ -51,6 +51,13 @@ def form_fields(table: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def start_and_run(client: Any, job: Job, run_worker: Any) -> None:
+    """Start the job from its admin page, let a burst worker run it, reload it."""
+    client.post(reverse("admin:bulkwrites_job_action", args=[job.pk, "start"]))
+    run_worker()
+    job.refresh_from_db()
+
+
 def test_copy_selected_customers(
     admin_client_tx: Any, shop: list[Customer], make_table: Any, scan: Any, run_worker: Any
 ) -> None:
@@ -74,9 +81,7 @@ def test_copy_selected_customers(
     assert preview.context["preview"].rows == 2
     assert preview.context["preview"].valid == 2
 
-    admin_client_tx.post(reverse("admin:bulkwrites_job_action", args=[job.pk, "start"]))
-    run_worker()
-    job.refresh_from_db()
+    start_and_run(admin_client_tx, job, run_worker)
     assert job.status == JobStatus.SUCCEEDED
     items = {int(i["id"]["N"]): i for i in scan(table)}
     assert set(items) == set(chosen)
@@ -101,9 +106,7 @@ def test_copy_everything_the_filters_match_with_a_mapping(
     )
     assert response.status_code == 302, response.content.decode()[:3000]
     job = Job.objects.get()
-    admin_client_tx.post(reverse("admin:bulkwrites_job_action", args=[job.pk, "start"]))
-    run_worker()
-    job.refresh_from_db()
+    start_and_run(admin_client_tx, job, run_worker)
     assert job.status == JobStatus.SUCCEEDED, list(job.items.values_list("error_message", flat=True))
     items = {i["order_no"]["S"]: i for i in scan(table)}
     german = Order.objects.filter(customer__country="DE")
@@ -161,9 +164,7 @@ def test_copying_thousands_of_records_converts_them_in_worker_processes(
     assert response.status_code == 302, response.content.decode()[:3000]
     job = Job.objects.get()
     assert (job.total_items, job.failed_items) == (4506, 0)
-    admin_client_tx.post(reverse("admin:bulkwrites_job_action", args=[job.pk, "start"]))
-    run_worker()
-    job.refresh_from_db()
+    start_and_run(admin_client_tx, job, run_worker)
     assert (job.status, job.succeeded_items) == (JobStatus.SUCCEEDED, 4506)
     items = {i["order_no"]["S"]: i["amount"]["N"] for i in scan(table)}
     assert len(items) == 4506
