@@ -141,7 +141,13 @@ def test_operator_uploads_previews_runs_and_exports(
     # The page's own poller moves the bar to 100% (no reload by the test), then reloads once, finished.
     finished_job_log(page, timeout=60, why=why)
     expect(page.locator("#job-page")).to_have_attribute("data-finished", "1", timeout=10_000)
-    log = live_log(page)
+
+    # The reloaded page's attribute is visible before its DOMContentLoaded handler logs the load.
+    def reloaded_log() -> list[dict[str, Any]] | None:
+        entries = live_log(page)
+        return entries if [e["kind"] for e in entries].count("load") >= 2 else None
+
+    log = wait_or_explain(reloaded_log, timeout=10, what="the reloaded page to log its load", why=why)
     loads = [e for e in log if e["kind"] == "load"]
     live = [e for e in log if e["kind"] == "live"]
     final_live = next(e for e in live if e["text"].startswith("100"))
@@ -303,8 +309,11 @@ def test_job_page_screenshot_while_running(
         created_by=admin_user,
         concurrency=1,
         batch_size=25,
+        # 5,000 items of 1 WCU at 250 WCU/s: the job lasts at least ~19 s however fast the machine,
+        # so the page's 2 s polls see it mid-run several times (a fast machine finished it before two).
+        rate_limit_wcu=250,
     )
-    fault_proxy.configure(latency_ms=20)  # 200 calls one at a time: several of the page's 2 s polls mid-run
+    fault_proxy.configure(latency_ms=20)
     worker = start_worker(AWS_ENDPOINT_URL_DYNAMODB=fault_proxy.url)
 
     def why() -> str:

