@@ -525,14 +525,14 @@ class Bulkwrites:
     def staged_job(
         self, csv_path: Path, table: str, *, workers: int, concurrency: int, job_endpoint: str | None = None
     ) -> Any:
-        from bulkwrites.services import jobs
+        from bulkwrites.services import create, work
 
         with csv_path.open("rb") as upload, env_override(AWS_ENDPOINT_URL_DYNAMODB=job_endpoint or endpoint()):
-            job = jobs.job_create_from_file(
+            job = create.job_create_from_file(
                 upload=upload, file_name=csv_path.name, table_name=table, concurrency=concurrency, workers=workers
             )
         try:
-            staged = jobs.job_stage(job)
+            staged = work.job_stage(job)
         except BaseException:
             delete_job(job)
             raise
@@ -546,7 +546,7 @@ class Bulkwrites:
     def run(self, job: Any, *, expected: int, workers: int, env: dict[str, str], label: str) -> dict[str, Any]:
         """Timed: job_start + spawning the workers, until the job has finished."""
         from bulkwrites.models import JobStatus
-        from bulkwrites.services import jobs
+        from bulkwrites.services import control
 
         if job.total_items != expected:
             raise BenchError(f"job {job.pk} staged {job.total_items} items, expected {expected}")
@@ -555,7 +555,7 @@ class Bulkwrites:
         self.workers.wait_ready(processes)
         self.active_job = job.pk
         began = time.perf_counter()
-        jobs.job_start(job=job)
+        control.job_start(job=job)
         exited_at = None
         while True:
             status = self.Job.objects.filter(pk=job.pk).values_list("status", flat=True).get()
@@ -621,12 +621,12 @@ class Bulkwrites:
     def cancel_active(self) -> None:
         if self.active_job is None:
             return
-        from bulkwrites.services import jobs
+        from bulkwrites.services import control
 
         with contextlib.suppress(Exception):
             job = self.Job.objects.get(pk=self.active_job)
             if not job.is_finished:
-                jobs.job_cancel(job=job)
+                control.job_cancel(job=job)
                 log(f"cancelled bench job {job.pk}")
         self.active_job = None
 
@@ -980,16 +980,16 @@ def vm_hwm_kb() -> int | None:
 def staging_child(path: str, table: str) -> None:
     """Upload to a staged job in this process; report time and peak RSS as JSON on stdout."""
     setup_django()
-    from bulkwrites.services import jobs
+    from bulkwrites.services import create, work
 
     baseline = vm_hwm_kb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     began = time.perf_counter()
     with open(path, "rb") as upload:
-        job = jobs.job_create_from_file(upload=upload, file_name="staging.csv", table_name=table)
+        job = create.job_create_from_file(upload=upload, file_name="staging.csv", table_name=table)
     created = time.perf_counter()
     error = ""
     try:
-        staged = jobs.job_stage(job)
+        staged = work.job_stage(job)
     except Exception as exc:  # reported with the job id, so the bench can delete the job
         staged, error = False, f"{type(exc).__name__}: {exc}"
     done = time.perf_counter()

@@ -15,7 +15,6 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import OperationalError, connection, transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
@@ -26,23 +25,26 @@ from django.utils.html import format_html
 from import_export.admin import ExportActionMixin
 
 from bulkwrites import selectors
-from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TargetForm, upload_too_large
+from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TargetForm
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SqlSource, TableSetting
 from bulkwrites.resources import EXPORT_FORMATS, FORMATS_BY_NAME, ItemExportResource, export_items
-from bulkwrites.services import jobs as job_services
+from bulkwrites.services import control, create
+from bulkwrites.services.errors import JobError
+from bulkwrites.services.sql import SqlSpec
 
 PROGRESS_BAR = (
     '<div class="bw-progress" title="{pct}%"><div class="bw-bar bw-{status}" style="width:{pct}%"></div></div>'
     '<span class="bw-pct">{pct}%</span>'
 )
 
-# name → (service, permission, message)
-JOB_ACTIONS: dict[str, tuple[Any, str, str]] = {
-    "start": (job_services.job_start, "bulkwrites.run_job", "Job {id} queued."),
-    "resume": (job_services.job_resume, "bulkwrites.run_job", "Job {id} resumed."),
-    "retry_failed": (job_services.job_retry_failed, "bulkwrites.run_job", "Failed items of job {id} queued again."),
-    "pause": (job_services.job_pause, "bulkwrites.cancel_job", "Job {id} paused."),
-    "cancel": (job_services.job_cancel, "bulkwrites.cancel_job", "Job {id} cancelled."),
+# The job page's buttons: operator transitions of Job (models.JOB_TRANSITIONS), each with the
+# permission it needs, its label and what the operator is told once it is done.
+JOB_ACTIONS: dict[str, tuple[str, str, str]] = {
+    "start": ("bulkwrites.run_job", "Start", "Job {id} queued."),
+    "resume": ("bulkwrites.run_job", "Resume", "Job {id} resumed."),
+    "retry_failed": ("bulkwrites.run_job", "Retry failed items", "Failed items of job {id} queued again."),
+    "pause": ("bulkwrites.cancel_job", "Pause", "Job {id} paused."),
+    "cancel": ("bulkwrites.cancel_job", "Cancel", "Job {id} cancelled."),
 }
 
 
@@ -51,15 +53,6 @@ def _declared_length(request: HttpRequest) -> int:
         return int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return 0
-
-
-ACTION_LABELS = {
-    "start": "Start",
-    "resume": "Resume",
-    "retry_failed": "Retry failed items",
-    "pause": "Pause",
-    "cancel": "Cancel",
-}
 
 
 def progress_bar(job: Job) -> str:
@@ -138,15 +131,15 @@ class JobAdmin(admin.ModelAdmin):
                     request,
                     "New job from a file",
                     form=FileJobForm(),
-                    error=upload_too_large(_declared_length(request)),
+                    error=create.upload_too_large(_declared_length(request)),
                 ),
                 status=413,
             )
-        form = FileJobForm(request.POST or None, request.FILES or None)
+        form = FileJobForm(request.POST or None, request.FILES or None, tables=selectors.table_listing())
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]
             try:
-                job = job_services.job_create_from_file(
+                job = create.job_create_from_file(
                     upload=upload.file,
                     file_name=upload.name,
                     table_name=form.cleaned_data["table_name"],
@@ -155,7 +148,7 @@ class JobAdmin(admin.ModelAdmin):
                     created_by=request.user,
                     **form.job_settings(),
                 )
-            except job_services.JobError as exc:
+            except JobError as exc:
                 form.add_error(None, str(exc))
             else:
                 return HttpResponseRedirect(reverse("admin:bulkwrites_job_preview", args=[job.pk]))
@@ -170,8 +163,8 @@ class JobAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
         preview = error = None
         try:
-            preview = job_services.job_preview(job)
-        except job_services.JobError as exc:
+            preview = create.job_preview(job)
+        except JobError as exc:
             error = str(exc)
         return TemplateResponse(
             request,
@@ -195,7 +188,7 @@ class JobAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request, job):
             raise PermissionDenied
         user = request.user
-        allowed = {name for name, (_, perm, _) in JOB_ACTIONS.items() if user.has_perm(perm)}
+        allowed = {name for name, (permission, _, _) in JOB_ACTIONS.items() if user.has_perm(permission)}
         context = self._context(
             request,
             f"Job {job.pk}: {job.source_name} → {job.table_name}",
@@ -203,7 +196,7 @@ class JobAdmin(admin.ModelAdmin):
             progress=selectors.job_progress(job),
             failed_items=selectors.failed_items(job)[:50],
             failures_by_code=selectors.failures_by_code(job),
-            actions=[{"name": a, "label": ACTION_LABELS[a]} for a in selectors.available_actions(job) if a in allowed],
+            actions=[{"name": a, "label": JOB_ACTIONS[a][1]} for a in job.available_actions() if a in allowed],
             can_export=user.has_perm("bulkwrites.export_items"),
             can_set_rate=user.has_perm("bulkwrites.run_job") and not job.is_finished,
             runs=selectors.run_totals(job),
@@ -225,12 +218,12 @@ class JobAdmin(admin.ModelAdmin):
             return HttpResponseNotAllowed(["POST"])
         if action not in JOB_ACTIONS:
             raise Http404("unknown action")
-        service, permission, message = JOB_ACTIONS[action]
+        permission, _, message = JOB_ACTIONS[action]
         self._require(request, permission)
         job = get_object_or_404(Job, pk=job_id)
         try:
-            service(job=job)
-        except job_services.JobError as exc:
+            control.ACTIONS[action](job=job)
+        except JobError as exc:
             messages.error(request, str(exc))
         else:
             messages.success(request, message.format(id=job.pk))
@@ -252,7 +245,7 @@ class JobAdmin(admin.ModelAdmin):
         form = RateForm(request.POST)
         if form.is_valid():
             rate = form.cleaned_data["rate_limit_wcu"]
-            job_services.job_set_rate(job=job, wcu_per_second=rate)
+            control.job_set_rate(job=job, wcu_per_second=rate)
             message = f"rate cap set to {rate:g} WCU/s" if rate else "rate cap removed"
             messages.success(request, f"Job {job.pk}: {message}.")
             LogEntry.objects.log_actions(
@@ -295,16 +288,7 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        query = self.object_list
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute("SET LOCAL statement_timeout = 200")
-                return query.count()
-        except OperationalError:
-            sql, params = query.query.sql_with_params()
-            with connection.cursor() as cursor:
-                cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-                return int(cursor.fetchone()[0][0]["Plan"]["Plan Rows"])
+        return self.object_list.estimated_count()  # type: ignore[no-any-return]
 
 
 @admin.register(Item)
@@ -413,23 +397,21 @@ class SqlSourceAdmin(admin.ModelAdmin):
 
     def new_job_view(self, request: HttpRequest, source_id: int) -> HttpResponse:
         """A job from this source: pick the target, then the same preview as files."""
-        from bulkwrites.services import sql
-
         if not _may_use_sql(request):
             raise PermissionDenied
         source = get_object_or_404(SqlSource, pk=source_id)
-        form = TargetForm(request.POST or None)
+        form = TargetForm(request.POST or None, tables=selectors.table_listing())
         if request.method == "POST" and form.is_valid():
             try:
-                job = sql.job_create_from_sql(
-                    spec=sql.spec_for(source),
+                job = create.job_create_from_sql(
+                    spec=SqlSpec.for_source(source),
                     table_name=form.cleaned_data["table_name"],
                     operation=form.cleaned_data["operation"],
                     source_name=source.name,
                     created_by=request.user,
                     **form.job_settings(),
                 )
-            except job_services.JobError as exc:
+            except JobError as exc:
                 form.add_error(None, str(exc))
             else:
                 return HttpResponseRedirect(reverse("admin:bulkwrites_job_preview", args=[job.pk]))

@@ -19,7 +19,9 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from bulkwrites.forms import CopyRecordsForm
-from bulkwrites.services import jobs as job_services
+from bulkwrites.selectors import table_listing
+from bulkwrites.services import create
+from bulkwrites.services.errors import JobError
 from bulkwrites.sources.querysets import format_mapping, model_fields
 
 RUN_PERMISSION = "bulkwrites.run_job"
@@ -35,7 +37,7 @@ def copy_to_dynamodb(
     select_across = request.POST.get("select_across") == "1"
     count = queryset.count()
     if "copy_apply" in request.POST:
-        form = CopyRecordsForm(request.POST)
+        form = CopyRecordsForm(request.POST, tables=table_listing())
         if form.is_valid():
             description = (
                 f"all {count} {model._meta.verbose_name_plural} matching the filters"
@@ -44,7 +46,7 @@ def copy_to_dynamodb(
                 else f"{count} selected {model._meta.verbose_name_plural}"
             )
             try:
-                job = job_services.job_create_from_queryset(
+                job = create.job_create_from_queryset(
                     queryset=queryset,
                     table_name=form.cleaned_data["table_name"],
                     operation=form.cleaned_data["operation"],
@@ -53,13 +55,13 @@ def copy_to_dynamodb(
                     created_by=request.user,
                     **form.job_settings(),
                 )
-            except job_services.JobError as exc:
+            except JobError as exc:
                 form.add_error(None, str(exc))
             else:
                 messages.info(request, f"Job {job.pk}: {count} records read; check the preview and confirm.")
                 return HttpResponseRedirect(reverse("admin:bulkwrites_job_preview", args=[job.pk]))
     else:
-        form = CopyRecordsForm()
+        form = CopyRecordsForm(tables=table_listing())
     context = {
         **model_admin.admin_site.each_context(request),
         "title": f"Copy {count} {model._meta.verbose_name_plural} to DynamoDB",

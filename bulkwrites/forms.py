@@ -1,4 +1,8 @@
-"""Admin forms: a new job from a file, and the settings every job has."""
+"""Admin forms: a new job from a file, records or a query, the settings every job has, SQL sources.
+
+Forms ask nothing of DynamoDB or PostgreSQL when they are imported: table choices are handed
+in by the view (from ``selectors.table_listing``).
+"""
 
 from __future__ import annotations
 
@@ -6,94 +10,87 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 
-from bulkwrites.models import DEFAULT_CONCURRENCY, DuplicatePolicy, Operation, SqlSource
-from bulkwrites.services.tables import TableError, list_table_names
+from bulkwrites.models import Job, Operation, SqlSource
+from bulkwrites.selectors import TableListing
+from bulkwrites.services import sql
+from bulkwrites.services.create import upload_too_large
+from bulkwrites.services.errors import JobError
+from bulkwrites.sources import postgres
 from bulkwrites.sources.files import FORMATS
 
 
-def upload_too_large(size: int) -> str:
-    limit = settings.BULKWRITES["MAX_UPLOAD_BYTES"]
-    return f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB."
+def _setting_field(model_field: Any, **kwargs: Any) -> Any:
+    """A form field for a job setting, with the model's bounds as the input's min and max."""
+    field = model_field.formfield(**kwargs)
+    for validator in model_field.validators:
+        if isinstance(validator, MinValueValidator):
+            field.widget.attrs["min"] = validator.limit_value
+        elif isinstance(validator, MaxValueValidator):
+            field.widget.attrs["max"] = validator.limit_value
+    return field
 
 
-class RateForm(forms.Form):
-    rate_limit_wcu = forms.FloatField(
-        required=False, min_value=0.1, label="Rate cap (WCU/s)", help_text="empty: no cap"
-    )
+class JobSettingsForm(forms.ModelForm):
+    """The settings every job has; bounds, defaults and help come from the Job model's fields."""
 
-
-class JobSettingsForm(forms.Form):
-    rate_limit_wcu = forms.FloatField(
-        required=False,
-        min_value=0.1,
-        label="Rate cap (WCU/s)",
-        help_text="write capacity units per second for the whole job (empty: the table's default, or no cap)",
-    )
-    duplicate_policy = forms.ChoiceField(choices=DuplicatePolicy.choices, initial=DuplicatePolicy.LAST)
-    concurrency = forms.IntegerField(
-        min_value=1, max_value=64, initial=DEFAULT_CONCURRENCY, help_text="calls in flight per worker"
-    )
-    workers = forms.IntegerField(min_value=1, max_value=32, initial=1, help_text="workers on this job at once")
-    max_attempts = forms.IntegerField(
-        min_value=1, max_value=100, initial=10, help_text="calls without progress before an item is given up"
-    )
-    batch_size = forms.IntegerField(min_value=1, max_value=25, initial=25, help_text="requests per call (≤ 25)")
+    class Meta:
+        model = Job
+        fields = ["rate_limit_wcu", "duplicate_policy", "concurrency", "workers", "max_attempts", "batch_size"]
+        formfield_callback = _setting_field
+        help_texts = {
+            "rate_limit_wcu": "write capacity units per second for the whole job "
+            "(empty: the table's default, or no cap)",
+        }
 
     def job_settings(self) -> dict[str, Any]:
-        return {name: self.cleaned_data[name] for name in JobSettingsForm.base_fields}
+        return {name: self.cleaned_data[name] for name in self._meta.fields or ()}
 
 
-class TableChoiceField(forms.ChoiceField):
-    """The tables DynamoDB lists; a clear form error if it cannot be asked."""
+class RateForm(forms.ModelForm):
+    """The job page's rate cap, checked by the same field as at creation."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(choices=(), **kwargs)
-        self.listing_error = ""
-        try:
-            names = list_table_names()
-        except TableError as exc:
-            names = []
-            self.listing_error = exc.message
-        self.choices = [("", "— choose a table —"), *((n, n) for n in names)]
-
-
-class FileJobForm(JobSettingsForm):
-    file = forms.FileField(help_text="CSV, TSV, JSON, JSON Lines, XLSX or DynamoDB JSON lines")
-    source_format = forms.ChoiceField(
-        choices=[("", "detect from the file"), *FORMATS.items()], required=False, label="Format"
-    )
-    table_name = TableChoiceField(label="Target table")
-    operation = forms.ChoiceField(choices=Operation.choices, initial=Operation.PUT)
-
-    field_order = ["file", "source_format", "table_name", "operation"]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["table_name"] = TableChoiceField(label="Target table")
-        listing_error = self.fields["table_name"].listing_error
-        if listing_error:
-            self.fields["table_name"].help_text = f"Could not list tables: {listing_error}"
-
-    def clean_file(self) -> Any:
-        upload = self.cleaned_data["file"]
-        limit = settings.BULKWRITES["MAX_UPLOAD_BYTES"]
-        if upload.size > limit:
-            raise forms.ValidationError(f"The file is {upload.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
-        return upload
+    class Meta:
+        model = Job
+        fields = ["rate_limit_wcu"]
+        formfield_callback = _setting_field
+        help_texts = {"rate_limit_wcu": "empty: no cap"}
 
 
 class TargetForm(JobSettingsForm):
-    """Target table and operation, for sources that are not files."""
+    """Target table and operation, for sources that are not files.
 
-    table_name = TableChoiceField(label="Target table")
+    The table choices are handed in by the view (``tables``): nothing here asks DynamoDB.
+    """
+
+    table_name = forms.ChoiceField(label="Target table", choices=())
     operation = forms.ChoiceField(choices=Operation.choices, initial=Operation.PUT)
 
     field_order = ["table_name", "operation"]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tables: TableListing | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["table_name"] = TableChoiceField(label="Target table")
+        tables = tables or TableListing()
+        table_field = self.fields["table_name"]
+        table_field.choices = [("", "— choose a table —"), *((n, n) for n in tables.names)]  # type: ignore[attr-defined]
+        if tables.error:
+            table_field.help_text = f"Could not list tables: {tables.error}"
+
+
+class FileJobForm(TargetForm):
+    file = forms.FileField(help_text="CSV, TSV, JSON, JSON Lines, XLSX or DynamoDB JSON lines")
+    source_format = forms.ChoiceField(
+        choices=[("", "detect from the file"), *FORMATS.items()], required=False, label="Format"
+    )
+
+    field_order = ["file", "source_format", "table_name", "operation"]
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data["file"]
+        if upload.size > settings.BULKWRITES["MAX_UPLOAD_BYTES"]:
+            raise forms.ValidationError(upload_too_large(upload.size))
+        return upload
 
 
 class CopyRecordsForm(TargetForm):
@@ -115,8 +112,6 @@ class SqlSourceForm(forms.ModelForm):
         widgets = {"query": forms.Textarea(attrs={"rows": 8, "cols": 80, "spellcheck": "false"})}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from bulkwrites.services import sql
-
         super().__init__(*args, **kwargs)
         names = sql.connection_names()
         self.fields["connection"] = forms.ChoiceField(
@@ -145,10 +140,6 @@ class SqlSourceForm(forms.ModelForm):
 
     @staticmethod
     def _tables(connection: str) -> list[str]:
-        from bulkwrites.services import sql
-        from bulkwrites.services.jobs import JobError
-        from bulkwrites.sources import postgres
-
         try:
             return [f"{schema}.{table}" for schema, table in postgres.list_tables(sql.resolve_dsn(connection))]
         except (JobError, postgres.QueryError):
@@ -156,10 +147,6 @@ class SqlSourceForm(forms.ModelForm):
 
     @staticmethod
     def _columns(connection: str, table: str) -> list[tuple[str, str]]:
-        from bulkwrites.services import sql
-        from bulkwrites.services.jobs import JobError
-        from bulkwrites.sources import postgres
-
         schema, _, name = table.rpartition(".")
         if not name:
             return []
@@ -173,8 +160,6 @@ class SqlSourceForm(forms.ModelForm):
         return ", ".join(value) if isinstance(value, list) else value
 
     def clean(self) -> dict[str, Any]:
-        from bulkwrites.sources import postgres
-
         data = super().clean()
         query, table = (data.get("query") or "").strip(), (data.get("table") or "").strip()
         if bool(query) == bool(table):

@@ -1,17 +1,39 @@
 """The ledger: jobs, their items, the slices workers claim, and the audit of each slice run.
 
-State changes are small named methods and QuerySet methods that touch only their fields;
-the rules that decide *when* to call them live in ``bulkwrites.services``.
+The one home of three kinds of rules:
+
+- **The job lifecycle**: :data:`JOB_TRANSITIONS` says which status each transition leaves
+  from and goes to. Every status change is one of :class:`Job`'s transition methods, a
+  conditional ``UPDATE ... WHERE status IN (...)`` that saves only its fields, so two
+  operators (or an operator and a worker) racing on a job never undo each other; the
+  operator actions a job offers are derived from the same table.
+- **Job settings**: bounds and defaults are the fields' validators and defaults
+  (:meth:`Job.check_settings`); forms, the CLI and the services all go through them.
+- **The ledger's SQL**: statements over many rows (staging, outcomes, duplicate keys,
+  retries) are methods of the QuerySets below, named after what they do.
+
+The services decide *when* to call these; nothing else writes a status.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, ClassVar
 
 from django.conf import settings
-from django.db import models
-from django.db.models import Q
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import OperationalError, connection, models, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
+
+from bulkwrites.dynamo.backoff import Backoff
+from bulkwrites.dynamo.batching import MAX_REQUESTS_PER_CALL
+from bulkwrites.dynamo.writer import CallStats, Outcome, WriterPolicy
 
 # Calls in flight per worker. make bench, one worker on DynamoDB Local: 4 in flight reached
 # 0.72x the threaded ceiling, 8 0.79x, 16 ~1.0x; a call's latency, not the worker's CPU, sets
@@ -39,11 +61,65 @@ class JobStatus(models.TextChoices):
 
     @classmethod
     def active(cls) -> tuple[str, ...]:
+        """A worker may be working on the job (or is about to)."""
         return (cls.QUEUED, cls.RUNNING)
 
     @classmethod
     def finished(cls) -> tuple[str, ...]:
         return (cls.SUCCEEDED, cls.COMPLETED_WITH_FAILURES, cls.FAILED, cls.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobTransition:
+    """One allowed change of a job's status.
+
+    ``operator`` transitions are the buttons and CLI commands; ``offered_when`` is the extra
+    condition under which one is worth offering (resuming a job with nothing pending is not).
+    """
+
+    name: str
+    sources: frozenset[str]
+    target: str
+    operator: bool = False
+    offered_when: Callable[[Job], bool] | None = None
+
+    def allows(self, status: str) -> bool:
+        return status in self.sources
+
+
+_ACTIVE = frozenset(JobStatus.active())
+JOB_TRANSITIONS: Mapping[str, JobTransition] = {
+    t.name: t
+    for t in (
+        JobTransition("start", frozenset({JobStatus.DRAFT}), JobStatus.QUEUED, operator=True),
+        JobTransition("claim", _ACTIVE, JobStatus.RUNNING),
+        JobTransition("pause", _ACTIVE, JobStatus.PAUSED, operator=True),
+        JobTransition(
+            "resume",
+            frozenset({JobStatus.PAUSED, JobStatus.FAILED, JobStatus.CANCELLED}),
+            JobStatus.QUEUED,
+            operator=True,
+            offered_when=lambda job: job.pending_items > 0,
+        ),
+        JobTransition(
+            "retry_failed",
+            frozenset({JobStatus.COMPLETED_WITH_FAILURES, JobStatus.FAILED, JobStatus.CANCELLED}),
+            JobStatus.QUEUED,
+            operator=True,
+            offered_when=lambda job: job.failed_items > 0,
+        ),
+        JobTransition(
+            "cancel",
+            frozenset({JobStatus.DRAFT, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED}),
+            JobStatus.CANCELLED,
+            operator=True,
+        ),
+        JobTransition("fail", _ACTIVE, JobStatus.FAILED),
+        JobTransition("succeed", _ACTIVE, JobStatus.SUCCEEDED),
+        JobTransition("complete_with_failures", _ACTIVE, JobStatus.COMPLETED_WITH_FAILURES),
+    )
+}
+OPERATOR_ACTIONS: tuple[str, ...] = tuple(name for name, t in JOB_TRANSITIONS.items() if t.operator)
 
 
 class Operation(models.TextChoices):
@@ -70,6 +146,13 @@ class JobQuerySet(models.QuerySet["Job"]):
     def stalled(self, *, older_than: timedelta) -> JobQuerySet:
         """Active jobs nobody has made progress on lately (a killed worker, a lost RQ job)."""
         return self.active().filter(last_activity_at__lt=timezone.now() - older_than)
+
+    def in_queue(self, queue: str) -> JobQuerySet:
+        return self.filter(queue=queue)
+
+    def status_of(self, job_id: int) -> str | None:
+        """The job's status now (None once it is deleted): one primary-key lookup."""
+        return self.filter(pk=job_id).values_list("status", flat=True).first()
 
 
 class Job(models.Model):
@@ -109,17 +192,44 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     last_activity_at = models.DateTimeField(null=True, blank=True)
 
-    # Settings used for this job.
-    batch_size = models.PositiveSmallIntegerField(default=25)
-    max_attempts = models.PositiveSmallIntegerField(default=10)
-    backoff_base = models.FloatField(default=0.05, help_text="seconds")
-    backoff_cap = models.FloatField(default=10.0, help_text="seconds")
-    concurrency = models.PositiveSmallIntegerField(default=DEFAULT_CONCURRENCY, help_text="calls in flight per worker")
-    workers = models.PositiveSmallIntegerField(default=1, help_text="RQ jobs working on it at once")
-    slice_size = models.PositiveIntegerField(default=1000, help_text="items a worker claims at once")
+    # Settings used for this job: the bounds and defaults every way of creating a job obeys
+    # (forms, CLI, services: see check_settings). The writer's own defaults are the source.
+    batch_size = models.PositiveSmallIntegerField(
+        default=MAX_REQUESTS_PER_CALL,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_REQUESTS_PER_CALL)],
+        help_text=f"requests per call (at most {MAX_REQUESTS_PER_CALL}, DynamoDB's limit)",
+    )
+    max_attempts = models.PositiveSmallIntegerField(
+        default=WriterPolicy.max_attempts,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="calls without progress before an item is given up",
+    )
+    backoff_base = models.FloatField(
+        default=Backoff.base, validators=[MinValueValidator(0.001), MaxValueValidator(60.0)], help_text="seconds"
+    )
+    backoff_cap = models.FloatField(
+        default=Backoff.cap, validators=[MinValueValidator(0.01), MaxValueValidator(3600.0)], help_text="seconds"
+    )
+    concurrency = models.PositiveSmallIntegerField(
+        default=DEFAULT_CONCURRENCY,
+        validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text="calls in flight per worker",
+    )
+    workers = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(32)], help_text="workers on this job at once"
+    )
+    slice_size = models.PositiveIntegerField(
+        default=1000,
+        validators=[MinValueValidator(1), MaxValueValidator(100_000)],
+        help_text="items a worker claims at once",
+    )
     duplicate_policy = models.CharField(max_length=16, choices=DuplicatePolicy.choices, default=DuplicatePolicy.LAST)
     rate_limit_wcu = models.FloatField(
-        null=True, blank=True, help_text="write capacity units per second for the whole job; empty: no cap"
+        "rate cap (WCU/s)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.1), MaxValueValidator(10_000_000.0)],
+        help_text="write capacity units per second for the whole job; empty: no cap",
     )
 
     # Audit totals of the BatchWriteItem calls.
@@ -133,6 +243,18 @@ class Job(models.Model):
 
     objects = JobQuerySet.as_manager()
 
+    SETTINGS: ClassVar[tuple[str, ...]] = (
+        "rate_limit_wcu",
+        "batch_size",
+        "max_attempts",
+        "backoff_base",
+        "backoff_cap",
+        "concurrency",
+        "workers",
+        "slice_size",
+        "duplicate_policy",
+    )
+
     class Meta:
         ordering = ["-id"]
         indexes = [models.Index(fields=["status", "last_activity_at"], name="job_status_activity")]
@@ -145,6 +267,34 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.pk} → {self.table_name}"
+
+    # --- settings -----------------------------------------------------------------------
+
+    @classmethod
+    def check_settings(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The given settings, converted and checked against the fields' validators.
+
+        None means "not given". Raises ``ValidationError`` with one message per bad setting,
+        naming it; ``TypeError`` for a name that is not a setting (a programming error).
+        """
+        unknown = set(values) - set(cls.SETTINGS)
+        if unknown:
+            raise TypeError(f"unknown job settings: {sorted(unknown)}")
+        clean: dict[str, Any] = {}
+        errors: list[str] = []
+        for name, value in values.items():
+            if value is None:
+                continue
+            field = cls._meta.get_field(name)
+            try:
+                clean[name] = field.clean(value, None)  # type: ignore[union-attr]
+            except ValidationError as exc:
+                errors.extend(f"{field.verbose_name}: {message}" for message in exc.messages)
+        if errors:
+            raise ValidationError(errors)
+        return clean
+
+    # --- what the counters say ----------------------------------------------------------
 
     @property
     def pending_items(self) -> int:
@@ -164,14 +314,82 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in JobStatus.finished()
 
-    # --- transitions: each saves only what it touches ---------------------------------
+    # --- the lifecycle: every status change goes through JOB_TRANSITIONS ----------------
 
-    def mark_failed(self, code: str, message: str) -> None:
-        self.status = JobStatus.FAILED
-        self.error_code = code[:128]
-        self.error_message = message
-        self.finished_at = self.last_activity_at = timezone.now()
-        self.save(update_fields=["status", "error_code", "error_message", "finished_at", "last_activity_at"])
+    def can(self, transition: str) -> bool:
+        """Whether the transition is allowed from the status this instance holds, and worth offering."""
+        rule = JOB_TRANSITIONS[transition]
+        return rule.allows(self.status) and (rule.offered_when is None or rule.offered_when(self))
+
+    def available_actions(self) -> list[str]:
+        """The operator actions (buttons, CLI commands) that make sense for this job now."""
+        return [name for name in OPERATOR_ACTIONS if self.can(name)]
+
+    def _transition(self, name: str, *, condition: Q | None = None, **fields: Any) -> bool:
+        """One conditional UPDATE: move to the transition's target if the status allows it.
+
+        Saves only ``status`` and ``fields``; False (and nothing changed) when the job has
+        meanwhile moved to a status the transition does not leave from.
+        """
+        rule = JOB_TRANSITIONS[name]
+        rows = Job.objects.filter(pk=self.pk, status__in=rule.sources)
+        if condition is not None:
+            rows = rows.filter(condition)
+        if not rows.update(status=rule.target, **fields):
+            return False
+        self.refresh_from_db(fields=["status", *fields])
+        return True
+
+    def start(self, *, queue: str) -> bool:
+        """Draft → queued, for the workers of ``queue``."""
+        now = timezone.now()
+        return self._transition("start", queue=queue, last_activity_at=now)
+
+    def claim(self) -> bool:
+        """A worker begins a time slice of work: queued (or running) → running."""
+        now = timezone.now()
+        return self._transition("claim", started_at=Coalesce(F("started_at"), now), last_activity_at=now)
+
+    def pause(self) -> bool:
+        return self._transition("pause")
+
+    def resume(self, *, queue: str) -> bool:
+        """Paused, failed or cancelled → queued: its pending items are sent again."""
+        return self._transition(
+            "resume", queue=queue, error_code="", error_message="", finished_at=None, last_activity_at=timezone.now()
+        )
+
+    def requeue_failed(self, *, queue: str, reopened: int) -> bool:
+        """After ``reopened`` failed items were made pending again: back to the queue."""
+        return self._transition(
+            "retry_failed",
+            queue=queue,
+            failed_items=F("failed_items") - reopened,
+            error_code="",
+            error_message="",
+            finished_at=None,
+            last_activity_at=timezone.now(),
+        )
+
+    def cancel(self) -> bool:
+        return self._transition("cancel", finished_at=timezone.now())
+
+    def fail(self, code: str, message: str) -> bool:
+        """The job cannot go on (missing table, unreadable source...). Only from an active status:
+        a job an operator cancelled or paused meanwhile keeps the operator's word."""
+        now = timezone.now()
+        return self._transition(
+            "fail", error_code=code[:128], error_message=message, finished_at=now, last_activity_at=now
+        )
+
+    def finish(self) -> bool:
+        """Every item has an outcome: succeeded, or completed with failures (decided in the UPDATE)."""
+        now = timezone.now()
+        return self._transition(
+            "succeed", condition=Q(failed_items=0), finished_at=now, last_activity_at=now
+        ) or self._transition(
+            "complete_with_failures", condition=Q(failed_items__gt=0), finished_at=now, last_activity_at=now
+        )
 
 
 class TableSetting(models.Model):
@@ -209,6 +427,157 @@ class ItemQuerySet(models.QuerySet["Item"]):
 
     def in_positions(self, first: int, last: int) -> ItemQuerySet:
         return self.filter(position__gte=first, position__lte=last)
+
+    # --- statements over many rows: the ledger's SQL lives here and nowhere else --------
+
+    @contextmanager
+    def copy_in(self) -> Iterator[ItemCopy]:
+        """A ``COPY ... FROM STDIN`` into the items table: rows as :data:`ItemCopy.COLUMNS`."""
+        columns = ", ".join(ItemCopy.COLUMNS)
+        with (
+            connection.cursor() as cursor,
+            cursor.cursor.copy(f"COPY {Item._meta.db_table} ({columns}) FROM STDIN") as copy,
+        ):
+            yield ItemCopy(copy)
+
+    def apply_duplicate_policy(self, job_id: int, policy: str, *, code: str) -> tuple[int, int]:
+        """Mark pending items of a job that share a key: (superseded, rejected).
+
+        In SQL, so a million keys never sit in Python memory. ``last`` and ``first`` keep one
+        row per key and mark the others ``skipped`` with ``code``; ``reject`` fails every copy.
+        """
+        table = Item._meta.db_table
+        if policy == DuplicatePolicy.REJECT:
+            sql = f"""
+                WITH ranked AS (
+                    SELECT id, count(*) OVER (PARTITION BY key) AS copies
+                    FROM {table} WHERE job_id = %s AND status = %s
+                )
+                UPDATE {table} AS i
+                SET status = %s, error_code = %s,
+                    error_message = 'the key appears ' || r.copies || ' times in the source (duplicate policy: reject)'
+                FROM ranked AS r WHERE i.id = r.id AND r.copies > 1
+            """
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [job_id, ItemStatus.PENDING, ItemStatus.FAILED, code])
+                return 0, cursor.rowcount
+        order, winner = ("DESC", "last") if policy == DuplicatePolicy.LAST else ("ASC", "first")
+        sql = f"""
+            WITH ranked AS (
+                SELECT id,
+                       row_number() OVER (PARTITION BY key ORDER BY position {order}) AS rank,
+                       first_value(position) OVER (PARTITION BY key ORDER BY position {order}) AS winner
+                FROM {table} WHERE job_id = %s AND status = %s
+            )
+            UPDATE {table} AS i
+            SET status = %s, error_code = %s,
+                error_message = 'superseded by row ' || r.winner || ' with the same key ({winner} row wins)'
+            FROM ranked AS r WHERE i.id = r.id AND r.rank > 1
+        """
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [job_id, ItemStatus.PENDING, ItemStatus.SKIPPED, code])
+            return cursor.rowcount, 0
+
+    def record_outcomes(self, job_id: int, outcomes: Sequence[Outcome], stats: CallStats) -> None:
+        """One statement: update the items still pending, and add what changed to the job's counters.
+
+        The ``status = pending`` guard makes recording idempotent: an item re-sent after a
+        crash, or recorded by two workers, is counted once.
+        """
+        if not outcomes and not stats.calls:
+            return
+        # Five arrays, not a VALUES list of 5 x 250 placeholders: the statement text stays the same
+        # for every flush, and psycopg no longer splits a thousand-placeholder query in Python on
+        # each one (measured: ~65 µs of the worker's CPU per item, under the GIL).
+        ids: list[int] = []
+        statuses: list[str] = []
+        attempts: list[int] = []
+        codes: list[str] = []
+        messages: list[str] = []
+        for o in outcomes:
+            ids.append(o.ref)
+            statuses.append(ItemStatus.SUCCEEDED.value if o.succeeded else ItemStatus.FAILED.value)
+            attempts.append(o.attempts)
+            codes.append(o.error_code or "")
+            messages.append(o.error_message or "")
+        sql = f"""
+            WITH v AS (
+                SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[])
+                    AS v(id, status, attempts, code, message)
+            ),
+            changed AS (
+                UPDATE {Item._meta.db_table} AS i
+                SET status = v.status, attempts = i.attempts + v.attempts, error_code = v.code,
+                    error_message = v.message, updated_at = now()
+                FROM v WHERE i.id = v.id AND i.status = %s
+                RETURNING i.status
+            )
+            UPDATE {Job._meta.db_table} SET
+                succeeded_items = succeeded_items + (SELECT count(*) FROM changed WHERE status = %s),
+                failed_items = failed_items + (SELECT count(*) FROM changed WHERE status = %s),
+                calls = calls + %s, throttled_calls = throttled_calls + %s,
+                unprocessed_returned = unprocessed_returned + %s, consumed_wcu = consumed_wcu + %s,
+                last_activity_at = now()
+            WHERE id = %s
+        """
+        params = [
+            ids, statuses, attempts, codes, messages, ItemStatus.PENDING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
+            stats.calls, stats.throttled_calls, stats.unprocessed, stats.consumed_wcu, job_id,
+        ]  # fmt: skip
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+    def reopen_failed(self, job_id: int, *, except_code: str) -> list[int]:
+        """Make a job's failed items that can be sent again pending; their positions.
+
+        Each item's outcome so far is appended to its ``history``. Rows that could not be read
+        (no payload) and items failed with ``except_code`` are left as they are.
+        """
+        table = Item._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                UPDATE {table} SET status = %s,
+                    history = history || jsonb_build_array(jsonb_build_object(
+                        'status', status, 'attempts', attempts, 'error_code', error_code,
+                        'error_message', error_message, 'at', updated_at)),
+                    error_code = '', error_message = '', updated_at = now()
+                WHERE job_id = %s AND status = %s AND payload IS NOT NULL AND error_code <> %s
+                RETURNING position
+                """,
+                [ItemStatus.PENDING, job_id, ItemStatus.FAILED, except_code],
+            )
+            return [row[0] for row in cursor.fetchall()]
+
+    def estimated_count(self, *, exact_within_ms: int = 200) -> int:
+        """COUNT(*) if PostgreSQL manages it within ``exact_within_ms``, else the planner's estimate.
+
+        Counting a million-item job takes seconds; the page of 100 rows it is for takes milliseconds.
+        """
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL statement_timeout = %s", [exact_within_ms])
+                return self.count()
+        except OperationalError:
+            sql, params = self.query.sql_with_params()
+            with connection.cursor() as cursor:
+                cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+                return int(cursor.fetchone()[0][0]["Plan"]["Plan Rows"])
+
+
+class ItemCopy:
+    """Rows for :meth:`ItemQuerySet.copy_in`, in the order of ``COLUMNS``."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "job_id", "position", "key", "payload", "raw", "size", "wire_bytes", "status", "attempts",
+        "error_code", "error_message", "history", "updated_at",
+    )  # fmt: skip
+
+    def __init__(self, copy: Any) -> None:
+        self._copy = copy
+
+    def write_row(self, row: Sequence[Any]) -> None:
+        self._copy.write_row(row)
 
 
 class Item(models.Model):
@@ -248,6 +617,64 @@ class Item(models.Model):
         return ", ".join(f"{name}={next(iter(value.values()))}" for name, value in self.key.items())
 
 
+class SliceQuerySet(models.QuerySet["Slice"]):
+    def open(self) -> SliceQuerySet:
+        return self.filter(done=False)
+
+    def under_live_lease(self) -> SliceQuerySet:
+        return self.open().filter(lease_expires_at__gt=timezone.now())
+
+    def create_for_job(self, job_id: int, *, slice_size: int) -> None:
+        """Cut the job's positions into slices of ``slice_size`` (one INSERT ... SELECT)."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                INSERT INTO {Slice._meta.db_table} (job_id, first_position, last_position, done, leased_by)
+                SELECT %s, s, s + %s - 1, false, ''
+                FROM (
+                    SELECT min(position) AS lo, max(position) AS hi FROM {Item._meta.db_table} WHERE job_id = %s
+                ) AS b, generate_series(b.lo, b.hi, %s) AS s
+                """,
+                [job_id, slice_size, job_id, slice_size],
+            )
+
+    def claim(self, job_id: int, *, worker: str, lease: timedelta) -> Slice | None:
+        """Lease the job's next open slice nobody holds (or whose holder's lease ran out)."""
+        now = timezone.now()
+        with transaction.atomic():
+            job_slice = (
+                self.select_for_update(skip_locked=True)
+                .filter(job_id=job_id, done=False)
+                .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+                .order_by("first_position")
+                .first()
+            )
+            if job_slice is None:
+                return None
+            job_slice.leased_by = worker
+            job_slice.lease_expires_at = now + lease
+            job_slice.save(update_fields=["leased_by", "lease_expires_at"])
+        return job_slice
+
+    def renew(self, job_id: int, *, worker: str, lease: timedelta) -> int:
+        return self.filter(job_id=job_id, leased_by=worker, done=False).update(lease_expires_at=timezone.now() + lease)
+
+    def release(self, job_id: int, *, worker: str) -> int:
+        """Hand back the open slices a worker holds (stopped, or claimed ahead and never started)."""
+        return self.filter(job_id=job_id, leased_by=worker, done=False).update(leased_by="", lease_expires_at=None)
+
+    def close(self, slice_id: int, *, done: bool) -> None:
+        """A pass over the slice ended: done if every item got an outcome, else handed back."""
+        self.filter(pk=slice_id).update(done=done, leased_by="", lease_expires_at=None)
+
+    def reopen_positions(self, job_id: int, positions: Sequence[int]) -> None:
+        """Open again the slices holding these positions (their items are pending again)."""
+        condition = Q()
+        for position in positions:
+            condition |= Q(first_position__lte=position, last_position__gte=position)
+        self.filter(condition, job_id=job_id).update(done=False, leased_by="", lease_expires_at=None)
+
+
 class Slice(models.Model):
     """A range of a job's items that one worker claims at a time (lease + SKIP LOCKED)."""
 
@@ -258,6 +685,8 @@ class Slice(models.Model):
     leased_by = models.CharField(max_length=255, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
 
+    objects = SliceQuerySet.as_manager()
+
     class Meta:
         ordering = ["job", "first_position"]
         indexes = [
@@ -266,6 +695,20 @@ class Slice(models.Model):
 
     def __str__(self) -> str:
         return f"slice {self.first_position}-{self.last_position} of job {self.job_id}"
+
+
+class SliceRunQuerySet(models.QuerySet["SliceRun"]):
+    def throughput(self, job_id: int, *, since: Any, bucket_seconds: int) -> list[tuple[int, int]]:
+        """(bucket number, items with an outcome) per ``bucket_seconds`` since ``since``, in order."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                SELECT floor(extract(epoch FROM finished_at - %s) / %s)::int AS n, sum(succeeded + failed)
+                FROM {SliceRun._meta.db_table} WHERE job_id = %s GROUP BY n ORDER BY n
+                """,
+                [since, bucket_seconds, job_id],
+            )
+            return [(n, int(count)) for n, count in cursor.fetchall()]
 
 
 class SliceRun(models.Model):
@@ -286,6 +729,8 @@ class SliceRun(models.Model):
     latency_ms = models.FloatField(default=0.0, help_text="total time waiting on DynamoDB")
     error_codes = models.JSONField(default=dict, blank=True)
     stopped_by = models.CharField(max_length=128, blank=True, help_text="why the pass ended early")
+
+    objects = SliceRunQuerySet.as_manager()
 
     class Meta:
         ordering = ["job", "started_at"]

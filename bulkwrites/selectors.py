@@ -1,15 +1,18 @@
-"""Reads: a job's progress, its failures, the actions its status allows, item search."""
+"""Reads: a job's progress, its failures, item search, the tables a form offers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from bulkwrites.dynamo.items import ItemError, normalize_number
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus
+from bulkwrites.dynamo.ratelimit import JobRateLimiter
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SliceRun
+from bulkwrites.services.dispatch import rate_scope, redis_connection
+from bulkwrites.services.tables import TableError, list_table_names
 
 
 def job_progress(job: Job) -> dict[str, Any]:
@@ -51,9 +54,6 @@ def capacity_rates(job: Job) -> dict[str, float | None]:
     """The write rate allowed now (cap, or lower while AIMD backs off) and the rate consumed."""
     if job.status not in JobStatus.active():
         return {"allowed_wcu": None, "observed_wcu": None}
-    from bulkwrites.dynamo.ratelimit import JobRateLimiter
-    from bulkwrites.services.dispatch import rate_scope, redis_connection
-
     try:
         limiter = JobRateLimiter(redis_connection(), rate_scope(job.pk))
         allowed, observed = limiter.current_rate(), limiter.observed_rate()
@@ -71,15 +71,8 @@ def throughput_series(job: Job, *, points: int = 60) -> list[list[float]]:
     # Buckets of at least 5 s: outcomes are recorded per slice, so finer buckets show the
     # slices, not the rate.
     bucket = max(5, int(span // points) + 1)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT floor(extract(epoch FROM finished_at - %s) / %s)::int AS n, sum(succeeded + failed)
-            FROM bulkwrites_slicerun WHERE job_id = %s GROUP BY n ORDER BY n
-            """,
-            [job.started_at, bucket, job.pk],
-        )
-        return [[n * bucket, round(count / bucket, 1)] for n, count in cursor.fetchall()]
+    rows = SliceRun.objects.throughput(job.pk, since=job.started_at, bucket_seconds=bucket)
+    return [[n * bucket, round(count / bucket, 1)] for n, count in rows]
 
 
 def _duration(job: Job, now: Any) -> float | None:
@@ -125,23 +118,6 @@ def error_codes(job_id: int | None = None) -> list[str]:
     return list(items.order_by().values_list("error_code", flat=True).distinct()[:50])
 
 
-def available_actions(job: Job) -> list[str]:
-    """Which control buttons make sense for the job's status."""
-    status = job.status
-    actions = []
-    if status == JobStatus.DRAFT:
-        actions.append("start")
-    if status in JobStatus.active():
-        actions.append("pause")
-    if status in (JobStatus.PAUSED, JobStatus.FAILED, JobStatus.CANCELLED) and job.pending_items:
-        actions.append("resume")
-    if status in (JobStatus.COMPLETED_WITH_FAILURES, JobStatus.FAILED, JobStatus.CANCELLED) and job.failed_items:
-        actions.append("retry_failed")
-    if status in (JobStatus.DRAFT, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED):
-        actions.append("cancel")
-    return actions
-
-
 def search_items_by_key(queryset: QuerySet[Item], term: str, *, job: Job | None = None) -> QuerySet[Item]:
     """Items of a job whose key attribute equals ``term``; without a job, keys containing it.
 
@@ -160,3 +136,19 @@ def search_items_by_key(queryset: QuerySet[Item], term: str, *, job: Job | None 
                 continue
         condition |= Q(key__contains={attribute["name"]: {attribute["type"]: value}})
     return queryset.filter(condition) if condition else queryset.none()
+
+
+@dataclass(frozen=True)
+class TableListing:
+    """The tables DynamoDB listed for a form's select, or why it could not list them."""
+
+    names: tuple[str, ...] = ()
+    error: str = ""
+
+
+def table_listing() -> TableListing:
+    """The target tables to offer (ListTables), asked when a page needs them, never at import."""
+    try:
+        return TableListing(tuple(list_table_names()))
+    except TableError as exc:
+        return TableListing(error=exc.message)

@@ -7,10 +7,10 @@ import socket
 
 from rq import get_current_job
 
-from bulkwrites.services import jobs
+from bulkwrites.services import work
 
 
 def run_job(job_id: int) -> str:
     rq_job = get_current_job()
     worker = f"{socket.gethostname()}:{os.getpid()}:{rq_job.id if rq_job else 'inline'}"
-    return jobs.job_work(job_id, worker=worker)
+    return work.job_work(job_id, worker=worker)

@@ -16,6 +16,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from rq import Worker as RQWorker
 
+from bulkwrites.services.work import recover_stalled_jobs
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,8 +33,6 @@ class Worker(RQWorker):
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
-        from bulkwrites.services.jobs import recover_stalled_jobs
-
         close_old_connections()
         try:
             recovered = recover_stalled_jobs()

@@ -7,15 +7,18 @@ from typing import Any
 
 import django_rq
 from django.conf import settings
+from rq import Worker
+
+
+def current_queue() -> str:
+    """The RQ queue of this deployment. A job records it when it is queued (see ``Job.start``):
+    the sweeper of a deployment recovers only the jobs of its own queue."""
+    return str(settings.BULKWRITES["QUEUE"])
 
 
 def enqueue_run(job_id: int, *, copies: int = 1) -> None:
     """Ask ``copies`` workers to work on the job; django-rq enqueues after the transaction commits."""
-    from bulkwrites.models import Job
-
-    # The sweeper of a deployment recovers only the jobs of its own queue.
-    Job.objects.filter(pk=job_id).exclude(queue=settings.BULKWRITES["QUEUE"]).update(queue=settings.BULKWRITES["QUEUE"])
-    queue = django_rq.get_queue(settings.BULKWRITES["QUEUE"])
+    queue = django_rq.get_queue(current_queue())
     for _ in range(max(1, copies)):
         queue.enqueue(
             "bulkwrites.tasks.run_job",
@@ -29,12 +32,12 @@ def enqueue_run(job_id: int, *, copies: int = 1) -> None:
 
 def redis_connection() -> Any:
     """The Redis of the job queue; also where the shared write-capacity budgets live."""
-    return django_rq.get_connection(settings.BULKWRITES["QUEUE"])
+    return django_rq.get_connection(current_queue())
 
 
 def rate_scope(job_id: int) -> str:
     """The job's key in the shared rate budgets: job ids repeat across databases, queues do not."""
-    return f"{settings.BULKWRITES['QUEUE']}:{job_id}"
+    return f"{current_queue()}:{job_id}"
 
 
 LIVE_HEARTBEAT_SECONDS = 90  # a worker heartbeats at least every sweep interval (20 s) and while working
@@ -46,9 +49,7 @@ def live_worker_count() -> int:
     A SIGKILLed worker stays registered in Redis until its TTL (minutes) runs out; its
     heartbeat stops at once.
     """
-    from rq import Worker
-
-    queue = django_rq.get_queue(settings.BULKWRITES["QUEUE"])
+    queue = django_rq.get_queue(current_queue())
     now = datetime.now(UTC)
     return sum(
         1

@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F, Q, TextField, Value
-from django.db.models.functions import Cast, Coalesce
+from django.db import connection
+from django.db.models import TextField, Value
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from bulkwrites.dynamo import client as dynamo_client
@@ -30,7 +30,7 @@ from bulkwrites.dynamo.backoff import Backoff
 from bulkwrites.dynamo.batching import chunk_requests
 from bulkwrites.dynamo.errors import ErrorInfo
 from bulkwrites.dynamo.writer import BatchResult, BatchWriter, CallStats, Outcome, WriteRequest, WriterPolicy
-from bulkwrites.models import ItemStatus, Job, JobStatus, Operation, Slice, SliceRun
+from bulkwrites.models import Item, Job, JobStatus, Operation, Slice, SliceRun
 from bulkwrites.services import dispatch
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,10 @@ class JobControl:
         if not force and now - self._polled_at < CONTROL_POLL_SECONDS:
             return
         self._polled_at = now
-        status = Job.objects.filter(pk=self.job_id).values_list("status", flat=True).first()
-        if status in (JobStatus.CANCELLED, JobStatus.PAUSED, JobStatus.FAILED, None):
+        status = Job.objects.status_of(self.job_id)
+        # Writers go on only while a worker may work on the job: an operator paused or
+        # cancelled it, or another worker failed it.
+        if status not in JobStatus.active():
             self.stop_reason = str(status or "deleted")
             self._stop.set()
 
@@ -92,13 +94,10 @@ def job_run(
     report = RunReport()
     budget = settings.BULKWRITES["RUN_SLICE_SECONDS"] if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
-    started = Job.objects.filter(pk=job_id, status__in=JobStatus.active()).update(
-        status=JobStatus.RUNNING, started_at=Coalesce(F("started_at"), timezone.now()), last_activity_at=timezone.now()
-    )
-    if not started:
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None or not job.claim():
         report.stopped_by = "inactive"
         return report
-    job = Job.objects.get(pk=job_id)
     control = JobControl(job_id)
     redis = dispatch.redis_connection()
     # The cap lives in Redis so every worker on every machine shares it; the ledger is the truth.
@@ -213,19 +212,20 @@ def _run_slices(
         try:
             recorder.close()
         finally:
-            _release_leases(job.pk, worker)
+            Slice.objects.release(job.pk, worker=worker)
     limiter.flush()
     report.slices = len(started)
     report.items = len(result.outcomes)
     if result.fatal:
         report.stopped_by = "fatal"
-        _fail_job(job, result.fatal.code, result.fatal.message)
+        if job.fail(result.fatal.code, result.fatal.message):
+            logger.warning("job %s failed: %s: %s", job.pk, result.fatal.code, result.fatal.message)
     elif result.stopped or control.should_stop():
         report.stopped_by = control.stop_reason or "stopped"
     elif not drained:
         report.stopped_by = "budget"
     else:
-        report.finished = finish_if_done(job.pk)
+        report.finished = finish_if_done(job)
     return report
 
 
@@ -237,34 +237,8 @@ def _stopped_by(progress: SliceProgress, control: JobControl) -> str:
     return control.stop_reason or "stopped"
 
 
-def claim_slice(job: Job, *, worker: str) -> Slice | None:
-    """Lease the next open slice nobody holds (or whose holder's lease ran out)."""
-    now = timezone.now()
-    lease = timedelta(seconds=settings.BULKWRITES["LEASE_SECONDS"])
-    with transaction.atomic():
-        job_slice = (
-            Slice.objects.select_for_update(skip_locked=True)
-            .filter(job=job, done=False)
-            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-            .order_by("first_position")
-            .first()
-        )
-        if job_slice is None:
-            return None
-        job_slice.leased_by = worker
-        job_slice.lease_expires_at = now + lease
-        job_slice.save(update_fields=["leased_by", "lease_expires_at"])
-    return job_slice
-
-
-def _renew_leases(job_id: int, worker: str) -> None:
-    lease = timedelta(seconds=settings.BULKWRITES["LEASE_SECONDS"])
-    Slice.objects.filter(job_id=job_id, leased_by=worker, done=False).update(lease_expires_at=timezone.now() + lease)
-
-
-def _release_leases(job_id: int, worker: str) -> None:
-    """Hand back the slices this run still holds (stopped, or claimed ahead and not started)."""
-    Slice.objects.filter(job_id=job_id, leased_by=worker, done=False).update(leased_by="", lease_expires_at=None)
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.BULKWRITES["LEASE_SECONDS"])
 
 
 class SlicePrefetcher:
@@ -305,7 +279,7 @@ class SlicePrefetcher:
                         return
                 if self._stop.is_set():
                     return
-                job_slice = claim_slice(self.job, worker=self.worker)
+                job_slice = Slice.objects.claim(self.job.pk, worker=self.worker, lease=_lease())
                 if job_slice is None:
                     self._ready.put(None)
                     return
@@ -391,7 +365,7 @@ class OutcomeRecorder:
                 now = time.monotonic()
                 if len(outcomes) >= FLUSH_OUTCOMES or now - flushed_at >= FLUSH_SECONDS:
                     if self._flush(outcomes, stats) or now - renewed_at >= renew_every:
-                        _renew_leases(self.job_id, self.worker)
+                        Slice.objects.renew(self.job_id, worker=self.worker, lease=_lease())
                         renewed_at = now
                     outcomes, stats, flushed_at = [], CallStats(), now
             self._flush(outcomes, stats)
@@ -403,7 +377,7 @@ class OutcomeRecorder:
     def _flush(self, outcomes: list[Outcome], stats: CallStats) -> bool:
         if not outcomes and not stats.calls:
             return False
-        record_outcomes(self.job_id, outcomes, stats)
+        Item.objects.record_outcomes(self.job_id, outcomes, stats)
         return True
 
 
@@ -420,7 +394,7 @@ _RecorderEntry = tuple[list[Outcome], CallStats] | _SliceClosing | None
 def _close_slice(job_id: int, closing: _SliceClosing) -> None:
     """Mark the slice done (or hand it back, if some of its items were not written) and audit it."""
     progress = closing.progress
-    Slice.objects.filter(pk=progress.job_slice.pk).update(done=progress.complete, leased_by="", lease_expires_at=None)
+    Slice.objects.close(progress.job_slice.pk, done=progress.complete)
     stats = progress.stats
     SliceRun.objects.create(
         job_id=job_id,
@@ -441,73 +415,11 @@ def _close_slice(job_id: int, closing: _SliceClosing) -> None:
     )
 
 
-def record_outcomes(job_id: int, outcomes: list[Outcome], stats: CallStats) -> None:
-    """One statement: update the items still pending, and add what changed to the job's counters.
-
-    The ``status = 'pending'`` guard makes recording idempotent: an item re-sent after a
-    crash, or recorded by two workers, is counted once.
-    """
-    if not outcomes and not stats.calls:
-        return
-    # Five arrays, not a VALUES list of 5 x 250 placeholders: the statement text stays the same
-    # for every flush, and psycopg no longer splits a thousand-placeholder query in Python on
-    # each one (measured: ~65 µs of the worker's CPU per item, under the GIL).
-    columns: tuple[list[Any], ...] = ([], [], [], [], [])
-    for o in outcomes:
-        columns[0].append(o.ref)
-        columns[1].append(ItemStatus.SUCCEEDED.value if o.succeeded else ItemStatus.FAILED.value)
-        columns[2].append(o.attempts)
-        columns[3].append(o.error_code or "")
-        columns[4].append(o.error_message or "")
-    params = [*columns, stats.calls, stats.throttled_calls, stats.unprocessed, stats.consumed_wcu, job_id]
-    sql = """
-        WITH v AS (
-            SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[])
-                AS v(id, status, attempts, code, message)
-        ),
-        changed AS (
-            UPDATE bulkwrites_item AS i
-            SET status = v.status, attempts = i.attempts + v.attempts, error_code = v.code,
-                error_message = v.message, updated_at = now()
-            FROM v WHERE i.id = v.id AND i.status = 'pending'
-            RETURNING i.status
-        )
-        UPDATE bulkwrites_job SET
-            succeeded_items = succeeded_items + (SELECT count(*) FROM changed WHERE status = 'succeeded'),
-            failed_items = failed_items + (SELECT count(*) FROM changed WHERE status = 'failed'),
-            calls = calls + %s, throttled_calls = throttled_calls + %s,
-            unprocessed_returned = unprocessed_returned + %s, consumed_wcu = consumed_wcu + %s,
-            last_activity_at = now()
-        WHERE id = %s
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
-def finish_if_done(job_id: int) -> bool:
+def finish_if_done(job: Job) -> bool:
     """Close the job when no slice is open; the conditional UPDATE makes one worker win."""
-    if Slice.objects.filter(job_id=job_id, done=False).exists():
+    if Slice.objects.open().filter(job_id=job.pk).exists():
         return False
-    now = timezone.now()
-    for status, condition in (
-        (JobStatus.SUCCEEDED, Q(failed_items=0)),
-        (JobStatus.COMPLETED_WITH_FAILURES, Q(failed_items__gt=0)),
-    ):
-        if Job.objects.filter(condition, pk=job_id, status__in=JobStatus.active()).update(
-            status=status, finished_at=now, last_activity_at=now
-        ):
-            logger.info("job %s finished: %s", job_id, status)
-            return True
+    if job.finish():
+        logger.info("job %s finished: %s", job.pk, job.status)
+        return True
     return False
-
-
-def _fail_job(job: Job, code: str, message: str) -> None:
-    updated = Job.objects.filter(pk=job.pk, status__in=JobStatus.active()).update(
-        status=JobStatus.FAILED,
-        error_code=code[:128],
-        error_message=message,
-        finished_at=timezone.now(),
-        last_activity_at=timezone.now(),
-    )
-    if updated:
-        logger.warning("job %s failed: %s: %s", job.pk, code, message)

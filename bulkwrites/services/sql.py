@@ -1,25 +1,23 @@
-"""PostgreSQL sources: named connections, saved queries, and jobs that copy their rows.
+"""PostgreSQL sources: named connections and what a job reads from one (its SQL spec).
 
-A connection is named, never stored with its password: a Django database alias
-(``default`` copies from this app's own database) or ``BULKWRITES_SQL_<NAME>=postgres://...``
-in the environment of the web server and the workers. Rows are streamed by
-``bulkwrites.sources.postgres`` inside a read-only transaction with a statement timeout.
+A connection is named, never stored with its password: a Django database alias or
+``BULKWRITES_SQL_<NAME>=postgres://...`` in the environment of the web server and the
+workers. Rows are streamed by ``bulkwrites.sources.postgres`` inside a read-only
+transaction with a statement timeout.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.utils import timezone
 from psycopg import sql as pg_sql
 
-from bulkwrites.models import Job, Operation, SourceKind, SqlSource
-from bulkwrites.services import staging
-from bulkwrites.services.jobs import JobError, _key_schema, new_job_fields
+from bulkwrites.models import SqlSource
+from bulkwrites.services.errors import JobError
 from bulkwrites.sources import postgres
 from bulkwrites.sources.files import SourceRow
 
@@ -61,72 +59,83 @@ def resolve_dsn(name: str, *, allow_url: bool = False) -> str:
     )
 
 
-def spec_query(spec: dict[str, Any]) -> str | pg_sql.Composed:
-    if spec.get("query"):
-        return spec["query"]
-    return postgres.table_query(spec["table"], spec.get("columns") or None, spec.get("schema") or None)
+@dataclass(frozen=True)
+class SqlSpec:
+    """What a job reads: a connection by name and a checked SELECT, or a table and its columns.
 
+    Stored in ``Job.source_spec`` (no secrets: a URL given on a command line is redacted).
+    """
 
-def spec_for(source: SqlSource) -> dict[str, Any]:
-    if source.query.strip():
+    connection: str
+    query: str = ""
+    schema: str = ""
+    table: str = ""
+    columns: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def for_query(cls, connection: str, query: str) -> SqlSpec:
+        """A spec for a SELECT, checked to be one read-only statement."""
         try:
-            return {"connection": source.connection, "query": postgres.check_select(source.query)}
+            return cls(connection=connection, query=postgres.check_select(query))
         except postgres.QueryError as exc:
-            raise JobError(str(exc)) from None
-    schema, _, table = source.table.rpartition(".")
-    return {"connection": source.connection, "schema": schema, "table": table, "columns": source.column_list}
+            raise JobError(f"refused: {exc}") from None
+
+    @classmethod
+    def for_table(cls, connection: str, qualified_table: str, columns: list[str] | tuple[str, ...] = ()) -> SqlSpec:
+        schema, _, table = qualified_table.rpartition(".")
+        return cls(connection=connection, schema=schema, table=table, columns=tuple(columns))
+
+    @classmethod
+    def for_source(cls, source: SqlSource) -> SqlSpec:
+        if source.query.strip():
+            return cls.for_query(source.connection, source.query)
+        return cls.for_table(source.connection, source.table, source.column_list)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SqlSpec:
+        return cls(
+            connection=data["connection"],
+            query=data.get("query") or "",
+            schema=data.get("schema") or "",
+            table=data.get("table") or "",
+            columns=tuple(data.get("columns") or ()),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        if self.query:
+            return {"connection": self.connection, "query": self.query}
+        return {
+            "connection": self.connection,
+            "schema": self.schema,
+            "table": self.table,
+            "columns": list(self.columns),
+        }
+
+    def with_connection(self, connection: str) -> SqlSpec:
+        return SqlSpec(connection, self.query, self.schema, self.table, self.columns)
+
+    def statement(self) -> str | pg_sql.Composed:
+        if self.query:
+            return self.query
+        return postgres.table_query(self.table, list(self.columns) or None, self.schema or None)
+
+    def describe(self) -> str:
+        """The statement as an operator reads it."""
+        if self.query:
+            return self.query
+        columns = ", ".join(self.columns or ("*",))
+        table = ".".join(p for p in (self.schema, self.table) if p)
+        return f"SELECT {columns} FROM {table}"
 
 
-def describe(spec: dict[str, Any]) -> str:
-    if spec.get("query"):
-        return spec["query"]
-    columns = ", ".join(spec.get("columns") or ["*"])
-    table = ".".join(p for p in (spec.get("schema"), spec["table"]) if p)
-    return f"SELECT {columns} FROM {table}"
-
-
-def rows_for(spec: dict[str, Any], *, dsn: str | None = None, max_rows: int | None = None) -> Iterator[SourceRow]:
+def rows_for(spec: SqlSpec, *, dsn: str | None = None, max_rows: int | None = None) -> Iterator[SourceRow]:
+    """The spec's rows, streamed; ``dsn`` instead of the spec's named connection (a URL from a terminal)."""
     try:
         yield from postgres.read_query(
-            dsn or resolve_dsn(spec["connection"]),
-            spec_query(spec),
+            dsn or resolve_dsn(spec.connection),
+            spec.statement(),
             statement_timeout_ms=STATEMENT_TIMEOUT_MS,
             max_rows=max_rows,
         )
     except postgres.QueryError as exc:
         raise JobError(f"PostgreSQL source: {exc}") from None
-
-
-def job_create_from_sql(
-    *,
-    spec: dict[str, Any],
-    table_name: str,
-    source_name: str,
-    operation: str = Operation.PUT,
-    created_by: Any = None,
-    **job_settings: Any,
-) -> Job:
-    """A draft job reading a saved query; its rows are read by the preview and by the worker."""
-    return Job.objects.create(
-        **new_job_fields(table_name, operation, _key_schema(table_name), created_by, job_settings),
-        source_kind=SourceKind.SQL,
-        source_name=source_name[:255],
-        source_detail=f"connection {spec['connection']}:\n{describe(spec)}",
-        source_spec=spec,
-    )
-
-
-def job_create_from_dsn(
-    *, dsn: str, spec: dict[str, Any], table_name: str, operation: str = Operation.PUT, **job_settings: Any
-) -> Job:
-    """From a terminal with a connection URL: staged here, so the URL never leaves this process."""
-    public_spec = {**spec, "connection": postgres.redact_dsn(dsn)}
-    with transaction.atomic():
-        job = job_create_from_sql(
-            spec=public_spec, table_name=table_name, source_name="command line", operation=operation, **job_settings
-        )
-        staging.stage_items(job, rows_for(spec, dsn=dsn), dynamodb_json=False)
-        job.staged_at = timezone.now()
-        job.save(update_fields=["staged_at"])
-    job.refresh_from_db()
-    return job

@@ -16,7 +16,7 @@ from itertools import islice
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_SUPERSEDED
@@ -112,18 +112,21 @@ def _raw(row: SourceRow) -> str:
     return ""
 
 
-_COPY_ITEMS = (
-    "COPY bulkwrites_item (job_id, position, key, payload, raw, size, wire_bytes, status, attempts,"
-    " error_code, error_message, history, updated_at) FROM STDIN"
-)
-
-
 @dataclass
 class StagingResult:
     rows: int = 0
     invalid: int = 0
     superseded: int = 0
     rejected_duplicates: int = 0
+
+
+def stage_job(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> StagingResult:
+    """Store the job's items from its source rows and mark it staged, in one transaction."""
+    with transaction.atomic():
+        result = stage_items(job, rows, dynamodb_json=dynamodb_json)
+        job.staged_at = timezone.now()
+        job.save(update_fields=["staged_at"])
+    return result
 
 
 def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> StagingResult:
@@ -148,7 +151,7 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
         # COPY in chunks: a source that reads from this same connection (a queryset's
         # server-side cursor) fetches between two COPYs, never during one.
         while chunk := list(islice(records, COPY_CHUNK_ROWS)):
-            with connection.cursor() as cursor, cursor.cursor.copy(_COPY_ITEMS) as copy:
+            with Item.objects.copy_in() as copy:
                 for record, row in chunk:
                     result.rows += 1
                     if record.error is None:
@@ -162,8 +165,12 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
                             (job.pk, record.position, None, None, _raw(row), 0, 0, ItemStatus.FAILED, 0,
                              CODE_INVALID_ROW, record.error, "[]", now)
                         )  # fmt: skip
-        result.superseded, result.rejected_duplicates = _apply_duplicate_policy(job)
-        _create_slices(job)
+        result.superseded, result.rejected_duplicates = Item.objects.apply_duplicate_policy(
+            job.pk,
+            job.duplicate_policy,
+            code=CODE_DUPLICATE_KEY if job.duplicate_policy == DuplicatePolicy.REJECT else CODE_SUPERSEDED,
+        )
+        Slice.objects.create_for_job(job.pk, slice_size=job.slice_size)
         Job.objects.filter(pk=job.pk).update(
             total_items=result.rows,
             succeeded_items=0,
@@ -176,53 +183,6 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
         job.pk, result.rows, result.invalid, result.superseded, result.rejected_duplicates,
     )  # fmt: skip
     return result
-
-
-def _apply_duplicate_policy(job: Job) -> tuple[int, int]:
-    """Mark rows that share a key, in SQL so a million keys never sit in Python memory."""
-    if job.duplicate_policy == DuplicatePolicy.REJECT:
-        sql = """
-            WITH ranked AS (
-                SELECT id, count(*) OVER (PARTITION BY key) AS copies
-                FROM bulkwrites_item WHERE job_id = %s AND status = 'pending'
-            )
-            UPDATE bulkwrites_item AS i
-            SET status = 'failed', error_code = %s,
-                error_message = 'the key appears ' || r.copies || ' times in the source (duplicate policy: reject)'
-            FROM ranked AS r WHERE i.id = r.id AND r.copies > 1
-        """
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [job.pk, CODE_DUPLICATE_KEY])
-            return 0, cursor.rowcount
-    order, winner = ("DESC", "last") if job.duplicate_policy == DuplicatePolicy.LAST else ("ASC", "first")
-    sql = f"""
-        WITH ranked AS (
-            SELECT id,
-                   row_number() OVER (PARTITION BY key ORDER BY position {order}) AS rank,
-                   first_value(position) OVER (PARTITION BY key ORDER BY position {order}) AS winner
-            FROM bulkwrites_item WHERE job_id = %s AND status = 'pending'
-        )
-        UPDATE bulkwrites_item AS i
-        SET status = 'skipped', error_code = %s,
-            error_message = 'superseded by row ' || r.winner || ' with the same key ({winner} row wins)'
-        FROM ranked AS r WHERE i.id = r.id AND r.rank > 1
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [job.pk, CODE_SUPERSEDED])
-        return cursor.rowcount, 0
-
-
-def _create_slices(job: Job) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO bulkwrites_slice (job_id, first_position, last_position, done, leased_by)
-            SELECT %s, s, s + %s - 1, false, ''
-            FROM (SELECT min(position) AS lo, max(position) AS hi FROM bulkwrites_item WHERE job_id = %s) AS b,
-                 generate_series(b.lo, b.hi, %s) AS s
-            """,
-            [job.pk, job.slice_size, job.pk, job.slice_size],
-        )
 
 
 def preview_from_ledger(job: Job, *, sample_size: int = 10, max_problems: int = 1000) -> Preview:

@@ -7,6 +7,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo.errors import classify
 from bulkwrites.dynamo.items import KeySchema
+from bulkwrites.services.errors import JobError
 
 
 class TableError(Exception):
@@ -27,6 +28,14 @@ def describe_key_schema(table_name: str) -> KeySchema:
     if table.get("TableStatus") not in (None, "ACTIVE", "UPDATING"):
         raise TableError("TableNotActive", f"table {table_name!r} is {table['TableStatus']}, not ACTIVE")
     return KeySchema.from_describe_table(table)
+
+
+def key_schema_for_job(table_name: str) -> KeySchema:
+    """The table's key for a new job; a JobError with DynamoDB's reason if it cannot be read."""
+    try:
+        return describe_key_schema(table_name)
+    except TableError as exc:
+        raise JobError(exc.message) from None
 
 
 def list_table_names() -> list[str]:

@@ -22,7 +22,7 @@ from playwright.sync_api import Page, expect
 
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus, Slice
 from bulkwrites.resources import FORMULA_TRIGGERS
-from bulkwrites.services import jobs
+from bulkwrites.services import control, create
 from faultproxy import FaultProxy
 from tests.browser.conftest import PASSWORD, explain, live_log, log_in
 from tests.conftest import wait_for
@@ -236,8 +236,8 @@ def test_staff_without_permission_cannot_see_or_use_actions(
     base = live_server.url
     table = make_table()
     content = b"pk,n:N\na,1\nb,oops\nc,3\n"
-    job = jobs.job_create_from_file(upload=io.BytesIO(content), file_name="small.csv", table_name=table)
-    jobs.job_start(job=job)
+    job = create.job_create_from_file(upload=io.BytesIO(content), file_name="small.csv", table_name=table)
+    control.job_start(job=job)
     run_worker()
     job.refresh_from_db()
     assert job.status == JobStatus.COMPLETED_WITH_FAILURES
@@ -302,7 +302,7 @@ def test_job_page_screenshot_while_running(
     table = make_table()
     count = 5000
     source = "pk,n:N,body\n" + "".join(f"k{i:05d},{i},{'x' * 100}\n" for i in range(count))
-    job = jobs.job_create_from_file(
+    job = create.job_create_from_file(
         upload=io.BytesIO(source.encode()),
         file_name="big.csv",
         table_name=table,
@@ -320,7 +320,7 @@ def test_job_page_screenshot_while_running(
         return explain(job, worker, rq_queue)
 
     log_in(page, base, "root")
-    jobs.job_start(job=job)
+    control.job_start(job=job)
     page.goto(f"{base}{reverse('admin:bulkwrites_job_change', args=[job.pk])}")
     expect(page.locator("#job-status")).to_have_text(re.compile("queued|running"))
 

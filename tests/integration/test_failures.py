@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus
-from bulkwrites.services import jobs
+from bulkwrites.services import control, create
 from faultproxy import FaultProxy
 from tests.conftest import ROOT, TEST_QUEUE, wait_for, worker_env
 
@@ -48,11 +48,11 @@ def source_csv(rows: list[tuple[str, int]]) -> bytes:
 
 
 def new_job(table: str, rows: list[tuple[str, int]], *, start: bool = True, **settings: Any) -> Job:
-    job = jobs.job_create_from_file(
+    job = create.job_create_from_file(
         upload=io.BytesIO(source_csv(rows)), file_name="rows.csv", table_name=table, **settings
     )
     if start:
-        jobs.job_start(job=job)
+        control.job_start(job=job)
     return job
 
 
@@ -134,7 +134,7 @@ def test_throttled_items_give_up_bounded_then_retry_failed_writes_them(
     assert scan(table) == []
 
     proxy.configure()  # capacity is back
-    assert jobs.job_retry_failed(job=job) == 60
+    assert control.job_retry_failed(job=job) == 60
     run_worker()
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
@@ -167,10 +167,10 @@ def test_a_poisoned_batch_writes_the_24_good_items(make_table: Any, scan: Any, r
         BillingMode="PAY_PER_REQUEST",
     )
     lines = [json.dumps({"pk": f"p{i:02d}", "region": 7 if i == 13 else "eu"}) for i in range(25)]
-    job = jobs.job_create_from_file(
+    job = create.job_create_from_file(
         upload=io.BytesIO("\n".join(lines).encode()), file_name="poison.jsonl", table_name=table, **FAST_BACKOFF
     )
-    jobs.job_start(job=job)
+    control.job_start(job=job)
     run_worker()
     job.refresh_from_db()
     assert job.status == JobStatus.COMPLETED_WITH_FAILURES
@@ -204,7 +204,7 @@ def test_missing_table_fails_the_job_fast_then_resume_finishes_it(
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
         BillingMode="PAY_PER_REQUEST",
     )
-    jobs.job_resume(job=job)
+    control.job_resume(job=job)
     run_worker()
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
@@ -260,7 +260,7 @@ def test_cancel_stops_a_running_job_within_a_call(
     proxy.configure(latency_ms=30)
     worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
     wait_for(lambda: Job.objects.get(pk=job.pk).succeeded_items >= 100, timeout=60, what="the job to get going")
-    jobs.job_cancel(job=job)
+    control.job_cancel(job=job)
     calls_at_cancel = proxy.stats()["batch_write_calls"]
     time.sleep(2.0)
     job.refresh_from_db()

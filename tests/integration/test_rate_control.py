@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.models import Job, JobStatus, TableSetting
-from bulkwrites.services import dispatch, jobs
+from bulkwrites.services import control, create, dispatch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,10 +23,10 @@ def small_rows(count: int) -> io.BytesIO:
 
 def test_the_cap_paces_a_job(make_table: Any, scan: Any, run_worker: Any) -> None:
     table = make_table()
-    job = jobs.job_create_from_file(
+    job = create.job_create_from_file(
         upload=small_rows(150), file_name="r.csv", table_name=table, rate_limit_wcu=50, concurrency=4
     )
-    jobs.job_start(job=job)
+    control.job_start(job=job)
     started = time.monotonic()
     run_worker()
     elapsed = time.monotonic() - started
@@ -42,15 +42,15 @@ def test_the_cap_paces_a_job(make_table: Any, scan: Any, run_worker: Any) -> Non
 def test_a_table_default_applies_unless_the_job_sets_its_own(make_table: Any) -> None:
     table = make_table()
     TableSetting.objects.create(table_name=table, rate_limit_wcu=25)
-    default = jobs.job_create_from_file(upload=small_rows(1), file_name="a.csv", table_name=table)
-    own = jobs.job_create_from_file(upload=small_rows(1), file_name="b.csv", table_name=table, rate_limit_wcu=400)
+    default = create.job_create_from_file(upload=small_rows(1), file_name="a.csv", table_name=table)
+    own = create.job_create_from_file(upload=small_rows(1), file_name="b.csv", table_name=table, rate_limit_wcu=400)
     assert default.rate_limit_wcu == 25
     assert own.rate_limit_wcu == 400
 
 
 def test_the_operator_changes_the_rate_of_a_running_job(admin_client_tx: Any, make_table: Any) -> None:
     table = make_table()
-    job = jobs.job_create_from_file(upload=small_rows(10), file_name="r.csv", table_name=table, rate_limit_wcu=10)
+    job = create.job_create_from_file(upload=small_rows(10), file_name="r.csv", table_name=table, rate_limit_wcu=10)
     Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING)
     page = admin_client_tx.get(reverse("admin:bulkwrites_job_change", args=[job.pk])).content.decode()
     assert 'id="rate-form"' in page

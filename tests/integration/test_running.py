@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus, Slice, SliceRun
-from bulkwrites.services import jobs, running
+from bulkwrites.services import create, running, work
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,10 +26,10 @@ def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
 
 def staged_job(table: str, rows: int, **settings: Any) -> Job:
     source = "pk,n:N\n" + "".join(f"k{i:04d},{i}\n" for i in range(rows))
-    job = jobs.job_create_from_file(
+    job = create.job_create_from_file(
         upload=io.BytesIO(source.encode()), file_name="rows.csv", table_name=table, **settings
     )
-    assert jobs.job_stage(job)
+    assert work.job_stage(job)
     Job.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED)  # as job_start would, without RQ
     return job
 

@@ -1,4 +1,7 @@
-"""The operator CLI: ``python manage.py bulkwrite load|status|export|recover|demo``.
+"""The operator CLI: ``python manage.py bulkwrite load|copy|status|export|wait|recover|demo``.
+
+Each subcommand parses its options and calls a service; what a job is and how it runs is
+decided there, exactly as for the admin.
 
 Exit codes: 0 every item succeeded (or a dry run found no invalid row), 3 some items failed
 (or a dry run found invalid rows), 1 the job could not run (the message says why).
@@ -15,8 +18,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from bulkwrites.models import DEFAULT_CONCURRENCY, DuplicatePolicy, Job, JobStatus, Operation
 from bulkwrites.resources import FORMATS_BY_NAME, export_items
-from bulkwrites.services import dispatch, jobs, staging
-from bulkwrites.services.tables import TableError, describe_key_schema
+from bulkwrites.services import control, create, dispatch, sql, work
+from bulkwrites.services.demo import demo_setup
+from bulkwrites.services.errors import JobError
 from bulkwrites.sources import files
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_JOB_FAILED = 0, 3, 1
@@ -104,7 +108,7 @@ class Command(BaseCommand):
         }
         try:
             with path.open("rb") as upload:
-                job = jobs.job_create_from_file(
+                job = create.job_create_from_file(
                     upload=upload,
                     file_name=path.name,
                     table_name=table,
@@ -112,15 +116,15 @@ class Command(BaseCommand):
                     source_format=options["source_format"],
                     **job_settings,
                 )
-        except jobs.JobError as exc:
+        except JobError as exc:
             raise CommandError(str(exc)) from None
         return self._start(job, wait=wait)
 
     def _start(self, job: Job, *, wait: bool) -> int:
         """Queue the job, print its id at once, and follow it with --wait."""
         try:
-            jobs.job_start(job=job)
-        except jobs.JobError as exc:
+            control.job_start(job=job)
+        except JobError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"job {job.pk}")
         self.stdout.flush()
@@ -128,19 +132,16 @@ class Command(BaseCommand):
 
     def _dry_run(self, path: Path, table: str, options: dict[str, Any]) -> int:
         try:
-            key_schema = describe_key_schema(table)
             with path.open("rb") as stream:
-                fmt = options["source_format"] or files.detect_format(path.name, stream.read(4096))
-                stream.seek(0)
-                preview = staging.preview_rows(
-                    files.read_rows(stream, fmt),
-                    key_schema,
+                preview = create.preview_file(
+                    stream,
+                    file_name=path.name,
+                    table_name=table,
                     operation=options["operation"],
-                    dynamodb_json=fmt in files.ROWS_ARE_DYNAMODB_JSON,
-                    max_problems=sys.maxsize,
+                    source_format=options["source_format"],
                 )
-        except (TableError, files.SourceError) as exc:
-            raise CommandError(getattr(exc, "message", str(exc))) from None
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
         for problem in preview.problems:
             self.stdout.write(problem.describe())
         if preview.duplicates:
@@ -151,38 +152,28 @@ class Command(BaseCommand):
     # --- copy from PostgreSQL -------------------------------------------------------------
 
     def handle_copy(self, *, database: str, table: str, wait: bool, **options: Any) -> int:
-        from bulkwrites.services import sql
-        from bulkwrites.sources import postgres
-
-        if options["query"]:
-            try:
-                spec: dict[str, Any] = {"query": postgres.check_select(options["query"])}
-            except postgres.QueryError as exc:
-                raise CommandError(f"refused: {exc}") from None
-        else:
-            schema, _, name = options["from_table"].rpartition(".")
-            columns = [c.strip() for c in (options["columns"] or "").split(",") if c.strip()]
-            spec = {"schema": schema, "table": name, "columns": columns}
         job_settings = {
             "duplicate_policy": options["duplicates"],
             "concurrency": options["concurrency"],
             "workers": options["workers"],
         }
         try:
+            if options["query"]:
+                spec = sql.SqlSpec.for_query(database, options["query"])
+            else:
+                columns = [c.strip() for c in (options["columns"] or "").split(",") if c.strip()]
+                spec = sql.SqlSpec.for_table(database, options["from_table"], columns)
             if database in sql.connection_names():
-                job = sql.job_create_from_sql(
-                    spec={**spec, "connection": database},
-                    table_name=table,
-                    source_name="command line",
-                    operation=options["operation"],
+                job = create.job_create_from_sql(
+                    spec=spec, table_name=table, source_name="command line", operation=options["operation"],
                     **job_settings,
-                )
+                )  # fmt: skip
             else:
                 dsn = sql.resolve_dsn(database, allow_url=True)
-                job = sql.job_create_from_dsn(
+                job = create.job_create_from_dsn(
                     dsn=dsn, spec=spec, table_name=table, operation=options["operation"], **job_settings
                 )
-        except jobs.JobError as exc:
+        except JobError as exc:
             raise CommandError(str(exc)) from None
         return self._start(job, wait=wait)
 
@@ -250,13 +241,11 @@ class Command(BaseCommand):
     # --- maintenance --------------------------------------------------------------------
 
     def handle_recover(self, **options: Any) -> int:
-        recovered = jobs.recover_stalled_jobs()
+        recovered = work.recover_stalled_jobs()
         self.stdout.write(f"re-enqueued {len(recovered)} stalled job(s) {recovered or ''}".rstrip())
         return EXIT_OK
 
     def handle_demo(self, **options: Any) -> int:
-        from bulkwrites.services.demo import demo_setup
-
         for line in demo_setup():
             self.stdout.write(line)
         return EXIT_OK

@@ -1,0 +1,255 @@
+"""Creating jobs: from an uploaded file, from admin records, from a PostgreSQL query; and their previews.
+
+Every new job records the same things whatever its source (target, key schema, who, checked
+settings: :func:`new_job_fields`). File and SQL jobs are staged later, on a worker; records
+picked in the admin are read and staged at once, in the request that picked them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Mapping
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import File
+from django.db import transaction
+from django.db.models import Model, QuerySet
+
+from bulkwrites.dynamo import client as dynamo_client
+from bulkwrites.dynamo.items import KeySchema, parse_header
+from bulkwrites.models import Job, Operation, SourceKind, TableSetting
+from bulkwrites.services import sql, staging
+from bulkwrites.services.errors import JobError
+from bulkwrites.services.source_rows import job_source_rows
+from bulkwrites.services.tables import key_schema_for_job
+from bulkwrites.sources import files, querysets
+from bulkwrites.sources.postgres import redact_dsn
+
+# --- what every job records ------------------------------------------------------------
+
+
+def checked_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Job settings as given (None: not given), checked by the Job fields' validators."""
+    try:
+        return Job.check_settings(values)
+    except ValidationError as exc:
+        raise JobError(" ".join(exc.messages)) from None
+
+
+def default_settings(table_name: str) -> dict[str, Any]:
+    """Per-table defaults an operator set (TableSetting), used where a job gives none."""
+    setting = TableSetting.objects.filter(table_name=table_name).first()
+    return {"rate_limit_wcu": setting.rate_limit_wcu} if setting and setting.rate_limit_wcu else {}
+
+
+def new_job_fields(
+    table_name: str, operation: str, key_schema: KeySchema, created_by: Any, job_settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What every new job records whatever its source: target, key, who, and checked settings."""
+    given = {name: value for name, value in job_settings.items() if value is not None}
+    return {
+        "table_name": table_name,
+        "region": dynamo_client.region(),
+        "endpoint": dynamo_client.endpoint_url() or "",
+        "operation": operation,
+        "key_schema": key_schema.to_json(),
+        "created_by": created_by,
+        **checked_settings({**default_settings(table_name), **given}),
+    }
+
+
+# --- from a file -------------------------------------------------------------------------
+
+
+def upload_too_large(size: int) -> str:
+    """The one message for a file over the upload cap (form, 413 page, service)."""
+    limit = settings.BULKWRITES["MAX_UPLOAD_BYTES"]
+    return f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB."
+
+
+def job_create_from_file(
+    *,
+    upload: IO[bytes],
+    file_name: str,
+    table_name: str,
+    operation: str = Operation.PUT,
+    source_format: str | None = None,
+    created_by: Any = None,
+    **job_settings: Any,
+) -> Job:
+    """Store the uploaded file where every worker can read it, and make a draft job of it.
+
+    Reads the table's key schema (DescribeTable) so a preview can validate keys; the file
+    itself is parsed later, by the preview and by staging, each streaming it.
+    """
+    size = _stream_size(upload)
+    if size > settings.BULKWRITES["MAX_UPLOAD_BYTES"]:
+        raise JobError(upload_too_large(size))
+    if size == 0:
+        raise JobError("The file is empty.")
+    fmt = _file_format(upload, file_name, source_format)
+    key_schema = key_schema_for_job(table_name)
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: upload.read(1 << 20), b""):
+        digest.update(chunk)
+    upload.seek(0)
+    job = Job(
+        **new_job_fields(table_name, operation, key_schema, created_by, job_settings),
+        source_kind=SourceKind.FILE,
+        source_name=file_name[:255],
+        source_format=fmt,
+        source_size=size,
+        source_sha256=digest.hexdigest(),
+    )
+    job.source_file.save(file_name, File(upload, name=file_name), save=False)
+    job.save()
+    return job
+
+
+def _stream_size(stream: IO[bytes]) -> int:
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(0)
+    return size
+
+
+def _file_format(stream: IO[bytes], file_name: str, source_format: str | None) -> str:
+    """The format given, or detected from the name and the first 4 KB (the stream is rewound)."""
+    head = stream.read(4096)
+    stream.seek(0)
+    try:
+        fmt = source_format or files.detect_format(file_name, head)
+    except files.SourceError as exc:
+        raise JobError(str(exc)) from None
+    if fmt not in files.FORMATS:
+        raise JobError(f"Unknown format {fmt!r}; choose one of {', '.join(files.FORMATS)}.")
+    return fmt
+
+
+# --- from admin records ------------------------------------------------------------------
+
+
+def job_create_from_queryset(
+    *,
+    queryset: QuerySet[Model],
+    table_name: str,
+    mapping_text: str = "",
+    operation: str = Operation.PUT,
+    description: str = "",
+    created_by: Any = None,
+    **job_settings: Any,
+) -> Job:
+    """A draft job from admin records, staged at once (records are read in this request).
+
+    The mapping says which field feeds which attribute; empty means every field under its
+    own name, with the primary key feeding a key attribute the model has no field for.
+    """
+    model = queryset.model
+    key_schema = key_schema_for_job(table_name)
+    try:
+        mapping = (
+            querysets.parse_mapping(mapping_text, model)
+            if mapping_text.strip()
+            else querysets.default_mapping(model, key_schema)
+        )
+    except querysets.MappingError as exc:
+        raise JobError(str(exc)) from None
+    mapped = {parse_header(header)[0] for _, header in mapping}
+    for key in key_schema.attributes:
+        if key.name not in mapped:
+            raise JobError(
+                f"No field is mapped to the key attribute {key.name!r} ({key.type}) of {table_name!r}; "
+                f"add a line such as `id -> {key.name}`."
+            )
+    with transaction.atomic():
+        job = Job.objects.create(
+            **new_job_fields(table_name, operation, key_schema, created_by, job_settings),
+            source_kind=SourceKind.QUERYSET,
+            source_name=model._meta.label,
+            source_detail=f"{description}\nmapping:\n{querysets.format_mapping(mapping)}".strip(),
+        )
+        rows = querysets.rows_from_queryset(queryset.order_by("pk").iterator(chunk_size=2000), mapping)
+        staging.stage_job(job, rows, dynamodb_json=False)
+    job.refresh_from_db()
+    return job
+
+
+# --- from PostgreSQL -----------------------------------------------------------------------
+
+
+def job_create_from_sql(
+    *,
+    spec: sql.SqlSpec,
+    table_name: str,
+    source_name: str,
+    operation: str = Operation.PUT,
+    created_by: Any = None,
+    **job_settings: Any,
+) -> Job:
+    """A draft job reading a query of a named connection; its rows are read by the preview and the worker."""
+    return Job.objects.create(
+        **new_job_fields(table_name, operation, key_schema_for_job(table_name), created_by, job_settings),
+        source_kind=SourceKind.SQL,
+        source_name=source_name[:255],
+        source_detail=f"connection {spec.connection}:\n{spec.describe()}",
+        source_spec=spec.to_json(),
+    )
+
+
+def job_create_from_dsn(
+    *, dsn: str, spec: sql.SqlSpec, table_name: str, operation: str = Operation.PUT, **job_settings: Any
+) -> Job:
+    """From a terminal with a connection URL: staged here, so the URL never leaves this process."""
+    public_spec = spec.with_connection(redact_dsn(dsn))
+    with transaction.atomic():
+        job = Job.objects.create(
+            **new_job_fields(table_name, operation, key_schema_for_job(table_name), None, job_settings),
+            source_kind=SourceKind.SQL,
+            source_name="command line",
+            source_detail=f"connection {public_spec.connection}:\n{spec.describe()}",
+            source_spec=public_spec.to_json(),
+        )
+        staging.stage_job(job, sql.rows_for(spec, dsn=dsn), dynamodb_json=False)
+    job.refresh_from_db()
+    return job
+
+
+# --- previews: nothing is written to DynamoDB ----------------------------------------------
+
+
+def job_preview(job: Job, **kwargs: Any) -> staging.Preview:
+    """Validate every row of a draft job's source."""
+    if job.staged_at is not None:
+        return staging.preview_from_ledger(job)
+    try:
+        with job_source_rows(job) as (rows, dynamodb_json):
+            return staging.preview_rows(
+                rows,
+                KeySchema.from_json(job.key_schema),
+                operation=job.operation,
+                dynamodb_json=dynamodb_json,
+                **kwargs,
+            )
+    except files.SourceError as exc:
+        raise JobError(str(exc)) from None
+
+
+def preview_file(
+    stream: IO[bytes], *, file_name: str, table_name: str, operation: str, source_format: str | None = None
+) -> staging.Preview:
+    """A dry run of a file without a job (the CLI's ``--dry-run``): every invalid row listed."""
+    fmt = _file_format(stream, file_name, source_format)
+    key_schema = key_schema_for_job(table_name)
+    try:
+        return staging.preview_rows(
+            files.read_rows(stream, fmt, max_bytes=settings.BULKWRITES["MAX_UPLOAD_BYTES"]),
+            key_schema,
+            operation=operation,
+            dynamodb_json=fmt in files.ROWS_ARE_DYNAMODB_JSON,
+            max_problems=sys.maxsize,
+        )
+    except files.SourceError as exc:
+        raise JobError(str(exc)) from None

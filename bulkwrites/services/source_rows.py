@@ -1,0 +1,32 @@
+"""Reading a job's source again: the rows of its stored file or of its SQL spec, streamed.
+
+Used by the preview of a draft and by staging on a worker; records copied from the admin
+are staged when the job is created, so they have no source to read again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.conf import settings
+
+from bulkwrites.models import Job, SourceKind
+from bulkwrites.services import sql
+from bulkwrites.services.errors import JobError
+from bulkwrites.sources import files
+
+
+@contextmanager
+def job_source_rows(job: Job) -> Iterator[tuple[Iterator[files.SourceRow], bool]]:
+    """The job's source rows, streamed, and whether they are DynamoDB JSON already."""
+    if job.source_kind == SourceKind.SQL:
+        yield sql.rows_for(sql.SqlSpec.from_json(job.source_spec)), False
+        return
+    if job.source_kind != SourceKind.FILE:
+        raise JobError(f"jobs from {job.get_source_kind_display()} are staged when they are created")
+    if not job.source_file:
+        raise JobError("The job's source file is missing.")
+    with job.source_file.open("rb") as stream:
+        rows = files.read_rows(stream, job.source_format, max_bytes=settings.BULKWRITES["MAX_UPLOAD_BYTES"])
+        yield rows, job.source_format in files.ROWS_ARE_DYNAMODB_JSON

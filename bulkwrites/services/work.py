@@ -1,0 +1,86 @@
+"""What the workers do: stage a job's items, run it a time slice at a time, recover stalled jobs.
+
+``job_work`` is the whole of an RQ job (``bulkwrites.tasks.run_job``); ``recover_stalled_jobs``
+is the sweeper every worker runs (``bulkwrites.worker``). Both take ids and read the truth
+from PostgreSQL, so a lost RQ job or a flushed Redis costs time, never items.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from bulkwrites.models import Job, JobStatus, Slice
+from bulkwrites.services import dispatch, running, staging
+from bulkwrites.services.errors import JobError
+from bulkwrites.services.source_rows import job_source_rows
+from bulkwrites.sources import files
+
+logger = logging.getLogger(__name__)
+
+CODE_SOURCE_UNREADABLE = "SourceUnreadable"
+_STAGING_LOCK = 0x6277  # first key of the advisory lock a job is staged under (the second is its id)
+
+
+def job_work(job_id: int, *, worker: str) -> str:
+    """One RQ job's share of the work: stage if needed, run a time slice, hand over."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None or job.status not in JobStatus.active():
+        return f"job {job_id}: nothing to do ({job.status if job else 'deleted'})"
+    if job.staged_at is None:
+        if not job_stage(job):
+            return f"job {job_id}: not staged here"
+        if job.workers > 1:
+            dispatch.enqueue_run(job_id, copies=job.workers - 1)
+    report = running.job_run(job_id, worker=worker)
+    if report.stopped_by == "budget":
+        dispatch.enqueue_run(job_id)
+    return f"job {job_id}: {report.items} items in {report.slices} slices, stopped by {report.stopped_by or 'done'}"
+
+
+def job_stage(job: Job) -> bool:
+    """Store the job's items if nobody has yet. False when another worker is staging it,
+    or when the source cannot be read (the job then fails with the reason)."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_STAGING_LOCK, job.pk])
+            if not cursor.fetchone()[0]:
+                return False
+        job.refresh_from_db(fields=["staged_at"])
+        if job.staged_at is not None:
+            return True
+        try:
+            with job_source_rows(job) as (rows, dynamodb_json):
+                staging.stage_job(job, rows, dynamodb_json=dynamodb_json)
+        except (files.SourceError, JobError) as exc:
+            job.fail(CODE_SOURCE_UNREADABLE, str(exc))
+            return False
+    return True
+
+
+def recover_stalled_jobs() -> list[int]:
+    """Re-enqueue active jobs nobody is working on (killed worker, flushed Redis).
+
+    A job counts as stalled when it made no progress for ``STALL_SECONDS`` and no slice of
+    it is under a live lease. Only jobs of this worker's queue: several deployments (or a
+    benchmark) may share one database with their own queues and endpoints. Duplicated RQ
+    jobs are harmless: slices are claimed with leases.
+    """
+    stall = timedelta(seconds=settings.BULKWRITES["STALL_SECONDS"])
+    now = timezone.now()
+    recovered = []
+    for job in Job.objects.stalled(older_than=stall).in_queue(dispatch.current_queue()):
+        if Slice.objects.under_live_lease().filter(job=job).exists():
+            continue
+        if job.staged_at is not None and running.finish_if_done(job):
+            continue
+        touched = Job.objects.filter(pk=job.pk, last_activity_at=job.last_activity_at).update(last_activity_at=now)
+        if touched:
+            logger.warning("job %s stalled since %s; re-enqueued", job.pk, job.last_activity_at)
+            dispatch.enqueue_run(job.pk, copies=job.workers)
+            recovered.append(job.pk)
+    return recovered
