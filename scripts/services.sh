@@ -595,7 +595,7 @@ cmd_run() {
 		show_log_tail "$LOG_DIR/web.log"
 		die "the web server did not start (see .local/log/web.log)"
 	}
-	start_bg worker rqworker "$PY" manage.py rqworker bulkwrites
+	start_bg worker rqworker "$PY" manage.py rqworker "${BULKWRITES_QUEUE:-bulkwrites}"
 
 	cat <<MSG
 
@@ -612,7 +612,7 @@ cmd_worker() {
 	services_env
 	ensure_venv
 	cd "$ROOT"
-	exec "$PY" manage.py rqworker bulkwrites "$@"
+	exec "$PY" manage.py rqworker "${BULKWRITES_QUEUE:-bulkwrites}" "$@"
 }
 
 cmd_bench() {
