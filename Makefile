@@ -3,7 +3,7 @@
 #   eval "$$(make -s services)"   start Postgres, Redis, DynamoDB Local; export their env
 #   make run                      migrate, demo data, web server + worker (http://127.0.0.1:8000/admin/)
 #   make test                     lint + pytest (PYTEST_ARGS="-k foo" to narrow)
-#   make lint | worker | bench | stop | clean | venv | env
+#   make lint | typecheck-baseline | worker | bench | stop | clean | venv | env
 #
 # Ports: PG_PORT=54329 REDIS_PORT=63799 DYNAMODB_PORT=8770 WEB_PORT=8000
 
@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help services env venv run test lint worker stop bench clean
+.PHONY: help services env venv run test lint typecheck-baseline worker stop bench clean
 
 help:
 	@sed -n '1,8p' Makefile | sed 's/^# \{0,1\}//; s/\$$\$$/$$/'
@@ -35,6 +35,9 @@ test:
 
 lint:
 	@$(SERVICES) lint
+
+typecheck-baseline:
+	@$(SERVICES) typecheck-baseline
 
 worker:
 	@$(SERVICES) worker

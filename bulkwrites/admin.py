@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
@@ -25,8 +24,9 @@ from django.utils.html import format_html
 from import_export.admin import ExportActionMixin
 
 from bulkwrites import selectors
+from bulkwrites.conf import app_settings
 from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TargetForm
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SqlSource, TableSetting
+from bulkwrites.models import Item, ItemQuerySet, ItemStatus, Job, JobStatus, SqlSource, TableSetting
 from bulkwrites.resources import EXPORT_FORMATS, FORMATS_BY_NAME, ItemExportResource, export_items
 from bulkwrites.services import control, create
 from bulkwrites.services.errors import JobError
@@ -60,7 +60,7 @@ def progress_bar(job: Job) -> str:
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(admin.ModelAdmin[Job]):
     list_display = ("id", "table_name", "op", "source", "status", "progress", "counts", "created_at")
     list_filter = ("status", "operation", "source_kind", "table_name")
     search_fields = ("table_name", "source_name", "source_sha256")
@@ -122,7 +122,7 @@ class JobAdmin(admin.ModelAdmin):
 
     def new_from_file_view(self, request: HttpRequest) -> HttpResponse:
         self._require(request, "bulkwrites.run_job")
-        if request.method == "POST" and _declared_length(request) > settings.BULKWRITES["MAX_UPLOAD_BYTES"] + (1 << 20):
+        if request.method == "POST" and _declared_length(request) > app_settings().max_upload_bytes + (1 << 20):
             # Refuse before Django reads the body: a 10 GB upload never reaches the disk.
             return TemplateResponse(
                 request,
@@ -227,13 +227,7 @@ class JobAdmin(admin.ModelAdmin):
             messages.error(request, str(exc))
         else:
             messages.success(request, message.format(id=job.pk))
-            LogEntry.objects.log_actions(
-                user_id=request.user.pk,
-                queryset=[job],
-                action_flag=CHANGE,
-                change_message=f"{action.replace('_', ' ')} (status now {job.status})",
-                single_object=True,
-            )
+            log_change(request, job, f"{action.replace('_', ' ')} (status now {job.status})")
         return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
 
     def rate_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
@@ -248,9 +242,7 @@ class JobAdmin(admin.ModelAdmin):
             control.job_set_rate(job=job, wcu_per_second=rate)
             message = f"rate cap set to {rate:g} WCU/s" if rate else "rate cap removed"
             messages.success(request, f"Job {job.pk}: {message}.")
-            LogEntry.objects.log_actions(
-                user_id=request.user.pk, queryset=[job], action_flag=CHANGE, change_message=message, single_object=True
-            )
+            log_change(request, job, message)
         else:
             messages.error(request, "The rate must be a positive number of WCU/s (empty: no cap).")
         return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
@@ -280,7 +272,7 @@ class FailedErrorCodeFilter(admin.SimpleListFilter):
         return queryset.filter(error_code=self.value()) if self.value() else queryset
 
 
-class EstimatedCountPaginator(Paginator):
+class EstimatedCountPaginator(Paginator[Item]):
     """Exact counts up to what PostgreSQL counts in 200 ms, the planner's estimate beyond.
 
     COUNT(*) over a million-item job takes seconds; a page of 100 rows takes milliseconds.
@@ -288,11 +280,13 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return self.object_list.estimated_count()  # type: ignore[no-any-return]
+        items = self.object_list
+        assert isinstance(items, ItemQuerySet)
+        return items.estimated_count()
 
 
 @admin.register(Item)
-class ItemAdmin(ExportActionMixin, admin.ModelAdmin):
+class ItemAdmin(ExportActionMixin, admin.ModelAdmin[Item]):  # type: ignore[misc]
     resource_classes = [ItemExportResource]
     paginator = EstimatedCountPaginator
     # job_id, not job: ordering by the relation would join Job and sort a million rows.
@@ -344,12 +338,20 @@ class ItemAdmin(ExportActionMixin, admin.ModelAdmin):
         return request.user.has_perm("bulkwrites.export_items")
 
 
+def log_change(request: HttpRequest, job: Job, message: str) -> None:
+    """Record an operator's control action in Django's admin log, with the user."""
+    assert request.user.pk is not None  # admin views only serve logged-in staff
+    LogEntry.objects.log_actions(
+        user_id=request.user.pk, queryset=[job], action_flag=CHANGE, change_message=message, single_object=True
+    )
+
+
 def log_entry_for(job: Job) -> QuerySet[LogEntry]:
     return LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(Job), object_id=str(job.pk))
 
 
 @admin.register(SqlSource)
-class SqlSourceAdmin(admin.ModelAdmin):
+class SqlSourceAdmin(admin.ModelAdmin[SqlSource]):
     """Saved PostgreSQL sources: managed with manage_sources, used with use_sql_sources + run_job."""
 
     form = SqlSourceForm
@@ -379,7 +381,7 @@ class SqlSourceAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: SqlSource, form: Any, change: bool) -> None:
         if not change:
-            obj.created_by = request.user
+            obj.created_by = request.user  # type: ignore[assignment]  # admin views: a logged-in user
         super().save_model(request, obj, form, change)
 
     def get_urls(self) -> list[Any]:
@@ -430,6 +432,6 @@ def _may_use_sql(request: HttpRequest) -> bool:
 
 
 @admin.register(TableSetting)
-class TableSettingAdmin(admin.ModelAdmin):
+class TableSettingAdmin(admin.ModelAdmin[TableSetting]):
     list_display = ("table_name", "rate_limit_wcu")
     search_fields = ("table_name",)

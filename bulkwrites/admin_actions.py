@@ -29,7 +29,7 @@ RUN_PERMISSION = "bulkwrites.run_job"
 
 @admin.action(description="Copy to DynamoDB")
 def copy_to_dynamodb(
-    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]
+    model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]
 ) -> HttpResponse | None:
     if not request.user.has_perm(RUN_PERMISSION):
         raise PermissionDenied
@@ -83,7 +83,7 @@ class CopyToDynamoDBMixin:
     def get_actions(
         self, request: HttpRequest, action_location: ActionLocation = ActionLocation.CHANGE_LIST
     ) -> dict[str, Any]:
-        actions = super().get_actions(request, action_location)  # type: ignore[misc]
+        actions: dict[str, Any] = super().get_actions(request, action_location)  # type: ignore[misc]
         if action_location == ActionLocation.CHANGE_LIST and request.user.has_perm(RUN_PERMISSION):
             actions["copy_to_dynamodb"] = self.get_action(copy_to_dynamodb)  # type: ignore[attr-defined]
         return actions

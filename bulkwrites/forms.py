@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 
+from bulkwrites.conf import app_settings
 from bulkwrites.models import Job, Operation, SqlSource
 from bulkwrites.selectors import TableListing
 from bulkwrites.services import sql
@@ -32,7 +32,7 @@ def _setting_field(model_field: Any, **kwargs: Any) -> Any:
     return field
 
 
-class JobSettingsForm(forms.ModelForm):
+class JobSettingsForm(forms.ModelForm[Job]):
     """The settings every job has; bounds, defaults and help come from the Job model's fields."""
 
     class Meta:
@@ -48,7 +48,7 @@ class JobSettingsForm(forms.ModelForm):
         return {name: self.cleaned_data[name] for name in self._meta.fields or ()}
 
 
-class RateForm(forms.ModelForm):
+class RateForm(forms.ModelForm[Job]):
     """The job page's rate cap, checked by the same field as at creation."""
 
     class Meta:
@@ -88,7 +88,7 @@ class FileJobForm(TargetForm):
 
     def clean_file(self) -> Any:
         upload = self.cleaned_data["file"]
-        if upload.size > settings.BULKWRITES["MAX_UPLOAD_BYTES"]:
+        if upload.size > app_settings().max_upload_bytes:
             raise forms.ValidationError(upload_too_large(upload.size))
         return upload
 
@@ -103,7 +103,7 @@ class CopyRecordsForm(TargetForm):
     )
 
 
-class SqlSourceForm(forms.ModelForm):
+class SqlSourceForm(forms.ModelForm[SqlSource]):
     """A saved PostgreSQL source: a named connection and a SELECT, or a table and columns from lists."""
 
     class Meta:
@@ -160,7 +160,7 @@ class SqlSourceForm(forms.ModelForm):
         return ", ".join(value) if isinstance(value, list) else value
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         query, table = (data.get("query") or "").strip(), (data.get("table") or "").strip()
         if bool(query) == bool(table):
             raise forms.ValidationError("Write a query, or pick a table — one of the two.")

@@ -99,14 +99,14 @@ JOB_TRANSITIONS: Mapping[str, JobTransition] = {
             frozenset({JobStatus.PAUSED, JobStatus.FAILED, JobStatus.CANCELLED}),
             JobStatus.QUEUED,
             operator=True,
-            offered_when=lambda job: job.pending_items > 0,
+            offered_when=lambda job: _has_pending(job),
         ),
         JobTransition(
             "retry_failed",
             frozenset({JobStatus.COMPLETED_WITH_FAILURES, JobStatus.FAILED, JobStatus.CANCELLED}),
             JobStatus.QUEUED,
             operator=True,
-            offered_when=lambda job: job.failed_items > 0,
+            offered_when=lambda job: _has_failed(job),
         ),
         JobTransition(
             "cancel",
@@ -119,6 +119,16 @@ JOB_TRANSITIONS: Mapping[str, JobTransition] = {
         JobTransition("complete_with_failures", _ACTIVE, JobStatus.COMPLETED_WITH_FAILURES),
     )
 }
+
+
+def _has_pending(job: Job) -> bool:
+    return job.pending_items > 0
+
+
+def _has_failed(job: Job) -> bool:
+    return job.failed_items > 0
+
+
 OPERATOR_ACTIONS: tuple[str, ...] = tuple(name for name, t in JOB_TRANSITIONS.items() if t.operator)
 
 
@@ -286,8 +296,9 @@ class Job(models.Model):
             if value is None:
                 continue
             field = cls._meta.get_field(name)
+            assert isinstance(field, models.Field)
             try:
-                clean[name] = field.clean(value, None)  # type: ignore[union-attr]
+                clean[name] = field.clean(value, None)
             except ValidationError as exc:
                 errors.extend(f"{field.verbose_name}: {message}" for message in exc.messages)
         if errors:
@@ -520,7 +531,7 @@ class ItemQuerySet(models.QuerySet["Item"]):
                 last_activity_at = now()
             WHERE id = %s
         """
-        params = [
+        params: list[Any] = [
             ids, statuses, attempts, codes, messages, ItemStatus.PENDING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
             stats.calls, stats.throttled_calls, stats.unprocessed, stats.consumed_wcu, job_id,
         ]  # fmt: skip

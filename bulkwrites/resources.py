@@ -34,15 +34,15 @@ class _FormulaSafe:
         return dataset.export(self.get_title(), **kwargs)  # type: ignore[attr-defined]
 
 
-class SafeCSV(_FormulaSafe, base_formats.CSV):
+class SafeCSV(_FormulaSafe, base_formats.CSV):  # type: ignore[misc]  # import-export is untyped
     pass
 
 
-class SafeTSV(_FormulaSafe, base_formats.TSV):
+class SafeTSV(_FormulaSafe, base_formats.TSV):  # type: ignore[misc]
     pass
 
 
-class SafeXLSX(_FormulaSafe, base_formats.XLSX):
+class SafeXLSX(_FormulaSafe, base_formats.XLSX):  # type: ignore[misc]
     pass
 
 
@@ -55,13 +55,13 @@ FORMATS_BY_NAME: dict[str, type[base_formats.Format]] = {
 }
 
 
-class JSONText(fields.Field):
+class JSONText(fields.Field):  # type: ignore[misc]
     def get_value(self, instance: Any) -> Any:
         value = super().get_value(instance)
         return "" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-class ItemExportResource(resources.ModelResource):
+class ItemExportResource(resources.ModelResource):  # type: ignore[misc]
     """One row per item: where it came from, its outcome, and the item itself."""
 
     key = JSONText(attribute="key", column_name="key")

@@ -108,7 +108,8 @@ def failed_items(job: Job) -> QuerySet[Item]:
 
 
 def failures_by_code(job: Job) -> list[dict[str, Any]]:
-    return list(job.items.failed().values("error_code").annotate(count=Count("id")).order_by("-count", "error_code"))
+    rows = job.items.failed().values("error_code").annotate(count=Count("id")).order_by("-count", "error_code")
+    return [dict(row) for row in rows]
 
 
 def error_codes(job_id: int | None = None) -> list[str]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.conf import settings
 from django.db import close_old_connections, connections
 from rq import Worker as RQWorker
 
+from bulkwrites.conf import app_settings
 from bulkwrites.services.work import recover_stalled_jobs
 
 logger = logging.getLogger(__name__)
@@ -23,16 +23,16 @@ logger = logging.getLogger(__name__)
 
 class Worker(RQWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("maintenance_interval", settings.BULKWRITES["SWEEP_SECONDS"])
+        kwargs.setdefault("maintenance_interval", app_settings().sweep_seconds)
         super().__init__(*args, **kwargs)
 
     @property
     def dequeue_timeout(self) -> int:
         # Wake up from the blocking dequeue often enough to run the sweeper while idle.
-        return max(1, settings.BULKWRITES["SWEEP_SECONDS"])
+        return max(1, app_settings().sweep_seconds)
 
     def run_maintenance_tasks(self) -> None:
-        super().run_maintenance_tasks()
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         close_old_connections()
         try:
             recovered = recover_stalled_jobs()

@@ -114,7 +114,7 @@ import zlib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
-from typing import Any, BinaryIO, Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
@@ -747,7 +747,17 @@ class _UpstreamClosed(Exception):
     """Upstream closed a reused connection before answering: safe to send again on a new one."""
 
 
-def _read_head(reader: BinaryIO) -> tuple[str, list[tuple[str, str]]] | None:
+class _Reader(Protocol):
+    """What the HTTP parsing below reads from: a socket's buffered file, either side."""
+
+    def readline(self, size: int | None = -1, /) -> bytes: ...
+
+    def read(self, size: int | None = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _read_head(reader: _Reader) -> tuple[str, list[tuple[str, str]]] | None:
     """Read a start line and header lines; None when the peer closed before sending anything."""
     line = reader.readline(_MAX_LINE)
     while line in (b"\r\n", b"\n"):  # tolerated before a request (RFC 9112, 2.2)
@@ -768,9 +778,9 @@ def _read_head(reader: BinaryIO) -> tuple[str, list[tuple[str, str]]] | None:
     return line.decode("latin-1").rstrip("\r\n"), headers
 
 
-def _read_body(reader: BinaryIO, headers: Mapping[str, str], *, until_close: bool = False) -> bytes:
+def _read_body(reader: _Reader, headers: Mapping[str, str], *, until_close: bool = False) -> bytes:
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int(reader.readline(_MAX_LINE).split(b";", 1)[0], 16)
             if size == 0:
@@ -785,7 +795,7 @@ def _read_body(reader: BinaryIO, headers: Mapping[str, str], *, until_close: boo
     return reader.read() if until_close else b""
 
 
-def _read_exactly(reader: BinaryIO, size: int) -> bytes:
+def _read_exactly(reader: _Reader, size: int) -> bytes:
     data = reader.read(size)
     if len(data) != size:
         raise ConnectionError(f"connection closed after {len(data)} of {size} body bytes")
@@ -799,7 +809,7 @@ class _Upstream:
         self._address = (host, port)
         self.host_header = f"{host}:{port}"
         self._sock: socket.socket | None = None
-        self._reader: BinaryIO | None = None
+        self._reader: _Reader | None = None
 
     def exchange(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes
@@ -843,7 +853,7 @@ class _Upstream:
             self.close()
         return status, [(k, v) for k, v in headers if k.lower() not in _HOP_HEADERS], body
 
-    def _connect(self) -> tuple[socket.socket, BinaryIO]:
+    def _connect(self) -> tuple[socket.socket, _Reader]:
         sock = socket.create_connection(self._address, timeout=60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._reader = sock, sock.makefile("rb")

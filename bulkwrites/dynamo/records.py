@@ -109,7 +109,7 @@ class RecordConverter:
             waiting: Iterator[list[tuple[RowInput, T]]] = itertools.chain([first], chunks)
             broken = False
             while True:
-                while len(in_flight) < 2 * self.processes and (chunk := next(waiting, None)) is not None:
+                while len(in_flight) < 2 * self.processes and (chunk := next(waiting, [])) != []:
                     inputs = [r for r, _ in chunk]
                     future = None
                     if not broken:

@@ -73,9 +73,10 @@ class WriteRequest:
 
     def to_api(self) -> dict[str, Any]:
         """The request as boto3 takes it (binary as bytes)."""
-        if self.is_put:
-            item = self.item if self.item is not None else json.loads(self.item_json)
-            return {"PutRequest": {"Item": to_wire(item)}}
+        if self.item is not None:
+            return {"PutRequest": {"Item": to_wire(self.item)}}
+        if self.item_json is not None:
+            return {"PutRequest": {"Item": to_wire(json.loads(self.item_json))}}
         return {"DeleteRequest": {"Key": to_wire(self.key)}}
 
     def to_json(self) -> str:

@@ -12,12 +12,12 @@ import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import File
 from django.db import transaction
 from django.db.models import Model, QuerySet
 
+from bulkwrites.conf import app_settings
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo.items import KeySchema, parse_header
 from bulkwrites.models import Job, Operation, SourceKind, TableSetting
@@ -66,7 +66,7 @@ def new_job_fields(
 
 def upload_too_large(size: int) -> str:
     """The one message for a file over the upload cap (form, 413 page, service)."""
-    limit = settings.BULKWRITES["MAX_UPLOAD_BYTES"]
+    limit = app_settings().max_upload_bytes
     return f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB."
 
 
@@ -86,7 +86,7 @@ def job_create_from_file(
     itself is parsed later, by the preview and by staging, each streaming it.
     """
     size = _stream_size(upload)
-    if size > settings.BULKWRITES["MAX_UPLOAD_BYTES"]:
+    if size > app_settings().max_upload_bytes:
         raise JobError(upload_too_large(size))
     if size == 0:
         raise JobError("The file is empty.")
@@ -245,7 +245,7 @@ def preview_file(
     key_schema = key_schema_for_job(table_name)
     try:
         return staging.preview_rows(
-            files.read_rows(stream, fmt, max_bytes=settings.BULKWRITES["MAX_UPLOAD_BYTES"]),
+            files.read_rows(stream, fmt, max_bytes=app_settings().max_upload_bytes),
             key_schema,
             operation=operation,
             dynamodb_json=fmt in files.ROWS_ARE_DYNAMODB_JSON,

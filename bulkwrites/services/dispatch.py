@@ -6,14 +6,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import django_rq
-from django.conf import settings
 from rq import Worker
+
+from bulkwrites.conf import app_settings
 
 
 def current_queue() -> str:
     """The RQ queue of this deployment. A job records it when it is queued (see ``Job.start``):
     the sweeper of a deployment recovers only the jobs of its own queue."""
-    return str(settings.BULKWRITES["QUEUE"])
+    return app_settings().queue
 
 
 def enqueue_run(job_id: int, *, copies: int = 1) -> None:
@@ -23,7 +24,7 @@ def enqueue_run(job_id: int, *, copies: int = 1) -> None:
         queue.enqueue(
             "bulkwrites.tasks.run_job",
             job_id,
-            job_timeout=settings.BULKWRITES["RUN_SLICE_SECONDS"] * 10 + 600,
+            job_timeout=app_settings().run_slice_seconds * 10 + 600,
             result_ttl=3600,
             failure_ttl=7 * 24 * 3600,
             description=f"bulkwrites job {job_id}",

@@ -16,19 +16,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import TextField, Value
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from bulkwrites.conf import app_settings
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.backoff import Backoff
 from bulkwrites.dynamo.batching import chunk_requests
 from bulkwrites.dynamo.errors import ErrorInfo
+from bulkwrites.dynamo.items import Item as DynamoItem
 from bulkwrites.dynamo.writer import BatchResult, BatchWriter, CallStats, Outcome, WriteRequest, WriterPolicy
 from bulkwrites.models import Item, Job, JobStatus, Operation, Slice, SliceRun
 from bulkwrites.services import dispatch
@@ -92,7 +93,7 @@ def job_run(
 ) -> RunReport:
     """Work on a job for up to ``budget_seconds``; the caller re-enqueues if it is not done."""
     report = RunReport()
-    budget = settings.BULKWRITES["RUN_SLICE_SECONDS"] if budget_seconds is None else budget_seconds
+    budget = app_settings().run_slice_seconds if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
     job = Job.objects.filter(pk=job_id).first()
     if job is None or not job.claim():
@@ -238,7 +239,7 @@ def _stopped_by(progress: SliceProgress, control: JobControl) -> str:
 
 
 def _lease() -> timedelta:
-    return timedelta(seconds=settings.BULKWRITES["LEASE_SECONDS"])
+    return timedelta(seconds=app_settings().lease_seconds)
 
 
 class SlicePrefetcher:
@@ -300,8 +301,9 @@ def _pending_requests(job: Job, job_slice: Slice) -> list[WriteRequest]:
         .annotate(item_json=Cast("payload", TextField()) if is_put else Value(None, TextField()))
         .values_list("id", "key", "item_json", "size", "wire_bytes")
     )
+    # Pending items always have a key: rows that could not be read are failed at staging.
     return [
-        WriteRequest(ref=pk, key=key, item_json=item_json, size=size, wire_bytes=wire_bytes)
+        WriteRequest(ref=pk, key=cast(DynamoItem, key), item_json=item_json, size=size, wire_bytes=wire_bytes)
         for pk, key, item_json, size, wire_bytes in rows
     ]
 
@@ -346,7 +348,7 @@ class OutcomeRecorder:
         outcomes: list[Outcome] = []
         stats = CallStats()
         flushed_at = renewed_at = time.monotonic()
-        renew_every = settings.BULKWRITES["LEASE_SECONDS"] / 3
+        renew_every = app_settings().lease_seconds / 3
         try:
             while True:
                 try:

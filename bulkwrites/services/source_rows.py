@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.conf import settings
-
+from bulkwrites.conf import app_settings
 from bulkwrites.models import Job, SourceKind
 from bulkwrites.services import sql
 from bulkwrites.services.errors import JobError
@@ -28,5 +27,5 @@ def job_source_rows(job: Job) -> Iterator[tuple[Iterator[files.SourceRow], bool]
     if not job.source_file:
         raise JobError("The job's source file is missing.")
     with job.source_file.open("rb") as stream:
-        rows = files.read_rows(stream, job.source_format, max_bytes=settings.BULKWRITES["MAX_UPLOAD_BYTES"])
+        rows = files.read_rows(stream, job.source_format, max_bytes=app_settings().max_upload_bytes)
         yield rows, job.source_format in files.ROWS_ARE_DYNAMODB_JSON

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from bulkwrites.conf import app_settings
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_SUPERSEDED
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
 from bulkwrites.dynamo.records import RecordConverter
@@ -142,7 +142,7 @@ def stage_items(job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool) -> 
         key_schema,
         delete=job.operation == Operation.DELETE,
         dynamodb_json=dynamodb_json,
-        processes=settings.BULKWRITES["STAGING_PROCESSES"],
+        processes=app_settings().staging_processes,
     )
     with transaction.atomic():
         Item.objects.filter(job=job).delete()
@@ -192,7 +192,8 @@ def preview_from_ledger(job: Job, *, sample_size: int = 10, max_problems: int = 
     preview.invalid = invalid.count()
     preview.valid = preview.rows - preview.invalid
     preview.duplicates = job.items.filter(error_code__in=(CODE_SUPERSEDED, CODE_DUPLICATE_KEY)).count()
-    preview.samples = list(job.items.pending().order_by("position").values_list("payload", flat=True)[:sample_size])
+    payloads = job.items.pending().order_by("position").values_list("payload", flat=True)[:sample_size]
+    preview.samples = [payload for payload in payloads if payload is not None]
     problems = invalid.order_by("position").values_list("position", "error_message", "raw")[: max_problems + 1]
     preview.problems = [RowProblem(position, message, raw) for position, message, raw in problems[:max_problems]]
     preview.problems_truncated = len(problems) > max_problems

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from bulkwrites.conf import app_settings
 from bulkwrites.models import Job, JobStatus, Slice
 from bulkwrites.services import dispatch, running, staging
 from bulkwrites.services.errors import JobError
@@ -70,7 +70,7 @@ def recover_stalled_jobs() -> list[int]:
     benchmark) may share one database with their own queues and endpoints. Duplicated RQ
     jobs are harmless: slices are claimed with leases.
     """
-    stall = timedelta(seconds=settings.BULKWRITES["STALL_SECONDS"])
+    stall = timedelta(seconds=app_settings().stall_seconds)
     now = timezone.now()
     recovered = []
     for job in Job.objects.stalled(older_than=stall).in_queue(dispatch.current_queue()):

@@ -64,7 +64,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 # openpyxl parses workbook XML with defusedxml when it can import it (openpyxl.xml.DEFUSEDXML);
 # importing it here makes the dependency explicit and fails early if it is missing.
@@ -224,7 +224,7 @@ def _head_text(body: bytes) -> str:
 # --- reading --------------------------------------------------------------------------
 
 
-def read_rows(stream: BinaryIO, fmt: str, *, max_bytes: int | None = None) -> Iterator[SourceRow]:
+def read_rows(stream: IO[bytes], fmt: str, *, max_bytes: int | None = None) -> Iterator[SourceRow]:
     """Read the rows of a file in format ``fmt`` (a key of :data:`FORMATS`), streaming.
 
     Reads from the stream's current position and does not close it. ``max_bytes`` caps the
