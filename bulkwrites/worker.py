@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 class Worker(RQWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from project.security import require_secret_key
+
+        require_secret_key("worker")  # also when started by `rq worker -w bulkwrites.worker.Worker`
         kwargs.setdefault("maintenance_interval", app_settings().sweep_seconds)
         super().__init__(*args, **kwargs)
 

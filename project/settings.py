@@ -8,6 +8,7 @@ AWS credentials are never read here: boto3's standard chain finds them.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import dj_database_url
@@ -25,10 +26,31 @@ def env_bool(name: str, default: bool) -> bool:
     return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
-DEBUG = env_bool("DJANGO_DEBUG", True)
+# Off unless asked for: `make run` and the dev tooling set DJANGO_DEBUG=1.
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# Never a public constant. Without DJANGO_SECRET_KEY the process gets a random key of its own:
+# fine for commands that serve nothing (migrate, the CLI, the tests); the web process and the
+# worker refuse to start that way unless DEBUG is on (project/security.py). `make run` keeps a
+# generated key in .local/secret_key.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50)
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# Production over HTTPS: DJANGO_HTTPS=1 (README, "Security model"). Behind a TLS-terminating
+# proxy that sets X-Forwarded-Proto, also DJANGO_TLS_PROXY_HEADER=1.
+HTTPS = env_bool("DJANGO_HTTPS", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", 31_536_000 if HTTPS else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+if env_bool("DJANGO_TLS_PROXY_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+# Error pages (DEBUG's technical page, the mails to ADMINS) also hide connection-string passwords.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "project.security.SecretScrubbingFilter"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -77,6 +99,8 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", "postgres://bulkwrites@127.0.0.1:54329/bulkwrites"),
         conn_max_age=60,
+        # A connection dropped by a PostgreSQL restart is noticed before the next request uses it.
+        conn_health_checks=True,
     )
 }
 # JIT compilation costs ~1.4 s on a scan of a million-item job and never pays off for the

@@ -361,19 +361,65 @@ start_postgres() {
 		head -n 1 "$PGDATA_DIR/postmaster.pid" >"$RUN_DIR/postgres.pid" 2>/dev/null || true
 	fi
 
-	# Role `bulkwrites` is a superuser so pytest-django can create the test DB.
+	# The app's role `bulkwrites` is NOT a superuser (a superuser can read server files and other
+	# processes' environment, kill sessions, create replication slots, all from a read-only
+	# transaction). CREATEDB is all pytest-django needs to create its test databases; test set-up
+	# that needs more (login roles for SQL sources) connects as `postgres`, never as the app.
 	local psql=("$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres)
 	local state
-	state="$("${psql[@]}" -tAc "select (select count(*) from pg_roles where rolname = 'bulkwrites') || ',' || (select count(*) from pg_database where datname = 'bulkwrites')")" ||
+	state="$("${psql[@]}" -tAc "select (select count(*) from pg_roles where rolname = 'bulkwrites') || ',' || (select count(*) from pg_database where datname = 'bulkwrites') || ',' || (select count(*) from pg_roles where rolname = 'bulkwrites' and (rolsuper or rolreplication or rolbypassrls or rolcreaterole or not rolcreatedb))")" ||
 		die "cannot connect to postgres on 127.0.0.1:$PG_PORT as user postgres"
-	if [ "${state%,*}" = 0 ]; then
-		log "postgres: creating role bulkwrites"
-		"${psql[@]}" -c "create role bulkwrites login superuser" >&2
+	local roles="${state%%,*}" dbs rest="${state#*,}"
+	dbs="${rest%%,*}"
+	if [ "$roles" = 0 ]; then
+		log "postgres: creating role bulkwrites (login, createdb; not a superuser)"
+		"${psql[@]}" -c "create role bulkwrites login createdb nosuperuser noreplication nobypassrls nocreaterole" >&2
+	elif [ "${rest#*,}" != 0 ]; then
+		# Clusters made before the role lost its superuser attribute are fixed here.
+		log "postgres: role bulkwrites: dropping superuser/replication/createrole (keeping login, createdb)"
+		"${psql[@]}" -c "alter role bulkwrites login createdb nosuperuser noreplication nobypassrls nocreaterole" >&2
 	fi
-	if [ "${state#*,}" = 0 ]; then
+	if [ "$dbs" = 0 ]; then
 		log "postgres: creating database bulkwrites"
 		"${psql[@]}" -c "create database bulkwrites owner bulkwrites" >&2
 	fi
+}
+
+# The demo shop's reader: a login role that may SELECT the demo tables and nothing else, the
+# connection `demo` of SQL sources (BULKWRITES_SQL_DEMO). Run after migrate (the tables exist).
+ensure_demo_reader() {
+	if [ "${DATABASE_URL:-$LOCAL_DATABASE_URL}" != "$LOCAL_DATABASE_URL" ]; then
+		log "postgres: DATABASE_URL points elsewhere; create a reader role yourself (README, Security model)"
+		return 0
+	fi
+	local bin
+	bin="$(find_pg_bin)" || die "PostgreSQL client binaries (psql) not found"
+	"$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bulkwrites >&2 <<'SQL'
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bulkwrites_demo_reader') THEN
+    CREATE ROLE bulkwrites_demo_reader LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+END $$;
+GRANT CONNECT ON DATABASE bulkwrites TO bulkwrites_demo_reader;
+GRANT USAGE ON SCHEMA public TO bulkwrites_demo_reader;
+GRANT SELECT ON public.demo_customer, public.demo_order TO bulkwrites_demo_reader;
+SQL
+	log "postgres: role bulkwrites_demo_reader may read demo_customer and demo_order (connection 'demo')"
+}
+
+# A local secret key for `make run`, `make worker` and `make bench`, made once and kept in
+# .local/secret_key (the web process and the worker refuse to start without one, DEBUG off).
+ensure_secret_key() {
+	[ -n "${DJANGO_SECRET_KEY:-}" ] && return 0
+	local file="$LOCAL/secret_key"
+	if [ ! -s "$file" ]; then
+		mkdir -p "$LOCAL"
+		(umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(50))' >"$file")
+		log "generated a local secret key in .local/secret_key"
+	fi
+	DJANGO_SECRET_KEY="$(cat "$file")"
+	export DJANGO_SECRET_KEY
 }
 
 stop_postgres() {
@@ -484,6 +530,11 @@ print_env() {
 		AWS_ENDPOINT_URL_DYNAMODB "$ddb" \
 		AWS_REGION "$region" \
 		AWS_DEFAULT_REGION "${AWS_DEFAULT_REGION:-$region}"
+	# The demo shop's reader role (created by `make run`), as the SQL-source connection `demo`.
+	if [ "${DATABASE_URL:-$LOCAL_DATABASE_URL}" = "$LOCAL_DATABASE_URL" ]; then
+		printf 'export %s=%q\n' BULKWRITES_SQL_DEMO \
+			"${BULKWRITES_SQL_DEMO:-postgres://bulkwrites_demo_reader@127.0.0.1:${PG_PORT}/bulkwrites}"
+	fi
 	# botocore reads AWS_DEFAULT_REGION, not AWS_REGION, hence both above.
 	# DynamoDB Local wants some credentials but never checks them.
 	if is_local_endpoint "$ddb"; then
@@ -605,8 +656,12 @@ cmd_run() {
 	cd "$ROOT"
 	export BULKWRITES_ADMIN_PASSWORD="${BULKWRITES_ADMIN_PASSWORD:-admin}"
 	export PYTHONUNBUFFERED=1
+	# A development server: DEBUG on (it is off unless asked for) and a kept local secret key.
+	export DJANGO_DEBUG="${DJANGO_DEBUG:-1}"
+	ensure_secret_key
 	log "manage.py migrate"
 	"$PY" manage.py migrate --noinput >&2
+	ensure_demo_reader
 	log "manage.py bulkwrite demo"
 	"$PY" manage.py bulkwrite demo
 
@@ -641,6 +696,7 @@ cmd_worker() {
 	services_env
 	ensure_venv
 	cd "$ROOT"
+	ensure_secret_key
 	exec "$PY" manage.py rqworker "${BULKWRITES_QUEUE:-bulkwrites}" "$@"
 }
 
@@ -648,6 +704,7 @@ cmd_bench() {
 	services_env
 	ensure_venv
 	cd "$ROOT"
+	ensure_secret_key
 	exec "$PY" bench/run.py "$@"
 }
 
