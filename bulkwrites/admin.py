@@ -23,7 +23,10 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from import_export.admin import ExportActionMixin
 
-from bulkwrites import selectors
+from bulkwrites import (
+    admin_rq,  # noqa: F401 - puts django-rq's dashboard behind run_job
+    selectors,
+)
 from bulkwrites.conf import app_settings
 from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TargetForm
 from bulkwrites.models import Item, ItemQuerySet, ItemStatus, Job, JobStatus, SqlSource, TableSetting
@@ -109,6 +112,8 @@ class JobAdmin(admin.ModelAdmin[Job]):
         ]
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         return HttpResponseRedirect(reverse("admin:bulkwrites_job_new_from_file"))
 
     def _require(self, request: HttpRequest, permission: str) -> None:
