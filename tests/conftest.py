@@ -145,6 +145,75 @@ def admin_client_tx(client: Any, admin_user: Any) -> Any:
     return client
 
 
+def pg_admin_dsn() -> str:
+    """A superuser connection for test SET-UP only (login roles, grants): never the app's role.
+
+    ``BULKWRITES_TEST_PG_ADMIN_URL``, or the local cluster's ``postgres`` user on DATABASE_URL's
+    server (scripts/services.sh creates the cluster with it).
+    """
+    from psycopg.conninfo import make_conninfo
+
+    explicit = os.environ.get("BULKWRITES_TEST_PG_ADMIN_URL")
+    return explicit or make_conninfo(_require_env("DATABASE_URL"), user="postgres", dbname="postgres")
+
+
+def test_db_dsn(**overrides: str) -> str:
+    """The test database as a libpq connection string (other user: ``user=...``)."""
+    from django.db import connection
+    from psycopg.conninfo import make_conninfo
+
+    db = connection.settings_dict
+    params = {"host": db["HOST"], "port": str(db["PORT"]), "dbname": db["NAME"], "user": db["USER"]}
+    return make_conninfo(**{**{k: v for k, v in params.items() if v}, **overrides})
+
+
+test_db_dsn.__test__ = False  # type: ignore[attr-defined]
+
+READER_CONNECTION = "reader"  # BULKWRITES_SQL_READER, set for the whole session by the fixture below
+
+
+@pytest.fixture(scope="session")
+def sql_reader(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
+    """A login role that may SELECT the demo shop's tables of the test database, and nothing else.
+
+    Made like an operator would (README, "Security model"), through the admin connection, and
+    exposed as the SQL-source connection ``reader`` (BULKWRITES_SQL_READER). Returns its DSN.
+    """
+    import psycopg
+    from psycopg import sql
+
+    role = f"bw_test_reader_{os.getpid()}"
+    with django_db_blocker.unblock():
+        dsn = test_db_dsn(user=role)
+    dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(pg_admin_dsn(), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    with psycopg.connect(make_admin_dsn(dbname=str(dbname)), autocommit=True) as admin:
+        r = sql.Identifier(role)
+        admin.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(str(dbname)), r))
+        admin.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(r))
+        admin.execute(sql.SQL("GRANT SELECT ON public.demo_customer, public.demo_order TO {}").format(r))
+    previous = os.environ.get("BULKWRITES_SQL_READER")
+    os.environ["BULKWRITES_SQL_READER"] = dsn
+    yield dsn
+    if previous is None:
+        os.environ.pop("BULKWRITES_SQL_READER", None)
+    else:
+        os.environ["BULKWRITES_SQL_READER"] = previous
+    with psycopg.connect(make_admin_dsn(dbname=str(dbname)), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    with psycopg.connect(pg_admin_dsn(), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def make_admin_dsn(**overrides: str) -> str:
+    """The admin connection, on another database of the same server."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(pg_admin_dsn(), **overrides)
+
+
 def worker_env(**extra: str) -> dict[str, str]:
     """Environment for a worker subprocess: the test database and the test Redis database."""
     from django.db import connection
@@ -157,6 +226,8 @@ def worker_env(**extra: str) -> dict[str, str]:
         BULKWRITES_QUEUE=TEST_QUEUE,
         PYTHONUNBUFFERED="1",
     )
+    # A worker refuses to start with DEBUG off and no key (project/security.py).
+    env.setdefault("DJANGO_SECRET_KEY", f"test-only-{uuid.uuid4().hex}{uuid.uuid4().hex}")
     env.update(extra)
     return env
 

@@ -1,9 +1,11 @@
 """PostgreSQL sources: named connections and what a job reads from one (its SQL spec).
 
 A connection is named, never stored with its password: a Django database alias or
-``BULKWRITES_SQL_<NAME>=postgres://...`` in the environment of the web server and the
-workers. Rows are streamed by ``bulkwrites.sources.postgres`` inside a read-only
-transaction with a statement timeout.
+``BULKWRITES_SQL_<NAME>=postgres://...`` in the environment of the web server and the workers.
+The app's own connection (``default``, and any alias with its role) is never a source: its role
+could read admin sessions and password hashes. Every connection's role is also vetted from the
+catalog by ``bulkwrites.sources.postgres.policy`` when it connects. Rows are streamed inside a
+read-only transaction with a statement timeout.
 """
 
 from __future__ import annotations
@@ -15,19 +17,40 @@ from typing import Any
 
 from django.conf import settings
 from psycopg import sql as pg_sql
+from psycopg.conninfo import make_conninfo
 
 from bulkwrites.models import SqlSource
 from bulkwrites.services.errors import JobError
 from bulkwrites.sources import postgres
-from bulkwrites.sources.files import SourceRow
+from bulkwrites.sources.rows import SourceRow
 
 ENV_PREFIX = "BULKWRITES_SQL_"
 STATEMENT_TIMEOUT_MS = int(os.environ.get("BULKWRITES_SQL_STATEMENT_TIMEOUT_MS", 60_000))
 
 
+APP_CONNECTION_REFUSED = (
+    "Connection {name!r} is refused as a SQL source: it is this application's own database role, which can read "
+    "admin sessions and password hashes. Create a role that may only SELECT what sources need "
+    '(README, "Security model") and configure it as BULKWRITES_SQL_<NAME>=postgres://reader@host/db '
+    "or as a DATABASES alias, then pick that connection."
+)
+
+
+def _is_app_alias(alias: str) -> bool:
+    """``default``, or another alias that logs in as the same role on the same server."""
+    if alias == "default":
+        return True
+    db, app = settings.DATABASES[alias], settings.DATABASES["default"]
+    return all((db.get(k) or "") == (app.get(k) or "") for k in ("HOST", "PORT", "USER"))
+
+
+def _postgres_aliases() -> list[str]:
+    return [alias for alias, db in settings.DATABASES.items() if "postgresql" in db["ENGINE"]]
+
+
 def connection_names() -> list[str]:
-    """Connections an operator may pick: PostgreSQL database aliases and BULKWRITES_SQL_* variables."""
-    names = [alias for alias, db in settings.DATABASES.items() if "postgresql" in db["ENGINE"]]
+    """Connections an operator may pick: database aliases that are not the app's own, and BULKWRITES_SQL_*."""
+    names = [alias for alias in _postgres_aliases() if not _is_app_alias(alias)]
     names += sorted(
         key[len(ENV_PREFIX) :].lower()
         for key in os.environ
@@ -38,7 +61,9 @@ def connection_names() -> list[str]:
 
 def resolve_dsn(name: str, *, allow_url: bool = False) -> str:
     """The connection string for a name (or, from a terminal, a URL given as is)."""
-    if name in settings.DATABASES and "postgresql" in settings.DATABASES[name]["ENGINE"]:
+    if name in _postgres_aliases():
+        if _is_app_alias(name):
+            raise JobError(APP_CONNECTION_REFUSED.format(name=name))
         db = settings.DATABASES[name]
         parts = {
             "host": db.get("HOST") or "",
@@ -47,7 +72,7 @@ def resolve_dsn(name: str, *, allow_url: bool = False) -> str:
             "user": db.get("USER") or "",
             "password": db.get("PASSWORD") or "",
         }
-        return " ".join(f"{k}='{v}'" for k, v in parts.items() if v)
+        return make_conninfo(**{k: v for k, v in parts.items() if v})  # quotes ' and \ in a password right
     env = os.environ.get(ENV_PREFIX + name.upper())
     if env:
         return env

@@ -23,11 +23,10 @@ from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
 from bulkwrites.dynamo.records import RecordConverter
 from bulkwrites.models import DuplicatePolicy, Item, ItemStatus, Job, Operation, Slice
-from bulkwrites.sources.files import SourceRow
+from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 
 logger = logging.getLogger(__name__)
 
-RAW_LIMIT = 2000  # characters of a bad source row kept for the operator
 COPY_CHUNK_ROWS = 5000
 
 

@@ -62,13 +62,14 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import IO, Any, BinaryIO
 
 # openpyxl parses workbook XML with defusedxml when it can import it (openpyxl.xml.DEFUSEDXML);
 # importing it here makes the dependency explicit and fails early if it is missing.
 import defusedxml  # noqa: F401
+
+from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 
 FORMATS: dict[str, str] = {
     "csv": "CSV",
@@ -82,7 +83,6 @@ FORMATS: dict[str, str] = {
 # Formats whose rows already hold DynamoDB JSON ({"pk": {"S": "a"}}) rather than plain values.
 ROWS_ARE_DYNAMODB_JSON: frozenset[str] = frozenset({"ddbjson"})
 
-RAW_LIMIT = 1000  # characters of a row kept in SourceRow.raw
 CHUNK_SIZE = 64 * 1024
 # The largest cell worth reading: a DynamoDB item holds at most 400 KB. Python's csv module
 # refuses longer fields (default 131,072 characters), so the process-wide limit is raised to
@@ -117,16 +117,6 @@ _DDB_TYPES = frozenset({"S", "N", "B", "BOOL", "NULL", "SS", "NS", "BS", "L", "M
 
 class SourceError(Exception):
     """The whole file cannot be read; the message is shown to the operator."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRow:
-    """One data row of a source. ``values`` is None when the row could not be read."""
-
-    position: int  # see the module docstring
-    values: dict[str, Any] | None  # column header -> cell
-    error: str | None = None  # why the row could not be read, starting with where it is
-    raw: str | None = None  # the row as read (at most RAW_LIMIT characters); always set with error
 
 
 # --- format detection -----------------------------------------------------------------

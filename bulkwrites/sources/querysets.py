@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from bulkwrites.dynamo.items import KeySchema, parse_header
-from bulkwrites.sources.files import SourceRow
+from bulkwrites.sources.rows import SourceRow
 
 Mapping = list[tuple[str, str]]  # (model attribute name, attribute header)
 

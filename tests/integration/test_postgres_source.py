@@ -35,6 +35,7 @@ from bulkwrites.sources.postgres import (
     redact_dsn,
     table_query,
 )
+from tests.conftest import make_admin_dsn
 
 PASSWORD = "S3cretPw!"
 BIG_ROWS = 50_000
@@ -43,19 +44,34 @@ WEIRD_COLUMN = 'we"ird; col'
 
 
 @pytest.fixture(scope="module")
-def dsn() -> str:
-    value = os.environ.get("DATABASE_URL")
-    if not value:
+def admin_dsn() -> str:
+    """The superuser connection, for set-up only (roles, schemas), on DATABASE_URL's database."""
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
         pytest.fail("DATABASE_URL is not set: run the tests with `make test` (it starts the services)", pytrace=False)
-    return value
+    return make_admin_dsn(dbname=str(conninfo_to_dict(database_url)["dbname"]))
 
 
 @pytest.fixture(scope="module")
-def schema(dsn: str) -> Iterator[str]:
+def dsn(admin_dsn: str) -> Iterator[str]:
+    """A plain login role (not superuser, not the app's role) that owns this module's schema."""
+    role = f"bw_pgsrc_owner_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    yield make_conninfo(os.environ["DATABASE_URL"], user=role)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture(scope="module")
+def schema(dsn: str, admin_dsn: str) -> Iterator[str]:
     name = f"bw_pgsrc_{uuid.uuid4().hex[:10]}"
     s = sql.Identifier(name)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        owner = sql.Identifier(str(conninfo_to_dict(dsn)["user"]))
+        conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(s, owner))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(s))
         conn.execute(
             sql.SQL(
                 "CREATE TABLE {}.big AS SELECT g AS id, repeat('x', 100) || g AS label FROM generate_series(1, %s) g"
@@ -88,17 +104,17 @@ def schema(dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def reader_dsn(dsn: str, schema: str) -> Iterator[str]:
+def reader_dsn(dsn: str, admin_dsn: str, schema: str) -> Iterator[str]:
     """A login role that is not superuser and may read only `types` (all columns) and `big.id`."""
     role = f"bw_pgsrc_reader_{uuid.uuid4().hex[:8]}"
     r, s = sql.Identifier(role), sql.Identifier(schema)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER").format(r))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r))
         conn.execute(sql.SQL("GRANT SELECT ON {}.types TO {}").format(s, r))
         conn.execute(sql.SQL("GRANT SELECT (id) ON {}.big TO {}").format(s, r))
     yield make_conninfo(dsn, user=role)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(r))
         conn.execute(sql.SQL("DROP ROLE {}").format(r))
 
@@ -518,7 +534,9 @@ def test_a_server_message_echoing_the_password_is_scrubbed(dsn: str) -> None:
 def test_connection_errors_never_show_the_password(dsn: str, case: str, expected: str) -> None:
     bad = {
         "unknown database": with_password(dsn, dbname="no_such_db_bw"),
-        "unknown role": url_with_password(dsn).replace("postgresql://bulkwrites:", "postgresql://no_such_role_bw:"),
+        "unknown role": url_with_password(dsn).replace(
+            f"postgresql://{conninfo_to_dict(dsn)['user']}:", "postgresql://no_such_role_bw:"
+        ),
         "unknown host": url_with_password(dsn, host="no-such-host.invalid"),
         "closed port": with_password(dsn, host="127.0.0.1", port=1),
         "bad percent-encoding": url_with_password(dsn).replace("S3cretPw%21", "S3cretPw%zz!"),

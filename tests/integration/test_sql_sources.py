@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +16,7 @@ from bulkwrites.models import Job, JobStatus, SourceKind, SqlSource
 from demo.models import Customer, Order
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("sql_reader")]
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def test_saved_query_previewed_and_copied(
         reverse("admin:bulkwrites_sqlsource_add"),
         {
             "name": "paid orders",
-            "connection": "default",
+            "connection": "reader",
             "query": "SELECT number, total, status, customer_id AS customer FROM demo_order WHERE status = 'paid';",
             "table": "",
         },
@@ -54,7 +55,7 @@ def test_saved_query_previewed_and_copied(
     assert response.status_code == 302, response.content.decode()[:3000]
     job = Job.objects.get()
     assert job.source_kind == SourceKind.SQL
-    assert job.source_spec == {"connection": "default", "query": source.query}
+    assert job.source_spec == {"connection": "reader", "query": source.query}
     assert "password" not in job.source_detail.lower()
 
     preview = admin_client_tx.get(response["Location"])
@@ -73,11 +74,11 @@ def test_saved_query_previewed_and_copied(
 
 
 def test_a_table_picked_from_the_lists(admin_client_tx: Any, orders: list[Order]) -> None:
-    form_page = admin_client_tx.get(reverse("admin:bulkwrites_sqlsource_add"))
+    form_page = admin_client_tx.get(reverse("admin:bulkwrites_sqlsource_add") + "?connection=reader")
     assert "public.demo_order" in form_page.content.decode()
     response = admin_client_tx.post(
         reverse("admin:bulkwrites_sqlsource_add"),
-        {"name": "orders table", "connection": "default", "query": "", "table": "public.demo_order",
+        {"name": "orders table", "connection": "reader", "query": "", "table": "public.demo_order",
          "columns": ["number", "total"]},
     )  # fmt: skip
     assert response.status_code == 302, response.content.decode()[:3000]
@@ -97,7 +98,7 @@ def test_a_table_picked_from_the_lists(admin_client_tx: Any, orders: list[Order]
 def test_anything_but_one_read_only_query_is_refused(admin_client_tx: Any, orders: list[Order], query: str) -> None:
     response = admin_client_tx.post(
         reverse("admin:bulkwrites_sqlsource_add"),
-        {"name": "bad", "connection": "default", "query": query, "table": ""},
+        {"name": "bad", "connection": "reader", "query": query, "table": ""},
     )
     assert response.status_code == 200
     assert response.context["adminform"].form.errors["query"]
@@ -106,7 +107,7 @@ def test_anything_but_one_read_only_query_is_refused(admin_client_tx: Any, order
 
 
 def test_sql_sources_need_their_permissions(client: Any, django_user_model: Any, orders: list[Order]) -> None:
-    source = SqlSource.objects.create(name="s", connection="default", query="SELECT number FROM demo_order")
+    source = SqlSource.objects.create(name="s", connection="reader", query="SELECT number FROM demo_order")
     user = django_user_model.objects.create_user("op", "op@example.com", "pw", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(codename__in=["run_job", "use_sql_sources"]))
     client.force_login(user)
@@ -119,8 +120,9 @@ def test_sql_sources_need_their_permissions(client: Any, django_user_model: Any,
 
 
 def _dsn() -> str:
+    """The reader role by URL (a terminal may give one instead of a connection name)."""
     db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    return f"postgres://bw_test_reader_{os.getpid()}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
 def test_cli_copy_from_a_table_by_url(orders: list[Order], make_table: Any, scan: Any, run_worker: Any) -> None:
@@ -144,9 +146,7 @@ def test_cli_copy_refuses_a_write_and_changes_nothing(orders: list[Order], make_
 
     table = make_table()
     with pytest.raises(CommandError, match="refused"):
-        call_command(
-            "bulkwrite", "copy", "--database", "default", "--query", "DELETE FROM demo_order", "--table", table
-        )
+        call_command("bulkwrite", "copy", "--database", "reader", "--query", "DELETE FROM demo_order", "--table", table)
     assert Order.objects.count() == 40
     assert not Job.objects.exists()
 
@@ -156,7 +156,7 @@ def test_cli_copy_with_an_alias_is_read_by_the_worker(
 ) -> None:
     table = make_table(pk="number", pk_type="S")
     code, _, _ = run_cli(
-        "copy", "--database", "default", "--query", "SELECT number, status FROM demo_order", "--table", table
+        "copy", "--database", "reader", "--query", "SELECT number, status FROM demo_order", "--table", table
     )
     assert code == 0
     job = Job.objects.get()
@@ -170,7 +170,7 @@ def test_cli_copy_with_an_alias_is_read_by_the_worker(
 
 def test_a_broken_query_fails_the_job_with_the_reason(make_table: Any, run_worker: Any) -> None:
     table = make_table()
-    code, _, _ = run_cli("copy", "--database", "default", "--query", "SELECT * FROM no_such_table", "--table", table)
+    code, _, _ = run_cli("copy", "--database", "reader", "--query", "SELECT * FROM no_such_table", "--table", table)
     assert code == 0
     run_worker()
     job = Job.objects.get()
