@@ -18,7 +18,7 @@ from bulkwrites.services import sql
 from bulkwrites.services.create import upload_too_large
 from bulkwrites.services.errors import JobError
 from bulkwrites.sources import postgres
-from bulkwrites.sources.files import FORMATS
+from bulkwrites.sources.formats import FORMATS
 
 
 def _setting_field(model_field: Any, **kwargs: Any) -> Any:

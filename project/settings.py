@@ -146,6 +146,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # stripping one leading "=" (which is what this setting does).
 IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = False
 
+
+def env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
 BULKWRITES = {
     # Uploads stream to disk and are read as a stream: the cap bounds disk use, not memory.
     # 1 GiB holds a million rows of ~1 KB (a 1M-row CSV of 150-byte rows is ~150 MB).
@@ -163,6 +169,13 @@ BULKWRITES = {
     # Processes converting source rows while staging COPYs them into PostgreSQL; 0 converts
     # in the staging process itself. Sources under 2,000 rows are always converted inline.
     "STAGING_PROCESSES": int(os.environ.get("BULKWRITES_STAGING_PROCESSES", os.cpu_count() or 1)),
+    # What one row of an uploaded file may take, checked while reading (README, "Limits on files");
+    # unset: the defaults of bulkwrites/sources/formats/limits.py (409,600 characters a cell, 2 MiB
+    # a row, 16,384 cells a row, 256 MiB an unpacked XLSX part).
+    "MAX_CELL_CHARS": env_int("BULKWRITES_MAX_CELL_CHARS"),
+    "MAX_ROW_BYTES": env_int("BULKWRITES_MAX_ROW_BYTES"),
+    "MAX_ROW_CELLS": env_int("BULKWRITES_MAX_ROW_CELLS"),
+    "MAX_XLSX_PART_BYTES": env_int("BULKWRITES_MAX_XLSX_PART_BYTES"),
 }
 
 LOGGING = {

@@ -25,7 +25,7 @@ from bulkwrites.services import sql, staging
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.source_rows import job_source_rows
 from bulkwrites.services.tables import key_schema_for_job
-from bulkwrites.sources import files, querysets
+from bulkwrites.sources import formats, querysets
 from bulkwrites.sources.postgres import redact_dsn
 
 # --- what every job records ------------------------------------------------------------
@@ -121,11 +121,11 @@ def _file_format(stream: IO[bytes], file_name: str, source_format: str | None) -
     head = stream.read(4096)
     stream.seek(0)
     try:
-        fmt = source_format or files.detect_format(file_name, head)
-    except files.SourceError as exc:
+        fmt = source_format or formats.detect_format(file_name, head)
+    except formats.SourceError as exc:
         raise JobError(str(exc)) from None
-    if fmt not in files.FORMATS:
-        raise JobError(f"Unknown format {fmt!r}; choose one of {', '.join(files.FORMATS)}.")
+    if fmt not in formats.FORMATS:
+        raise JobError(f"Unknown format {fmt!r}; choose one of {', '.join(formats.FORMATS)}.")
     return fmt
 
 
@@ -233,7 +233,7 @@ def job_preview(job: Job, **kwargs: Any) -> staging.Preview:
                 dynamodb_json=dynamodb_json,
                 **kwargs,
             )
-    except files.SourceError as exc:
+    except formats.SourceError as exc:
         raise JobError(str(exc)) from None
 
 
@@ -245,11 +245,13 @@ def preview_file(
     key_schema = key_schema_for_job(table_name)
     try:
         return staging.preview_rows(
-            files.read_rows(stream, fmt, max_bytes=app_settings().max_upload_bytes),
+            formats.read_rows(
+                stream, fmt, max_bytes=app_settings().max_upload_bytes, limits=app_settings().file_limits
+            ),
             key_schema,
             operation=operation,
-            dynamodb_json=fmt in files.ROWS_ARE_DYNAMODB_JSON,
+            dynamodb_json=fmt in formats.ROWS_ARE_DYNAMODB_JSON,
             max_problems=sys.maxsize,
         )
-    except files.SourceError as exc:
+    except formats.SourceError as exc:
         raise JobError(str(exc)) from None

@@ -13,11 +13,11 @@ from bulkwrites.conf import app_settings
 from bulkwrites.models import Job, SourceKind
 from bulkwrites.services import sql
 from bulkwrites.services.errors import JobError
-from bulkwrites.sources import files
+from bulkwrites.sources import formats
 
 
 @contextmanager
-def job_source_rows(job: Job) -> Iterator[tuple[Iterator[files.SourceRow], bool]]:
+def job_source_rows(job: Job) -> Iterator[tuple[Iterator[formats.SourceRow], bool]]:
     """The job's source rows, streamed, and whether they are DynamoDB JSON already."""
     if job.source_kind == SourceKind.SQL:
         yield sql.rows_for(sql.SqlSpec.from_json(job.source_spec)), False
@@ -27,5 +27,6 @@ def job_source_rows(job: Job) -> Iterator[tuple[Iterator[files.SourceRow], bool]
     if not job.source_file:
         raise JobError("The job's source file is missing.")
     with job.source_file.open("rb") as stream:
-        rows = files.read_rows(stream, job.source_format, max_bytes=app_settings().max_upload_bytes)
-        yield rows, job.source_format in files.ROWS_ARE_DYNAMODB_JSON
+        limits = app_settings().file_limits
+        rows = formats.read_rows(stream, job.source_format, max_bytes=app_settings().max_upload_bytes, limits=limits)
+        yield rows, job.source_format in formats.ROWS_ARE_DYNAMODB_JSON

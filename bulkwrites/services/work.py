@@ -18,7 +18,7 @@ from bulkwrites.models import Job, JobStatus, Slice
 from bulkwrites.services import dispatch, running, staging
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.source_rows import job_source_rows
-from bulkwrites.sources import files
+from bulkwrites.sources import formats
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def job_stage(job: Job) -> bool:
         try:
             with job_source_rows(job) as (rows, dynamodb_json):
                 staging.stage_job(job, rows, dynamodb_json=dynamodb_json)
-        except (files.SourceError, JobError) as exc:
+        except (formats.SourceError, JobError) as exc:
             job.fail(CODE_SOURCE_UNREADABLE, str(exc))
             return False
     return True

@@ -119,6 +119,7 @@ def test_copy_selected_customers_from_the_demo_admin(
 
 
 def test_run_a_postgresql_source(
+    sql_reader: str,  # the connection "reader": a role that may only read the demo shop (before the worker starts)
     live_server: Any,
     page: Page,
     admin_user: Any,
@@ -140,14 +141,18 @@ def test_run_a_postgresql_source(
     table = make_table(pk="number", pk_type="S")
     log_in(page, base, "root")
 
-    # Admin → SQL sources → Add: a query on this app's own database.
+    # Admin → SQL sources → Add: a query through the reader connection (never the app's own, `default`).
     page.locator("tr.model-sqlsource th a").click()
     page.wait_for_url(f"{base}{reverse('admin:bulkwrites_sqlsource_changelist')}")
     page.locator(".object-tools a.addlink").click()
     page.wait_for_url(f"{base}{reverse('admin:bulkwrites_sqlsource_add')}")
+    connections = page.locator("#id_connection option").all_inner_texts()
+    assert "reader" in connections
+    assert "default" not in connections
+    # The table list follows the connection in the URL (the first connection listed may be another).
+    page.goto(f"{base}{reverse('admin:bulkwrites_sqlsource_add')}?connection=reader")
     page.fill("#id_name", "paid orders")
-    assert "default" in page.locator("#id_connection option").all_inner_texts()
-    page.select_option("#id_connection", "default")
+    page.select_option("#id_connection", "reader")
     page.fill("#id_query", PAID_QUERY)
     assert "public.demo_order" in page.locator("#id_table option").all_inner_texts()  # the table list, unused
     page.select_option("#id_table", "")
@@ -155,7 +160,7 @@ def test_run_a_postgresql_source(
     page.wait_for_url(f"{base}{reverse('admin:bulkwrites_sqlsource_changelist')}")
     expect(page.locator("ul.messagelist")).to_contain_text("paid orders")
     source = SqlSource.objects.get()
-    assert (source.connection, source.query, source.created_by) == ("default", PAID_QUERY, admin_user)
+    assert (source.connection, source.query, source.created_by) == ("reader", PAID_QUERY, admin_user)
 
     # Open it from the list; its page offers a new job.
     page.locator("#result_list a", has_text="paid orders").click()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from bulkwrites.models import DEFAULT_CONCURRENCY, DuplicatePolicy, Job, JobStatus, Operation
@@ -21,7 +22,7 @@ from bulkwrites.resources import FORMATS_BY_NAME, export_items
 from bulkwrites.services import control, create, dispatch, sql, work
 from bulkwrites.services.demo import demo_setup
 from bulkwrites.services.errors import JobError
-from bulkwrites.sources import files
+from bulkwrites.sources import formats
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_JOB_FAILED = 0, 3, 1
 NO_WORKER_GRACE_SECONDS = 5.0
@@ -48,7 +49,7 @@ class Command(BaseCommand):
         load = sub.add_parser("load", help="create a job from a file (and wait for it with --wait)")
         load.add_argument("file")
         load.add_argument("--table", required=True)
-        load.add_argument("--format", choices=sorted(files.FORMATS), dest="source_format")
+        load.add_argument("--format", choices=sorted(formats.FORMATS), dest="source_format")
         load.add_argument("--operation", choices=Operation.values, default=Operation.PUT)
         load.add_argument("--duplicates", choices=DuplicatePolicy.values, default=DuplicatePolicy.LAST)
         load.add_argument("--concurrency", type=int, help=f"calls in flight per worker (default {DEFAULT_CONCURRENCY})")

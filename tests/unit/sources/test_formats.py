@@ -1,4 +1,4 @@
-"""Tests of the file readers (bulkwrites.sources.files): plain Python, inputs built in memory."""
+"""Tests of the file readers (bulkwrites.sources.formats): plain Python, inputs built in memory."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import openpyxl
 import openpyxl.xml
 import pytest
 
-from bulkwrites.sources import files
-from bulkwrites.sources.files import (
+from bulkwrites.sources import formats
+from bulkwrites.sources.formats import (
     FORMATS,
     ROWS_ARE_DYNAMODB_JSON,
     SourceError,
@@ -104,8 +104,9 @@ def test_formats_and_dynamodb_json_flag():
 
 
 def test_module_does_not_import_django():
-    for path in ("bulkwrites/sources/files.py", "bulkwrites/sources/__init__.py"):
-        source = pathlib.Path(files.__file__).parents[2].joinpath(path).read_text()
+    package = pathlib.Path(formats.__file__).parent
+    for path in [*package.glob("*.py"), package.parent / "rows.py", package.parent / "__init__.py"]:
+        source = path.read_text()
         imported = set()
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Import):
@@ -206,7 +207,7 @@ def test_csv_raw_is_truncated():
 
 
 def test_csv_cell_longer_than_an_item_is_refused():
-    data = b'pk,text\na,"' + b"x" * (files.MAX_CELL_CHARS + 10) + b'"\n'
+    data = b'pk,text\na,"' + b"x" * (formats.limits.DEFAULT_MAX_CELL_CHARS + 10) + b'"\n'
     with pytest.raises(SourceError, match=r"row 1 \(line 2\): a cell is longer than"):
         read(data, "csv")
 
@@ -292,16 +293,31 @@ def test_json_array_non_object_elements_are_row_errors():
     [
         (b'{"pk": "a"}', r"^JSON file: expected an array of objects at the top level, got an object"),
         (b"42", r"^JSON file: expected an array of objects at the top level, got a number\.$"),
-        (b'[{"pk": "a"},\n {"pk": }]', r"^JSON file: invalid JSON: Expecting value \(line 2, column 9\)\.$"),
-        (b'[{"n": NaN}]', r"^JSON file: NaN is not valid JSON"),
+        (b'[{"pk": "a"},\n {"pk": }]', r"^JSON file: invalid JSON \(line 2, column 9\): parse error: unallowed token"),
+        (
+            b'[{"n": NaN}]',
+            r"^JSON file: invalid JSON \(line 1, column 8\): lexical error: invalid char in json text\.$",
+        ),
         (b"  \n ", r"^JSON file: the file is empty\.$"),
-        (b"[" * 100_000, r"^JSON file: the JSON is nested too deeply\.$"),
+        (b"[" * 100_000, r"^JSON file: the file ends in the middle of the JSON \(is the array closed\?\)\.$"),
         (b'["\xff"]', r"^The file is not valid UTF-8 \(byte 0xff at offset 2, line 1\)"),
     ],
 )
 def test_json_array_file_errors(data, message):
     with pytest.raises(SourceError, match=message):
         read(data, "json")
+
+
+def test_json_array_too_deep_element_is_a_row_error():
+    deep = b'{"a": ' * 200 + b"1" + b"}" * 200
+    rows = read(b'[{"pk": "x"}, ' + deep + b', {"pk": "y"}]', "json")
+    assert rows[1] == SourceRow(
+        2,
+        None,
+        error="element 2: nested more than 100 levels deep (DynamoDB allows 32)",
+        raw="(too deeply nested to show)",
+    )
+    assert rows[2].values == {"pk": "y"}
 
 
 def test_json_array_empty_is_no_rows():
@@ -501,7 +517,7 @@ def test_xlsx_zip_bomb_is_refused_before_openpyxl(monkeypatch):
     monkeypatch.setattr(openpyxl, "load_workbook", fail)
     with pytest.raises(SourceError, match=r"would unpack to 50 MB, more than the limit of 10 MB.*zip bomb"):
         read(data, "xlsx", max_bytes=1_000_000)
-    monkeypatch.setattr(files, "XLSX_MAX_UNPACKED", 1_000_000)  # the limit without max_bytes
+    monkeypatch.setattr(formats.xlsx, "XLSX_MAX_UNPACKED", 1_000_000)  # the limit without max_bytes
     with pytest.raises(SourceError, match="zip bomb"):
         read(data, "xlsx")
 
@@ -670,7 +686,7 @@ def test_csv_streams_in_bounded_memory():
     finally:
         tracemalloc.stop()
     assert first == SourceRow(1, {"pk": "id-0", "text": "x" * 400, "price:N": "0.5"}, raw=f"id-0,{'x' * 400},0.5")
-    assert read_for_first_row <= 2 * files.CHUNK_SIZE  # no read-ahead beyond a chunk or two
+    assert read_for_first_row <= 2 * formats.CHUNK_SIZE  # no read-ahead beyond a chunk or two
     assert seen == count
     assert stream.bytes_read > 20_000_000
     assert peak < 4 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
