@@ -61,7 +61,7 @@ def read(stream: BinaryIO, limits: Limits, *, max_bytes: int | None) -> Iterator
             raise SourceError("XLSX files cannot be read safely on this server (defusedxml is off).")
         reader = _open_workbook(fileobj, limits)
         try:
-            yield from _xlsx_rows(reader.wb, reader.shared_strings)
+            yield from _xlsx_rows(reader.wb, reader.shared_strings, limits)
         finally:
             with contextlib.suppress(Exception):
                 reader.wb.close()
@@ -299,13 +299,6 @@ class _XmlGuard:
         buffer = self._pending + data
         cut = buffer.rfind(b">") + 1 if data else len(buffer)
         scanned, self._pending = buffer[:cut], buffer[cut:]
-        longest = max(len(self._pending), max(map(len, scanned.split(b"<")), default=0))
-        if longest > self._max_run:
-            raise SourceError(
-                f"XLSX file: a cell in sheet row {self._rows + 1:,} is longer than {self._limits.max_cell_chars:,} "
-                f"characters (its XML is over {longest:,} bytes; the limit is {Limits.setting('max_cell_chars')}), "
-                "more than a DynamoDB item can hold."
-            )
         starts = [m.start() for m in _ROW_START.finditer(scanned)]
         bounds = [0, *starts, len(scanned)]
         for number, (begin, end) in enumerate(itertools.pairwise(bounds)):
@@ -325,6 +318,13 @@ class _XmlGuard:
                     f"XLSX file: sheet row {self._rows:,} is larger than {size_text(self._max_row_xml)} of XML "
                     f"({ROW_XML_FACTOR} times {Limits.setting('max_row_bytes')})."
                 )
+        longest = max(len(self._pending), max(map(len, scanned.split(b"<")), default=0))
+        if longest > self._max_run:
+            raise SourceError(
+                f"XLSX file: a cell in sheet row {max(self._rows, 1):,} is longer than {self._limits.max_cell_chars:,} "
+                f"characters (its XML is over {longest:,} bytes; the limit is {Limits.setting('max_cell_chars')}), "
+                "more than a DynamoDB item can hold."
+            )
 
     def close(self) -> None:
         self._raw.close()
@@ -339,7 +339,7 @@ class _XmlGuard:
 # --- rows ------------------------------------------------------------------------------------------
 
 
-def _xlsx_rows(workbook: Any, strings: SharedStrings) -> Iterator[SourceRow]:
+def _xlsx_rows(workbook: Any, strings: SharedStrings, limits: Limits) -> Iterator[SourceRow]:
     """The rows of the first sheet.
 
     openpyxl pads each row with empty cells up to its last cell, and yields an empty row
@@ -389,6 +389,12 @@ def _xlsx_rows(workbook: Any, strings: SharedStrings) -> Iterator[SourceRow]:
             )
             continue
         texts = _cell_texts(cells, count)
+        row_chars = sum(len(text) for text in texts if text)
+        if row_chars > limits.max_row_bytes:  # inline strings (shared ones are charged as resolved)
+            raise SourceError(
+                f"XLSX file: a row's cells hold more than {limits.max_row_bytes:,} characters ({row_chars:,} in "
+                f"sheet row {sheet_row:,}; the limit is {Limits.setting('max_row_bytes')})."
+            )
         values = {header: text for header, text in zip(headers, texts, strict=False) if text is not None}
         yield SourceRow(position, values, raw="\t".join(text or "" for text in texts)[:RAW_LIMIT])
     if headers is None:
