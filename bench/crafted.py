@@ -5,7 +5,7 @@ The files of issue 9 (finding 5), made by the generators below:
 ``xlsx_shared_strings_200mb``  a ~0.4 MB XLSX whose sharedStrings part unpacks to 200 MB
 ``xlsx_cell_300mb``            a ~0.3 MB XLSX with one 300 MB cell (a shared string)
 ``xlsx_inline_cell_200mb``     a ~0.2 MB XLSX with one 200 MB inline cell (under the part limit)
-``csv_line_50mb``              a CSV whose one data line is 50 MB of small cells (``a,a,a,...``)
+``csv_line_50mb``              a CSV whose one data line is 50 MB of small cells (``ab,ab,ab,...``)
 ``csv_line_100mb``             the same, 100 MB
 ``json_array_48mb``            a legitimate 48 MB JSON array of 1.5M small objects: it must load
 
@@ -165,11 +165,15 @@ def xlsx_inline_cell(path: Path, cell_chars: int = 200 * MB) -> Path:
 
 
 def csv_long_line(path: Path, line_bytes: int = 50 * MB) -> Path:
-    """A CSV with a header ``pk`` and one data line of ``line_bytes`` bytes of one-letter cells."""
+    """A CSV with a header ``pk`` and one data line of ``line_bytes`` bytes of two-letter cells.
+
+    Two letters: Python caches one-letter strings, so ``a,a,a`` would cost a pointer per cell;
+    ``ab`` costs a string object per cell, as real small cells do.
+    """
     with path.open("wb") as out:
         out.write(b"pk\n")
-        _write_repeated(out, b"a,", line_bytes)
-        out.write(b"a\n")
+        _write_repeated(out, b"ab,", line_bytes)
+        out.write(b"ab\n")
     return path
 
 
