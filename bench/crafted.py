@@ -213,24 +213,32 @@ def _child(path_kind: str, code: str, file: str, table: str) -> None:
     import django
 
     django.setup()
-    from bulkwrites.services import jobs
+    import importlib
+
+    try:  # services split by use-case (since bc187cf)
+        create = importlib.import_module("bulkwrites.services.create")
+        work = importlib.import_module("bulkwrites.services.work")
+        errors = importlib.import_module("bulkwrites.services.errors")
+    except ImportError:  # older trees: one jobs module
+        create = work = errors = importlib.import_module("bulkwrites.services.jobs")
+    JobError = errors.JobError
 
     began = time.perf_counter()
     outcome: dict[str, Any] = {}
     with open(file, "rb") as upload:
-        job = jobs.job_create_from_file(upload=upload, file_name=Path(file).name, table_name=table)
+        job = create.job_create_from_file(upload=upload, file_name=Path(file).name, table_name=table)
     outcome["job_id"] = job.pk
     try:
         if path_kind == "preview":
-            preview = jobs.job_preview(job)
+            preview = create.job_preview(job)
             outcome["result"] = f"{preview.rows} rows: {preview.valid} valid, {preview.invalid} invalid"
         else:
-            staged = jobs.job_stage(job)
+            staged = work.job_stage(job)
             job.refresh_from_db()
             outcome["result"] = (
                 f"staged {job.total_items} items ({job.failed_items} failed)" if staged else job.error_message
             )
-    except jobs.JobError as exc:
+    except JobError as exc:
         outcome["result"] = f"refused: {exc}"
     outcome["seconds"] = time.perf_counter() - began
     print(json.dumps(outcome))
@@ -273,12 +281,13 @@ def summary(kind: str, run: dict[str, Any]) -> str:
     if run["timed_out"]:
         return "killed at the timeout"
     if kind == "dry_run":
-        text = (run["stdout"].strip().splitlines() or [""])[-1] or (run["stderr"].strip().splitlines() or [""])[-1]
-        return text[:160]
+        out: str = run["stdout"]
+        err: str = run["stderr"]
+        return ((out.strip().splitlines() or [""])[-1] or (err.strip().splitlines() or [""])[-1])[:160]
     try:
         return str(json.loads(run["stdout"].strip().splitlines()[-1])["result"])[:160]
     except (ValueError, IndexError, KeyError):
-        return ("crashed: " + (run["stderr"].strip().splitlines() or ["?"])[-1])[:160]
+        return ("crashed: " + (str(run["stderr"]).strip().splitlines() or ["?"])[-1])[:160]
 
 
 # --- main -------------------------------------------------------------------------------------------

@@ -286,8 +286,10 @@ class EstimatedCountPaginator(Paginator[Item]):
     @cached_property
     def count(self) -> int:
         items = self.object_list
-        assert isinstance(items, ItemQuerySet)
-        return items.estimated_count()
+        if isinstance(items, ItemQuerySet):
+            return items.estimated_count()
+        # The admin pages other lists with the same paginator (an item's history: LogEntry rows).
+        return items.count() if isinstance(items, QuerySet) else len(items)
 
 
 @admin.register(Item)

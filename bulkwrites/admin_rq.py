@@ -19,7 +19,7 @@ from typing import Any
 import django_rq.admin  # registers django-rq's own (is_staff-only) QueueAdmin, replaced below
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.urls import URLPattern, URLResolver
 from django_rq.models import Dashboard
 
@@ -30,7 +30,7 @@ def requires_run_permission(view: Any) -> Any:
     """The admin's login and staff checks, then ``bulkwrites.run_job`` (403 without it)."""
 
     @wraps(view)
-    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         if not request.user.has_perm(RUN_PERMISSION):
             raise PermissionDenied
         return view(request, *args, **kwargs)
@@ -71,7 +71,7 @@ class RunJobQueueAdmin(django_rq.admin.QueueAdmin):
         return request.user.has_perm(RUN_PERMISSION)
 
     def get_urls(self) -> list[URLPattern]:
-        return guard_patterns(super().get_urls())
+        return guard_patterns(super().get_urls())  # type: ignore[no-untyped-call]
 
 
 if admin.site.is_registered(Dashboard):  # RQ_SHOW_ADMIN_LINK is on

@@ -13,8 +13,6 @@ from typing import Any
 
 from django.conf import settings
 
-from bulkwrites.sources.formats import Limits
-
 
 @dataclass(frozen=True)
 class AppSettings:
@@ -32,8 +30,6 @@ class AppSettings:
     """How often every worker runs the sweeper (also while idle)."""
     staging_processes: int
     """Processes converting rows while a job is staged (0: in the staging process)."""
-    file_limits: Limits
-    """What a cell, a row and an unpacked XLSX part of an uploaded file may take (checked while reading)."""
 
 
 def app_settings() -> AppSettings:
@@ -46,5 +42,4 @@ def app_settings() -> AppSettings:
         stall_seconds=int(values["STALL_SECONDS"]),
         sweep_seconds=int(values["SWEEP_SECONDS"]),
         staging_processes=int(values["STAGING_PROCESSES"]),
-        file_limits=Limits.from_settings(values),
     )

@@ -23,7 +23,7 @@ from bulkwrites.dynamo.items import KeySchema, parse_header
 from bulkwrites.models import Job, Operation, SourceKind, TableSetting
 from bulkwrites.services import sql, staging
 from bulkwrites.services.errors import JobError
-from bulkwrites.services.source_rows import job_source_rows
+from bulkwrites.services.source_rows import file_limits, job_source_rows
 from bulkwrites.services.tables import key_schema_for_job
 from bulkwrites.sources import formats, querysets
 from bulkwrites.sources.postgres import redact_dsn
@@ -245,9 +245,7 @@ def preview_file(
     key_schema = key_schema_for_job(table_name)
     try:
         return staging.preview_rows(
-            formats.read_rows(
-                stream, fmt, max_bytes=app_settings().max_upload_bytes, limits=app_settings().file_limits
-            ),
+            formats.read_rows(stream, fmt, max_bytes=app_settings().max_upload_bytes, limits=file_limits()),
             key_schema,
             operation=operation,
             dynamodb_json=fmt in formats.ROWS_ARE_DYNAMODB_JSON,

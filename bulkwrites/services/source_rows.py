@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from django.conf import settings
+
 from bulkwrites.conf import app_settings
 from bulkwrites.models import Job, SourceKind
 from bulkwrites.services import sql
@@ -27,6 +29,11 @@ def job_source_rows(job: Job) -> Iterator[tuple[Iterator[formats.SourceRow], boo
     if not job.source_file:
         raise JobError("The job's source file is missing.")
     with job.source_file.open("rb") as stream:
-        limits = app_settings().file_limits
+        limits = file_limits()
         rows = formats.read_rows(stream, job.source_format, max_bytes=app_settings().max_upload_bytes, limits=limits)
         yield rows, job.source_format in formats.ROWS_ARE_DYNAMODB_JSON
+
+
+def file_limits() -> formats.Limits:
+    """What a cell, a row and an unpacked XLSX part of an uploaded file may take (BULKWRITES["MAX_*"])."""
+    return formats.Limits.from_settings(settings.BULKWRITES)

@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bulkwrites.models import Job, SqlSource
 from bulkwrites.services import sql as sql_services
-from bulkwrites.services.jobs import JobError
+from bulkwrites.services.errors import JobError
 from bulkwrites.sources.postgres import QueryError, check_select, read_query
 from demo.models import Customer
 from tests.conftest import make_admin_dsn, pg_admin_dsn, run_cli, test_db_dsn
@@ -245,7 +245,7 @@ def test_dangerous_functions_are_refused_from_the_plan_even_for_a_role_allowed_t
     objects_before = admin_execute("SELECT count(*) FROM pg_largeobject_metadata", _test_db())
     with psycopg.connect(granted_role) as victim:
         with pytest.raises(QueryError) as info:
-            list(read_query(granted_role, sql.SQL(ATTACKS[attack])))  # type: ignore[arg-type]
+            list(read_query(granted_role, sql.SQL(ATTACKS[attack])))
         assert "sources may not call functions" in str(info.value)
         assert victim.execute("SELECT 1").fetchone() == (1,)  # not terminated
     assert admin_execute("SELECT count(*) FROM pg_largeobject_metadata", _test_db()) == objects_before

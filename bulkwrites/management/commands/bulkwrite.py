@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from bulkwrites.models import DEFAULT_CONCURRENCY, DuplicatePolicy, Job, JobStatus, Operation

@@ -30,7 +30,7 @@ at ``RAW_LIMIT`` characters; valid elements of a JSON array have none.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import IO
 
 from bulkwrites.sources.formats import csv_tsv, dynamodb_json, json_array, json_lines, xlsx
 from bulkwrites.sources.formats.common import CHUNK_SIZE, CountingReader, SourceError
@@ -72,7 +72,7 @@ READERS: dict[str, TextReader] = {
 
 
 def read_rows(
-    stream: BinaryIO, fmt: str, *, max_bytes: int | None = None, limits: Limits = DEFAULT_LIMITS
+    stream: IO[bytes], fmt: str, *, max_bytes: int | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> Iterator[SourceRow]:
     """Read the rows of a file in format ``fmt`` (a key of :data:`FORMATS`), streaming.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO
 
 from bulkwrites.sources.formats.limits import Limits
 
@@ -29,7 +29,7 @@ def line_too_long(label: str, line: int, limit: int, seen: int) -> SourceError:
 class CountingReader:
     """Reads a binary stream, counting bytes and enforcing max_bytes."""
 
-    def __init__(self, stream: BinaryIO, max_bytes: int | None) -> None:
+    def __init__(self, stream: IO[bytes], max_bytes: int | None) -> None:
         self._stream = stream
         self._max_bytes = max_bytes
         self.count = 0

@@ -30,7 +30,7 @@ import tempfile
 import zipfile
 from array import array
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import IO, Any
 from xml.parsers import expat
 
 # openpyxl parses workbook XML with defusedxml when it can import it (openpyxl.xml.DEFUSEDXML);
@@ -51,7 +51,7 @@ ROW_XML_FACTOR = 16  # a row's XML may be this many times max_row_bytes (markup 
 NOT_A_WORKBOOK = "XLSX file: not a valid Excel workbook."
 
 
-def read(stream: BinaryIO, limits: Limits, *, max_bytes: int | None) -> Iterator[SourceRow]:
+def read(stream: IO[bytes], limits: Limits, *, max_bytes: int | None) -> Iterator[SourceRow]:
     unpacked_limit = max_bytes * XLSX_EXPANSION_FACTOR if max_bytes is not None else XLSX_MAX_UNPACKED
     with _seekable(stream, max_bytes) as fileobj:
         _check_archive(fileobj, unpacked_limit, limits)
@@ -69,30 +69,32 @@ def read(stream: BinaryIO, limits: Limits, *, max_bytes: int | None) -> Iterator
                 reader.shared_strings.close()
 
 
-def _open_workbook(fileobj: BinaryIO, limits: Limits) -> Any:
+def _open_workbook(fileobj: IO[bytes], limits: Limits) -> Any:
     from openpyxl.reader.excel import ExcelReader
     from openpyxl.worksheet._read_only import ReadOnlyWorksheet
     from openpyxl.xml.constants import SHARED_STRINGS
 
-    class GuardedSheet(ReadOnlyWorksheet):  # type: ignore[misc]
+    class GuardedSheet(ReadOnlyWorksheet):
         """openpyxl's read-only sheet, reading its XML through the guard and skipping <dimension>."""
 
         def _get_size(self) -> None:
             pass  # would parse the whole sheet when <dimension> is missing; rows are counted as read
 
         def _get_source(self) -> _XmlGuard:
-            return _XmlGuard(self.parent._archive.open(self._worksheet_path), limits)
+            archive = self.parent._archive  # type: ignore[attr-defined]
+            return _XmlGuard(archive.open(self._worksheet_path), limits)  # type: ignore[attr-defined]
 
-    class Reader(ExcelReader):  # type: ignore[misc]
+    class Reader(ExcelReader):
         def read_strings(self) -> None:
-            part = self.package.find(SHARED_STRINGS)
-            self.shared_strings = SharedStrings(self.archive, part.PartName[1:] if part else None, limits)
+            part = self.package.find(SHARED_STRINGS)  # type: ignore[no-untyped-call]
+            strings = SharedStrings(self.archive, part.PartName[1:] if part else None, limits)
+            self.shared_strings = strings  # type: ignore[assignment]
 
         def read_worksheets(self) -> None:
             for sheet, rel in self.parser.find_sheets():
                 if rel.target in self.valid_files and "chartsheet" not in rel.Type:
                     worksheet = GuardedSheet(self.wb, sheet.name, rel.target, self.shared_strings)
-                    self.wb._sheets.append(worksheet)
+                    self.wb._sheets.append(worksheet)  # type: ignore[attr-defined]
                     return  # only the first sheet is read
 
     try:
@@ -109,7 +111,7 @@ def _open_workbook(fileobj: BinaryIO, limits: Limits) -> Any:
 
 
 @contextlib.contextmanager
-def _seekable(stream: BinaryIO, max_bytes: int | None) -> Iterator[BinaryIO]:
+def _seekable(stream: IO[bytes], max_bytes: int | None) -> Iterator[IO[bytes]]:
     """The stream itself when it is seekable and at its start; otherwise a temporary copy."""
     try:
         direct = bool(stream.seekable()) and stream.tell() == 0
@@ -128,10 +130,10 @@ def _seekable(stream: BinaryIO, max_bytes: int | None) -> Iterator[BinaryIO]:
         while chunk := source.read(CHUNK_SIZE):
             copy.write(chunk)
         copy.seek(0)
-        yield copy  # type: ignore[misc]
+        yield copy
 
 
-def _check_archive(fileobj: BinaryIO, unpacked_limit: int, limits: Limits) -> None:
+def _check_archive(fileobj: IO[bytes], unpacked_limit: int, limits: Limits) -> None:
     """Refuse what is not a zip, a part that unpacks past its limit, and zips that unpack past unpacked_limit."""
     magic = fileobj.read(len(OLE_MAGIC))
     fileobj.seek(0)
@@ -188,7 +190,7 @@ class SharedStrings:
             with archive.open(path) as source:
                 self._parse(source)
 
-    def _parse(self, source: BinaryIO) -> None:
+    def _parse(self, source: IO[bytes]) -> None:
         limits = self._limits
         parser = expat.ParserCreate()
         parser.buffer_text = True
@@ -280,7 +282,7 @@ class _XmlGuard:
     ``ROW_XML_FACTOR`` times ``max_row_bytes``.
     """
 
-    def __init__(self, raw: BinaryIO, limits: Limits) -> None:
+    def __init__(self, raw: IO[bytes], limits: Limits) -> None:
         self._raw = raw
         self._limits = limits
         self._max_run = limits.max_cell_chars * XML_BYTES_PER_CHAR
@@ -454,7 +456,7 @@ def _is_date_only(cell: Any) -> bool:
     from openpyxl.styles.numbers import is_datetime
 
     try:
-        return is_datetime(cell.number_format) == "date"
+        return bool(is_datetime(cell.number_format) == "date")
     except Exception:  # noqa: BLE001 - an unreadable style: keep the full timestamp
         return False
 

@@ -42,7 +42,7 @@ def read_query(
     if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0):
         raise ValueError(f"max_rows must be a non-negative integer or None, not {max_rows!r}")
     if isinstance(query, str):
-        statement: sql.Composable = sql.SQL(check_select(query))  # type: ignore[arg-type]
+        statement: sql.Composable = sql.SQL(check_select(query))
     elif isinstance(query, sql.Composable):
         statement = query
     else:

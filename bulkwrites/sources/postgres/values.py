@@ -32,7 +32,7 @@ class _PgTextLoader(Loader):
         return bytes(data).decode("utf-8", "replace")
 
 
-_LENIENT_LOADERS = {
+_LENIENT_LOADERS: dict[str, type[Loader]] = {
     "date": _lenient(pg_datetime.DateLoader),
     "time": _lenient(pg_datetime.TimeLoader),
     "timetz": _lenient(pg_datetime.TimetzLoader),

@@ -32,9 +32,8 @@ def check_select(query: str) -> str:
     if not isinstance(query, str):
         raise QueryError("the query must be text")
     try:
-        statements = [
-            list(stmt.flatten()) for stmt in FilterStack().run(query) if any(_meaningful(t) for t in stmt.flatten())
-        ]
+        parsed = FilterStack().run(query)  # type: ignore[no-untyped-call]
+        statements = [list(stmt.flatten()) for stmt in parsed if any(_meaningful(t) for t in stmt.flatten())]
     except SQLParseError as exc:
         raise QueryError(f"the query could not be parsed: {exc}") from None
     if not statements:

@@ -12,6 +12,7 @@ import itertools
 import tracemalloc
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO, Any, cast
 
 import pytest
 
@@ -50,8 +51,8 @@ def endless(head: bytes, piece: bytes, tail: bytes = b"", total: int = 1 << 30) 
     return LazyStream(itertools.chain([head], itertools.repeat(block, total // len(block)), [tail]))
 
 
-def read_all(stream: io.RawIOBase | io.BytesIO, fmt: str, limits: Limits = SMALL) -> list[SourceRow]:
-    return list(read_rows(stream, fmt, limits=limits))  # type: ignore[arg-type]
+def read_all(stream: Any, fmt: str, limits: Limits = SMALL) -> list[SourceRow]:
+    return list(read_rows(stream, fmt, limits=limits))
 
 
 # --- CSV and TSV ---------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def test_a_json_line_over_the_row_limit_is_refused_early() -> None:
 
 def test_a_json_array_element_over_the_row_limit_is_refused_early() -> None:
     stream = endless(b'[{"pk": "a"}, {"pk": "', b"x")
-    rows = read_rows(stream, "json", limits=SMALL)
+    rows = read_rows(cast(IO[bytes], stream), "json", limits=SMALL)
     assert next(rows).values == {"pk": "a"}
     with pytest.raises(SourceError) as info:
         next(rows)
@@ -133,7 +134,7 @@ def test_a_json_array_streams_element_by_element() -> None:
     count = 200_000
     block = b"".join(b'{"pk":"k%07d","n":%d,"v":"ab"},' % (n, n % 100) for n in range(1000))
     stream = LazyStream(itertools.chain([b"["], itertools.repeat(block, count // 1000), [b'{"pk":"last"}]']))
-    rows = read_rows(stream, "json", limits=Limits())
+    rows = read_rows(cast(IO[bytes], stream), "json", limits=Limits())
     tracemalloc.start()
     try:
         first = next(rows)
@@ -229,7 +230,7 @@ def test_a_sheet_row_with_too_many_cells_is_refused_while_read(tmp_path: Path) -
     import openpyxl
 
     workbook = openpyxl.Workbook()
-    sheet = workbook.active
+    sheet = workbook.worksheets[0]
     sheet.append(["pk"])
     sheet.append([f"v{n}" for n in range(60)])
     path = tmp_path / "wide.xlsx"
@@ -242,7 +243,7 @@ def test_a_row_of_shared_strings_over_the_row_limit_is_refused(tmp_path: Path) -
     import openpyxl
 
     workbook = openpyxl.Workbook()
-    sheet = workbook.active
+    sheet = workbook.worksheets[0]
     sheet.append(["pk", *(f"c{n}" for n in range(20))])
     sheet.append(["a", *(f"{n:02d}" + "y" * 900 for n in range(20))])  # 20 distinct shared strings of 902
     path = tmp_path / "long-row.xlsx"

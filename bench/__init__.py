@@ -1,0 +1,1 @@
+"""Benchmarks: bench/run.py (throughput, staging, capacity) and bench/crafted.py (crafted files)."""
