@@ -386,6 +386,17 @@ class SqlSourceAdmin(admin.ModelAdmin[SqlSource]):
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self.has_view_permission(request)
 
+    def get_form(self, request: HttpRequest, obj: SqlSource | None = None, change: bool = False, **kwargs: Any) -> Any:
+        """The form with the catalog of its connection: the lists are read here, by the view."""
+        form = super().get_form(request, obj, change=change, **kwargs)
+        asked = request.POST if request.method == "POST" else request.GET
+
+        def chosen(name: str) -> str:
+            return str(asked.get(name) or (getattr(obj, name) if obj is not None else "") or "")
+
+        catalog = selectors.source_catalog(chosen("connection"), chosen("table"))
+        return type(form.__name__, (form,), {"catalog": catalog})
+
     def save_model(self, request: HttpRequest, obj: SqlSource, form: Any, change: bool) -> None:
         if not change:
             obj.created_by = request.user  # type: ignore[assignment]  # admin views: a logged-in user

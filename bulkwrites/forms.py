@@ -13,10 +13,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 
 from bulkwrites.conf import app_settings
 from bulkwrites.models import Job, Operation, SqlSource
-from bulkwrites.selectors import TableListing
+from bulkwrites.selectors import SourceCatalog, TableListing
 from bulkwrites.services import sql
 from bulkwrites.services.create import upload_too_large
-from bulkwrites.services.errors import JobError
 from bulkwrites.sources import postgres
 from bulkwrites.sources.formats import FORMATS
 
@@ -111,23 +110,27 @@ class SqlSourceForm(forms.ModelForm[SqlSource]):
         fields = ["name", "connection", "query", "table", "columns"]
         widgets = {"query": forms.Textarea(attrs={"rows": 8, "cols": 80, "spellcheck": "false"})}
 
+    # Handed in by the view (SqlSourceAdmin.get_form, from selectors.source_catalog): building
+    # the form opens no connection. Without one, the connections are offered and nothing else.
+    catalog: SourceCatalog | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        names = sql.connection_names()
+        catalog = self.catalog or SourceCatalog(connections=tuple(sql.connection_names()))
         self.fields["connection"] = forms.ChoiceField(
-            choices=[(n, n) for n in names],
+            choices=[(n, n) for n in catalog.connections],
             help_text="a database alias, or BULKWRITES_SQL_&lt;NAME&gt; set for the web server and workers",
         )
-        connection = self.data.get("connection") or self.initial.get("connection") or (names[0] if names else "")
-        self.table_choices = self._tables(connection)
+        if catalog.connection:
+            self.initial.setdefault("connection", catalog.connection)
+        self.table_choices = list(catalog.tables)
         if self.table_choices:
             self.fields["table"] = forms.ChoiceField(
                 choices=[("", "— a query instead —"), *((t, t) for t in self.table_choices)],
                 required=False,
-                help_text=f"tables and views connection {connection!r} may read",
+                help_text=f"tables and views connection {catalog.connection!r} may read",
             )
-        table = self.data.get("table") or self.initial.get("table") or ""
-        columns = self._columns(connection, table)
+        columns = catalog.columns
         if columns:
             self.fields["columns"] = forms.MultipleChoiceField(
                 choices=[(c, f"{c} ({t})") for c, t in columns],
@@ -137,23 +140,6 @@ class SqlSourceForm(forms.ModelForm[SqlSource]):
             )
             if self.instance.pk and not self.data:
                 self.initial["columns"] = self.instance.column_list
-
-    @staticmethod
-    def _tables(connection: str) -> list[str]:
-        try:
-            return [f"{schema}.{table}" for schema, table in postgres.list_tables(sql.resolve_dsn(connection))]
-        except (JobError, postgres.QueryError):
-            return []
-
-    @staticmethod
-    def _columns(connection: str, table: str) -> list[tuple[str, str]]:
-        schema, _, name = table.rpartition(".")
-        if not name:
-            return []
-        try:
-            return postgres.list_columns(sql.resolve_dsn(connection), schema or "public", name)
-        except (JobError, postgres.QueryError):
-            return []
 
     def clean_columns(self) -> str:
         value = self.cleaned_data.get("columns") or ""

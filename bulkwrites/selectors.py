@@ -11,8 +11,11 @@ from django.utils import timezone
 from bulkwrites.dynamo.items import ItemError, normalize_number
 from bulkwrites.dynamo.ratelimit import JobRateLimiter
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SliceRun
+from bulkwrites.services import sql
 from bulkwrites.services.dispatch import rate_scope, redis_connection
+from bulkwrites.services.errors import JobError
 from bulkwrites.services.tables import TableError, list_table_names
+from bulkwrites.sources import postgres
 
 
 def job_progress(job: Job) -> dict[str, Any]:
@@ -153,3 +156,29 @@ def table_listing() -> TableListing:
         return TableListing(tuple(list_table_names()))
     except TableError as exc:
         return TableListing(error=exc.message)
+
+
+@dataclass(frozen=True)
+class SourceCatalog:
+    """What a SQL source's form offers: the connections, and the tables and columns one may read."""
+
+    connections: tuple[str, ...] = ()
+    connection: str = ""
+    tables: tuple[str, ...] = ()  # "schema.table"
+    columns: tuple[tuple[str, str], ...] = ()  # (name, type) of the chosen table
+
+
+def source_catalog(connection: str = "", table: str = "") -> SourceCatalog:
+    """Asked by the view when a page needs it (a PostgreSQL connection each), never by a form itself."""
+    names = tuple(sql.connection_names())
+    connection = connection if connection in names else (names[0] if names else "")
+    if not connection:
+        return SourceCatalog()
+    try:
+        dsn = sql.resolve_dsn(connection)
+        tables = tuple(f"{schema}.{name}" for schema, name in postgres.list_tables(dsn))
+        schema, _, name = table.rpartition(".")
+        columns = tuple(postgres.list_columns(dsn, schema or "public", name)) if name else ()
+    except (JobError, postgres.QueryError):
+        return SourceCatalog(names, connection)
+    return SourceCatalog(names, connection, tables, columns)

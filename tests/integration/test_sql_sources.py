@@ -176,3 +176,18 @@ def test_a_broken_query_fails_the_job_with_the_reason(make_table: Any, run_worke
     job = Job.objects.get()
     assert job.status == JobStatus.FAILED
     assert "no_such_table" in job.error_message
+
+
+def test_building_the_form_opens_no_connection(monkeypatch: Any) -> None:
+    """The catalog (tables, columns) is asked by the view; the form only uses what it is handed."""
+    from bulkwrites.forms import SqlSourceForm
+    from bulkwrites.sources import postgres
+
+    def no_connection(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the form opened a PostgreSQL connection")
+
+    monkeypatch.setattr(postgres, "list_tables", no_connection)
+    monkeypatch.setattr(postgres, "list_columns", no_connection)
+    form = SqlSourceForm(data={"connection": "reader", "table": "public.demo_order"})
+    assert ("reader", "reader") in form.fields["connection"].choices  # type: ignore[attr-defined]
+    assert form.table_choices == []
