@@ -233,6 +233,8 @@ def _child(path_kind: str, code: str, file: str, table: str) -> None:
             preview = create.job_preview(job)
             outcome["result"] = f"{preview.rows} rows: {preview.valid} valid, {preview.invalid} invalid"
         else:
+            # As a worker finds it: queued (a draft cannot fail, so its reason would be lost).
+            type(job).objects.filter(pk=job.pk).update(status="queued")
             staged = work.job_stage(job)
             job.refresh_from_db()
             outcome["result"] = (

@@ -143,7 +143,7 @@ def vet_role(conn: psycopg.Connection[Any]) -> None:
         raise QueryError(f"{refused}: it has the REPLICATION attribute; {ADVICE}")
     if powerful:
         raise QueryError(f"{refused}: it is a member of {', '.join(powerful)}; {ADVICE}")
-    if app_tables:
+    if is_app_database and app_tables:  # another database's auth_user is not ours to guard
         raise QueryError(
             f"{refused}: it owns or may write this application's own tables ({', '.join(app_tables)}), "
             f"so it could read admin sessions and password hashes; {ADVICE}"
