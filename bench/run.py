@@ -71,7 +71,7 @@ WAYS = (
     "bulkwrites_2_workers",
     "bulkwrites_1_worker_c4",
 )
-SKIPPABLE = (*WAYS, "bulkwrites", "threaded", "batch_writer", "c4", "staging", "capacity")
+SKIPPABLE = (*WAYS, "bulkwrites", "threaded", "batch_writer", "c4", "staging", "capacity", "chaos")
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the app, project and faultproxy packages
@@ -945,6 +945,10 @@ class Bench:
             self.staging()
         if not self.skipped("capacity") and a.capacity_runs > 0:
             self.capacity()
+        if not self.skipped("chaos") and a.chaos_runs > 0:
+            import chaos  # bench/chaos.py: the fault mix, three writers side by side
+
+            chaos.run(self, sys.modules[__name__])
         ways = self.results["ways"]
 
         def med(way: str) -> float | None:
@@ -1077,6 +1081,10 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"({c['unprocessed_items_median']:.0f} items), {c['runs']} run(s)"
                 + (f" [only {c['runs']} run(s)]" if c["runs"] < 3 else "")
             )
+    if results.get("chaos"):
+        import chaos
+
+        print("\n".join(chaos.report_lines(results)))
     if st:
         ru = statistics.median(r["ru_maxrss_kb"] for r in st["raw"]) / 1024
         print(
@@ -1105,6 +1113,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--capacity-wcu", type=float, default=1000, help="FaultProxy capacity, WCU/s (default 1000)")
     parser.add_argument("--capacity-runs", type=int, default=1, help="runs of each capacity way (default 1)")
+    parser.add_argument("--chaos-items", type=int, default=5000, help="items of the chaos way (default 5000)")
+    parser.add_argument("--chaos-runs", type=int, default=3, help="runs of each chaos way (default 3)")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(SKIPPABLE)}")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"), help="results file")
     parser.add_argument("--quick", action="store_true", help="items 20000, staging rows 200000, runs 3")

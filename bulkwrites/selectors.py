@@ -9,7 +9,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from bulkwrites.dynamo.items import ItemError, normalize_number
-from bulkwrites.dynamo.ratelimit import JobRateLimiter
+from bulkwrites.dynamo.ratelimit import read_status
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SliceRun
 from bulkwrites.services import sql
 from bulkwrites.services.dispatch import rate_scope, redis_connection
@@ -53,16 +53,18 @@ def job_progress(job: Job) -> dict[str, Any]:
     }
 
 
-def capacity_rates(job: Job) -> dict[str, float | None]:
-    """The write rate allowed now (cap, or lower while AIMD backs off) and the rate consumed."""
+def capacity_rates(job: Job) -> dict[str, Any]:
+    """The write rate allowed now (cap, or lower while the adaptive rate backs off), the rate
+    consumed, and why the rate is what it is (the limiter's last decision, in words)."""
+    none = {"allowed_wcu": None, "observed_wcu": None, "rate_reason": ""}
     if job.status not in JobStatus.active():
-        return {"allowed_wcu": None, "observed_wcu": None}
+        return none
     try:
-        limiter = JobRateLimiter(redis_connection(), rate_scope(job.pk))
-        allowed, observed = limiter.current_rate(), limiter.observed_rate()
+        status = read_status(redis_connection(), rate_scope(job.pk))
     except Exception:  # noqa: BLE001 - the page must render even when Redis is down
-        return {"allowed_wcu": None, "observed_wcu": None}
-    return {"allowed_wcu": None if allowed is None else round(allowed, 1), "observed_wcu": round(observed, 1)}
+        return {**none, "rate_reason": "unknown: Redis does not answer"}
+    allowed = None if status.allowed is None else round(status.allowed, 1)
+    return {"allowed_wcu": allowed, "observed_wcu": round(status.observed, 1), "rate_reason": status.reason}
 
 
 def throughput_series(job: Job, *, points: int = 60) -> list[list[float]]:

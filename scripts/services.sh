@@ -13,6 +13,11 @@
 #   lint      ruff check + ruff format --check + mypy (against its baseline) + lint-imports
 #   typecheck-baseline  record mypy's remaining errors in mypy-baseline.txt (it may only shrink)
 #   worker    one RQ worker in the foreground
+#   supervise-worker  run `manage.py rqworker bulkwrites` again whenever it exits
+#             (what `make run` starts; stop it with `make stop`)
+#   restart-redis [SECONDS] / restart-postgres [SECONDS]
+#             stop the local server, wait SECONDS (default 0), start it again
+#             (fault tests and the chaos bench use these)
 #   bench     python bench/run.py
 #   stop      stop web, worker, DynamoDB Local, Redis and Postgres
 #   clean     stop, then remove .local/
@@ -557,8 +562,61 @@ services_env() {
 	eval "$(print_env)"
 }
 
+# ---------------------------------------------------------------- worker supervisor
+
+# The supervisor's loop: start the worker (on $BULKWRITES_QUEUE), and start it again (after 1 s, at most every 5 s)
+# whenever it exits, until the supervisor is told to stop (SIGTERM/SIGINT: the worker gets a
+# warm shutdown first). Its pid is .local/run/worker-supervisor.pid, the worker's worker.pid.
+cmd_supervise_worker() {
+	mkdir -p "$RUN_DIR"
+	local child="" stopping=0 started
+	# shellcheck disable=SC2317
+	on_stop() {
+		stopping=1
+		[ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+	}
+	trap on_stop TERM INT
+	while [ "$stopping" = 0 ]; do
+		started=$SECONDS
+		"$PY" manage.py rqworker "${BULKWRITES_QUEUE:-bulkwrites}" &
+		child=$!
+		echo "$child" >"$RUN_DIR/worker.pid"
+		local rc=0
+		wait "$child" || rc=$?
+		# A trapped signal interrupts `wait`: let the worker finish its warm shutdown.
+		while running "$child"; do wait "$child" 2>/dev/null || true; done
+		child=""
+		[ "$stopping" = 1 ] && break
+		log "worker exited (status $rc); starting it again"
+		sleep $((SECONDS - started < 5 ? 5 : 1))
+	done
+	rm -f "$RUN_DIR/worker.pid"
+}
+
+# restart_redis SECONDS: stop the local Redis, wait, start it again (empty: it keeps no data).
+cmd_restart_redis() {
+	local down=${1:-0}
+	if redis_ping; then
+		log "redis: stopping"
+		redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+		wait_for 20 bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT) 2>/dev/null" || true
+	fi
+	sleep "$down"
+	start_redis
+}
+
+# restart_postgres SECONDS: stop the local cluster (fast: sessions are cut), wait, start it again.
+cmd_restart_postgres() {
+	local down=${1:-0} bin
+	bin="$(find_pg_bin)" || die "PostgreSQL server binaries not found"
+	stop_postgres
+	sleep "$down"
+	start_postgres
+}
+
 stop_all() {
 	stop_pid web runserver
+	stop_pid worker-supervisor supervise-worker
 	stop_pid worker rqworker
 	stop_pid dynamodb DynamoDBLocal.jar
 	stop_pid redis redis-server
@@ -679,14 +737,16 @@ cmd_run() {
 		show_log_tail "$LOG_DIR/web.log"
 		die "the web server did not start (see .local/log/web.log)"
 	}
-	start_bg worker rqworker "$PY" manage.py rqworker "${BULKWRITES_QUEUE:-bulkwrites}"
+	# Supervised: a worker that dies anyway (a bug, OOM) is started again. In production a
+	# service manager does this (README: systemd with Restart=always).
+	start_bg worker-supervisor supervise-worker "$ROOT/scripts/services.sh" supervise-worker
 
 	cat <<MSG
 
 bulkwrites is running
   admin:  http://127.0.0.1:$WEB_PORT/admin/
   login:  admin / $BULKWRITES_ADMIN_PASSWORD
-  logs:   .local/log/web.log, worker.log, postgres.log, redis.log, dynamodb.log
+  logs:   .local/log/web.log, worker-supervisor.log (the worker), postgres.log, redis.log, dynamodb.log
   env:    eval "\$(make -s services)"   (for manage.py commands by hand)
   stop:   make stop
 MSG
@@ -734,10 +794,17 @@ main() {
 	typecheck-baseline) cmd_typecheck_baseline ;;
 	worker) cmd_worker "$@" ;;
 	bench) cmd_bench "$@" ;;
+	supervise-worker)
+		ensure_venv
+		cd "$ROOT"
+		cmd_supervise_worker
+		;;
+	restart-redis) cmd_restart_redis "$@" ;;
+	restart-postgres) cmd_restart_postgres "$@" ;;
 	stop) stop_all ;;
 	clean) cmd_clean ;;
 	*)
-		echo "usage: $0 {services|env|venv|run|test|lint|worker|bench|stop|clean}" >&2
+		echo "usage: $0 {services|env|venv|run|test|lint|worker|supervise-worker|restart-redis|restart-postgres|bench|stop|clean}" >&2
 		exit 2
 		;;
 	esac

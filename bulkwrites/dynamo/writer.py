@@ -174,7 +174,11 @@ class RateLimiter(Protocol):
 
     def acquire(self, write_units: float) -> None: ...
 
-    def record(self, *, consumed: float, throttled: bool) -> None: ...
+    def record(self, *, consumed: float, refused: float, fault: bool = False) -> None:
+        """Units consumed (0: unreported) and refused for capacity (all of a throttled call's,
+        the unprocessed ones'), or ``fault``: the call failed for a reason that says nothing about
+        capacity (5xx, connection)."""
+        ...
 
 
 class BatchWriter:
@@ -211,15 +215,20 @@ class BatchWriter:
     def _write(self, requests: list[WriteRequest], attempts: Counter[int], result: BatchResult) -> None:
         pending = requests
         started = self.clock()
-        retry = 0  # calls made for these requests so far; drives the backoff
-        stalled = 0  # consecutive calls that made no progress; drives giving up
+        retry = 0  # calls made for these requests so far
+        stalled = 0  # consecutive calls that made no progress; drives the backoff and giving up
         last_error: ErrorInfo | None = None
         while pending:
             if self.should_stop():
                 result.stopped = True
                 return
             if retry:
-                self.sleep(self.policy.backoff.delay(retry - 1))
+                # The backoff grows only while calls make no progress: a call that wrote some of
+                # its items says the table is taking writes (how fast is the rate limiter's
+                # business), so the rest go again after a base-sized jittered pause. Growing it on
+                # every call left the last items of a batch waiting seconds under a steady 30 %
+                # of unprocessed items.
+                self.sleep(self.policy.backoff.delay(max(0, stalled - 1)))
             for request in pending:
                 attempts[request.ref] += 1
             error, unprocessed = self._call(pending, result.stats)
@@ -309,7 +318,9 @@ class BatchWriter:
             if error.is_throttling:
                 stats.throttled_calls += 1
             if self.limiter is not None:
-                self.limiter.record(consumed=0.0, throttled=error.is_throttling)
+                # A throttling error refused every unit; any other failure says nothing about capacity.
+                refused = float(sum(r.write_units for r in requests)) if error.is_throttling else 0.0
+                self.limiter.record(consumed=0.0, refused=refused, fault=not error.is_throttling)
             logger.debug("BatchWriteItem on %s failed: %s %s", self.table, error.code, error.message)
             return error, set()
         stats.latency_seconds += time.perf_counter() - began
@@ -321,7 +332,7 @@ class BatchWriter:
             stats.throttled_calls += 1
             stats.error_codes[CODE_UNPROCESSED] += 1
         if self.limiter is not None:
-            self.limiter.record(consumed=consumed, throttled=bool(unprocessed))
+            self.limiter.record(consumed=consumed, refused=float(sum(r.write_units for r in unprocessed)))
         return None, unprocessed
 
     def _match_unprocessed(self, requests: list[WriteRequest], unprocessed_items: dict[str, Any]) -> set[WriteRequest]:

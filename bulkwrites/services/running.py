@@ -24,6 +24,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
+from bulkwrites.dependencies import DATABASE_DOWN, retry_database
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.backoff import Backoff
@@ -38,13 +39,11 @@ logger = logging.getLogger(__name__)
 
 FLUSH_OUTCOMES = 250  # record at least this often (items), ...
 FLUSH_SECONDS = 0.5  # ... or this often (seconds), whichever comes first
-# Measured with make bench against a proxy capped at 1,000 WCU/s (one worker): with the limiter's
-# first constants (x0.7, +5 %/s) 80-88 % of the cap; x0.85/+10 %/s 95-97 %, but once retries were
-# paced and the uncapped start fixed, +10 %/s crossed the capacity every ~1.25 s (4-8 % of calls
-# carrying unprocessed items); x0.85/+5 %/s: 103-104 % of the cap in five runs, 1.8-4.2 % of calls
-# carrying unprocessed items, throttling exceptions 0-0.1 %.
-JOB_AIMD = ratelimit.AimdPolicy(decrease_factor=0.85, increase_per_second=0.05)
+# The rate controller's constants (ratelimit.RatePolicy) follow the standard designs it is
+# built from; make bench's capacity and chaos ways measure them.
+JOB_RATE_POLICY = ratelimit.RatePolicy()
 CONTROL_POLL_SECONDS = 0.1  # how often a running writer looks for cancel/pause (a PK lookup)
+CAP_REFRESH_SECONDS = 5.0  # how often the ledger's cap is written to Redis again (a flushed Redis forgets it)
 
 
 @dataclass
@@ -64,15 +63,28 @@ class JobControl:
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
         self.stop_reason = ""
+        self.on_cap: Callable[[float | None], None] | None = None  # told the ledger's cap, now and then
         self._stop = threading.Event()
         self._polled_at = 0.0
+        self._cap_sent_at = -CAP_REFRESH_SECONDS
+        self._cap: float | None = None
 
     def poll(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._polled_at < CONTROL_POLL_SECONDS:
             return
         self._polled_at = now
-        status = Job.objects.status_of(self.job_id)
+        try:
+            row = Job.objects.filter(pk=self.job_id).values_list("status", "rate_limit_wcu").first()
+        except DATABASE_DOWN:
+            # PostgreSQL is away: the writers go on (the recorder keeps their outcomes until it is
+            # back), and the next poll asks again on a new connection.
+            connection.close()
+            return
+        status, cap = row if row is not None else (None, None)
+        if self.on_cap is not None and (cap != self._cap or now - self._cap_sent_at >= CAP_REFRESH_SECONDS):
+            self._cap, self._cap_sent_at = cap, now
+            self.on_cap(cap)
         # Writers go on only while a worker may work on the job: an operator paused or
         # cancelled it, or another worker failed it.
         if status not in JobStatus.active():
@@ -95,15 +107,16 @@ def job_run(
     report = RunReport()
     budget = app_settings().run_slice_seconds if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None or not job.claim():
+    job = retry_database(lambda: Job.objects.filter(pk=job_id).first(), what="loading the job")
+    if job is None or not retry_database(job.claim, what="starting a run"):
         report.stopped_by = "inactive"
         return report
     control = JobControl(job_id)
     redis = dispatch.redis_connection()
     # The cap lives in Redis so every worker on every machine shares it; the ledger is the truth.
-    ratelimit.set_rate_cap(redis, dispatch.rate_scope(job_id), job.rate_limit_wcu)
-    limiter = ratelimit.JobRateLimiter(redis, dispatch.rate_scope(job_id), sleep=sleep, policy=JOB_AIMD)
+    limiter = ratelimit.JobRateLimiter(redis, dispatch.rate_scope(job_id), sleep=sleep, policy=JOB_RATE_POLICY)
+    limiter.ensure_cap(job.rate_limit_wcu)
+    control.on_cap = limiter.ensure_cap
     if client is None:
         client = dynamo_client.make_client(for_writing=True, max_connections=job.concurrency)
     writer = BatchWriter(
@@ -213,20 +226,21 @@ def _run_slices(
         try:
             recorder.close()
         finally:
-            Slice.objects.release(job.pk, worker=worker)
+            retry_database(lambda: Slice.objects.release(job.pk, worker=worker), what="releasing leases")
     limiter.flush()
     report.slices = len(started)
     report.items = len(result.outcomes)
     if result.fatal:
         report.stopped_by = "fatal"
-        if job.fail(result.fatal.code, result.fatal.message):
-            logger.warning("job %s failed: %s: %s", job.pk, result.fatal.code, result.fatal.message)
+        fatal = result.fatal
+        if retry_database(lambda: job.fail(fatal.code, fatal.message), what="failing the job"):
+            logger.warning("job %s failed: %s: %s", job.pk, fatal.code, fatal.message)
     elif result.stopped or control.should_stop():
         report.stopped_by = control.stop_reason or "stopped"
     elif not drained:
         report.stopped_by = "budget"
     else:
-        report.finished = finish_if_done(job)
+        report.finished = retry_database(lambda: finish_if_done(job), what="finishing the job")
     return report
 
 
@@ -280,11 +294,17 @@ class SlicePrefetcher:
                         return
                 if self._stop.is_set():
                     return
-                job_slice = Slice.objects.claim(self.job.pk, worker=self.worker, lease=_lease())
+                job_slice = retry_database(
+                    lambda: Slice.objects.claim(self.job.pk, worker=self.worker, lease=_lease()),
+                    what="claiming a slice",
+                )
                 if job_slice is None:
                     self._ready.put(None)
                     return
-                self._ready.put((job_slice, _pending_requests(self.job, job_slice)))
+                requests = retry_database(
+                    lambda claimed=job_slice: _pending_requests(self.job, claimed), what="reading a slice"
+                )
+                self._ready.put((job_slice, requests))
         except BaseException as exc:  # noqa: BLE001 - raised in the dispatching thread by next()
             self._ready.put(exc)
         finally:
@@ -360,14 +380,17 @@ class OutcomeRecorder:
                 if isinstance(entry, _SliceClosing):
                     self._flush(outcomes, stats)
                     outcomes, stats, flushed_at = [], CallStats(), time.monotonic()
-                    _close_slice(self.job_id, entry)
+                    retry_database(lambda closing=entry: _close_slice(self.job_id, closing), what="closing a slice")
                     continue
                 outcomes.extend(entry[0])
                 stats.add(entry[1])
                 now = time.monotonic()
                 if len(outcomes) >= FLUSH_OUTCOMES or now - flushed_at >= FLUSH_SECONDS:
                     if self._flush(outcomes, stats) or now - renewed_at >= renew_every:
-                        Slice.objects.renew(self.job_id, worker=self.worker, lease=_lease())
+                        retry_database(
+                            lambda: Slice.objects.renew(self.job_id, worker=self.worker, lease=_lease()),
+                            what="renewing leases",
+                        )
                         renewed_at = now
                     outcomes, stats, flushed_at = [], CallStats(), now
             self._flush(outcomes, stats)
@@ -379,7 +402,8 @@ class OutcomeRecorder:
     def _flush(self, outcomes: list[Outcome], stats: CallStats) -> bool:
         if not outcomes and not stats.calls:
             return False
-        Item.objects.record_outcomes(self.job_id, outcomes, stats)
+        # Outcomes wait here while PostgreSQL is away; the writers run out of claimed slices soon.
+        retry_database(lambda: Item.objects.record_outcomes(self.job_id, outcomes, stats), what="recording outcomes")
         return True
 
 

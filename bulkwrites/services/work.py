@@ -14,6 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
+from bulkwrites.dependencies import retry_redis
 from bulkwrites.models import Job, JobStatus, Slice
 from bulkwrites.services import dispatch, running, staging
 from bulkwrites.services.errors import JobError
@@ -38,7 +39,7 @@ def job_work(job_id: int, *, worker: str) -> str:
             dispatch.enqueue_run(job_id, copies=job.workers - 1)
     report = running.job_run(job_id, worker=worker)
     if report.stopped_by == "budget":
-        dispatch.enqueue_run(job_id)
+        retry_redis(lambda: dispatch.enqueue_run(job_id), what=f"handing job {job_id} over")
     return f"job {job_id}: {report.items} items in {report.slices} slices, stopped by {report.stopped_by or 'done'}"
 
 

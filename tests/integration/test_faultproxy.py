@@ -241,9 +241,12 @@ def test_outages_reject_calls_by_count_and_by_deadline(proxy: FaultProxy, client
     assert _error_code(lambda: write(2)) == ("ServiceUnavailableException", 503)
     write(3)
 
-    proxy.outage(1.0, code="ThrottlingException")
+    # A deadline long enough that the next call surely falls inside it, however slow the machine;
+    # then wait for the deadline itself (read back from the proxy) rather than a guessed sleep.
+    proxy.outage(30.0, code="ThrottlingException")
     assert _error_code(lambda: write(4)) == ("ThrottlingException", 400)
-    time.sleep(1.05)
+    proxy.outage(0.3)  # a new, near deadline
+    time.sleep(max(0.0, proxy.config["outage_until"] - time.time()) + 0.01)
     write(5)
 
     assert _keys_in(direct, table) == {_key(3), _key(5)}

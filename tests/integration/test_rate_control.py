@@ -33,8 +33,8 @@ def test_the_cap_paces_a_job(make_table: Any, scan: Any, run_worker: Any) -> Non
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
     assert len(scan(table)) == 150
-    # A bucket of 50 WCU/s holding 1 s: the last 100 units cannot all be paid in under 2 s.
-    # A lower bound the limiter guarantees, not a speed claim.
+    # Paced at 48.75 WCU/s with a bucket of a quarter second: the last ~138 units cannot all be
+    # paid in under 2.8 s. A lower bound the limiter guarantees, not a speed claim.
     assert elapsed >= 1.9
     assert ratelimit.get_rate_cap(dispatch.redis_connection(), dispatch.rate_scope(job.pk)) == 50
 
@@ -63,7 +63,9 @@ def test_the_operator_changes_the_rate_of_a_running_job(admin_client_tx: Any, ma
     )  # what running workers read
     progress = admin_client_tx.get(reverse("admin:bulkwrites_job_progress", args=[job.pk])).json()
     assert progress["rate_limit_wcu"] == 250
-    assert progress["allowed_wcu"] == 250
+    # Paced a little below the cap, so that no 10 s window gets more than the cap; the page says so.
+    assert progress["allowed_wcu"] == round(ratelimit.RatePolicy().paced_cap(250), 1)
+    assert "the cap of 250 WCU/s, paced at 244" in progress["rate_reason"]
 
     admin_client_tx.post(reverse("admin:bulkwrites_job_rate", args=[job.pk]), {"rate_limit_wcu": ""})
     job.refresh_from_db()

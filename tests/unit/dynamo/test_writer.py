@@ -136,7 +136,7 @@ def test_only_unprocessed_items_are_sent_again_after_a_backoff() -> None:
     assert outcomes[7].attempts == 3
     assert outcomes[3].attempts == 2
     assert outcomes[0].attempts == 1
-    assert clock.sleeps == [0.1, 0.2]  # base * 2**n, full jitter at its ceiling
+    assert clock.sleeps == [0.1, 0.1]  # both calls made progress: the backoff stays at its base
     assert result.stats.unprocessed == 3
     assert result.stats.throttled_calls == 2
 
@@ -152,6 +152,13 @@ def test_gives_up_after_max_attempts_without_progress() -> None:
         assert outcome.error_message.startswith("throttled: gave up after 4 attempts over ")
         assert outcome.attempts == 4
     assert clock.sleeps == [0.1, 0.2, 0.4]
+
+
+def test_the_backoff_grows_only_while_calls_make_no_progress() -> None:
+    clock = Clock()
+    client = FakeClient(leave_all, leave_all, leave_unprocessed("k2"), leave_all, accept)
+    make_writer(client, clock).write([put(1), put(2)])
+    assert clock.sleeps == [0.1, 0.2, 0.1, 0.1]  # base * 2**(calls without progress in a row - 1)
 
 
 def test_progress_resets_the_attempt_limit() -> None:

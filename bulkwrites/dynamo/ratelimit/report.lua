@@ -1,0 +1,199 @@
+-- What calls cost and how DynamoDB answered; decides the job's rate once per round.
+-- KEYS: cap, ctl, bucket, consumed.
+-- ARGV: 1 calls, 2 units attempted, 3 units refused, 4 sum of the calls' refused shares,
+--       5 sum of their squares, 6 units consumed, 7 seconds the report covers, 8 sum of latencies,
+--       9 acquired_at or '', 10 bucket charge, 11 now or '' (tests), 12 state ttl ms,
+--       13 consumed ttl ms, then RatePolicy.args() from 14.
+-- Returns {cap or '', rate or '', now, event or ''}.
+--
+-- Capacity evidence is the share of each call's units DynamoDB refused (a throttling error
+-- refuses them all; UnprocessedItems some): calls that failed for other reasons (5xx, a dropped
+-- connection) are not reported here as calls at all. Shares are summed over a round (at least
+-- min_round, two smoothed round trips and min_calls calls, counting only calls admitted since the
+-- round began), and the round then decides once:
+--   * cut, if its mean share exceeds the background share by more than z standard errors:
+--     to what the table took in the round, (1 - excess) x the rate sent, less headroom, never
+--     below floor_fraction x the consumption of the last floor_window seconds;
+--   * the round after a cut checks it: a capacity limit refuses less at the lower rate (the
+--     table's take was fixed); if the share stayed where it was, the refusals do not depend on
+--     the rate: that share becomes background and the cut is undone;
+--   * otherwise the CUBIC curve keeps probing; an uncapped job whose curve is far above what it
+--     sends and that saw no cut for release_after seconds goes back to unlimited.
+local now = clock(ARGV[11])
+local calls, units, refused = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local share_sum, share_sq, consumed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local span, latency_sum, acquired_at = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local delta, state_ttl, consumed_ttl = tonumber(ARGV[10]), ARGV[12], ARGV[13]
+local p = read_policy(14)
+local ctl = read_ctl(KEYS[2])
+local rate, cap, paced = current_rate(KEYS[1], ctl, now, p)
+
+-- 1. Consumption per second of server time: the job page's rate and the floor.
+if consumed > 0 then
+  local second = math.floor(now)
+  redis.call('HINCRBYFLOAT', KEYS[4], string.format('%d', second), fmt(consumed))
+  redis.call('HSETNX', KEYS[4], 'first', fmt(now - span))
+  if redis.call('HLEN', KEYS[4]) > p.floor_window + 14 then
+    for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+      local s = tonumber(field)
+      if field ~= 'first' and s and s < second - p.floor_window - 10 then redis.call('HDEL', KEYS[4], field) end
+    end
+  end
+  redis.call('PEXPIRE', KEYS[4], consumed_ttl)
+end
+
+-- 2. The bucket pays what DynamoDB reported instead of the estimate.
+if delta ~= 0 and rate then
+  local tokens, issued, ts, capacity = refill(KEYS[3], rate, p.burst, now)
+  save_bucket(KEYS[3], math.min(capacity, tokens - delta), issued, ts, state_ttl)
+end
+
+-- What the table delivered over the last `window` seconds, per second of the whole window: a job
+-- younger than the window gets a lower floor, never one inflated by the table's initial burst.
+local function delivered(window)
+  local second = math.floor(now)
+  local total = 0
+  for s = second - window + 1, second do
+    total = total + (tonumber(redis.call('HGET', KEYS[4], string.format('%d', s))) or 0)
+  end
+  return total / window
+end
+
+local function background()
+  return ctl.bg or 0
+end
+
+local set = {}  -- fields to write
+local event = ''
+
+-- 3. The round.
+-- Calls count for the round they were admitted in: granted by the bucket since it began, or,
+-- while the job is unlimited, unstamped. Unstamped calls reported once the job is under control
+-- went out before its first cut: they describe the unlimited rate.
+local counts
+if acquired_at then counts = not ctl.rs or acquired_at >= ctl.rs else counts = ctl.mode ~= 'ctl' end
+if calls > 0 and counts then
+  if not ctl.rs then ctl.rs = now - span end
+  if ctl.mode ~= 'ctl' and not cap and refused > 0 and (ctl.rr or 0) == 0 then
+    -- An unlimited job's first refusals: the round restarts with them. The calls before said
+    -- nothing about the table's limit (they went into its burst), and diluting the refusals
+    -- with them made the first cut too shallow (another round of refusals at nearly full speed).
+    ctl.rs = now - math.max(span, latency_sum / calls)
+    ctl.rn, ctl.ru, ctl.rr, ctl.rsh, ctl.rsq = 0, 0, 0, 0, 0
+  end
+  ctl.rn = (ctl.rn or 0) + calls
+  ctl.ru = (ctl.ru or 0) + units
+  ctl.rr = (ctl.rr or 0) + refused
+  ctl.rsh = (ctl.rsh or 0) + share_sum
+  ctl.rsq = (ctl.rsq or 0) + share_sq
+  if latency_sum > 0 then
+    local sample = latency_sum / calls
+    if ctl.srtt then ctl.srtt = (7 * ctl.srtt + sample) / 8 else ctl.srtt = sample end
+    set.srtt = ctl.srtt
+  end
+  set.rs, set.rn, set.ru, set.rr, set.rsh, set.rsq = ctl.rs, ctl.rn, ctl.ru, ctl.rr, ctl.rsh, ctl.rsq
+end
+
+local round_len = math.max(p.min_round, p.rtt_rounds * (ctl.srtt or 0))
+if ctl.mode ~= 'ctl' and not cap and (ctl.rr or 0) > 0 then
+  round_len = ctl.srtt or 0  -- an unlimited job refused: decide within a round trip
+end
+if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
+  local seconds = now - ctl.rs
+  local sent = ctl.ru / seconds  -- units/s attempted in the round
+  local n = ctl.rn
+  local mean = ctl.rsh / n
+  local var = math.max(0, ctl.rsq / n - mean * mean)
+  local se = math.sqrt(var / n)
+  local bg = background()
+  local excess = 0
+  if mean > bg and bg < 1 then excess = (mean - bg) / (1 - bg) end
+  local significant = excess >= p.min_excess and (mean - bg) > p.z * se
+  local current = sent
+  if rate and rate < current then current = rate end
+  if ctl.sent then ctl.sent = (ctl.sent + sent) / 2 else ctl.sent = sent end
+  set.sent = ctl.sent
+  local decided = false
+
+  if ctl.chk == 1 then
+    set.chk = 0
+    -- The round after a cut tests it. Had capacity caused the refusals, sending less than the
+    -- table took in the cut round would end them; if the share stays closer to where it was
+    -- than to nothing (and significant) while we send no more than that, it does not depend on
+    -- the rate. Only a large share is tested (min_background): a table whose burst capacity ran
+    -- out mid-round inflates that round's take, and a small overshoot then looks the same.
+    local e0 = ctl.e0 or 0
+    local below = sent <= (ctl.a0 or 0) * (1 - e0)
+    if significant and e0 >= p.min_background and excess >= 0.5 * e0 and below then
+      bg = bg + (1 - bg) * excess  -- the share that persisted below the table's take
+      local back = ctl.pre or current
+      set.bg, set.bg_at = bg, now
+      set.mode, set.w_max, set.k, set.epoch, set.sent = 'ctl', back, 0, now, back
+      ctl.mode, ctl.w_max, ctl.k, ctl.epoch, ctl.sent = 'ctl', back, 0, now, back
+      event = 'undo'
+      set.ev, set.ev_at, set.ev_s, set.ev_bg, set.ev_from, set.ev_to = 'undo', now, mean, bg, current, back
+      decided = true
+    end
+  end
+
+  if not decided and significant then
+    local floor = p.floor_fraction * delivered(p.floor_window)
+    local took = current * (1 - excess)
+    -- At most halve in one round (TCP's decrease): a round's take is an estimate, and a deep
+    -- cut on a noisy one costs seconds of climbing back.
+    local new = math.max(took * (1 - p.headroom), current * 0.5, floor, p.min_rate)
+    if new < current then
+      if ctl.mode ~= 'ctl' and not cap then
+        -- An uncapped job ran unlimited until now: DynamoDB's capacity (and its burst) is used
+        -- up, so its first bucket starts empty instead of full. Starting full sent another
+        -- bucket's worth at once into the exhausted table.
+        if redis.call('EXISTS', KEYS[3]) == 0 then save_bucket(KEYS[3], 0, 0, now, state_ttl) end
+      end
+      local w_max = math.max(took, new)
+      local k = 0
+      if new < w_max then k = math.pow((1 - new / w_max) / p.c, 1 / 3) end
+      set.mode, set.w_max, set.k, set.epoch = 'ctl', w_max, k, now
+      ctl.mode, ctl.w_max, ctl.k, ctl.epoch = 'ctl', w_max, k, now
+      -- A chain of cuts is tested, and undone, as one: `pre` is the rate before its first cut.
+      local pre = current
+      if ctl.chk == 1 and ctl.pre then pre = math.max(ctl.pre, current) end
+      set.chk, set.pre, set.e0, set.a0 = 1, pre, excess, sent
+      event = 'cut'
+      set.ev, set.ev_at, set.ev_s, set.ev_bg, set.ev_from, set.ev_to, set.ev_floor =
+        'cut', now, mean, bg, current, new, floor
+      set.ev_took = took
+    end
+  elseif not decided and bg > 0 then
+    -- No evidence this round: a background share, once learnt from a cut's test, follows the
+    -- rounds' shares (and fades to nothing when the faults stop).
+    local follow = bg + p.bg_weight * (mean - bg)
+    if follow < 0.005 then follow = 0 end
+    set.bg, set.bg_at = math.min(0.95, math.max(0, follow)), now
+  end
+  if not decided and not significant and ctl.mode == 'ctl' and now - (ctl.epoch or now) >= p.release_after then
+    local probe = probe_rate(ctl, now, p.c, math.huge, p.min_rate, p.linear)
+    if (cap and probe >= paced) or (not cap and probe >= p.max_over * ctl.sent) then
+      set.mode = 'open'
+      ctl.mode = 'open'
+      event = 'open'
+      set.ev, set.ev_at, set.ev_from = 'open', now, probe
+    end
+  end
+  set.rs, set.rn, set.ru, set.rr, set.rsh, set.rsq = now, 0, 0, 0, 0, 0
+end
+
+local flat = {}
+for name, value in pairs(set) do
+  flat[#flat + 1] = name
+  if type(value) == 'number' then flat[#flat + 1] = fmt(value) else flat[#flat + 1] = value end
+end
+if #flat > 0 then
+  redis.call('HSET', KEYS[2], unpack(flat))
+  redis.call('PEXPIRE', KEYS[2], state_ttl)
+end
+
+rate = current_rate(KEYS[1], ctl, now, p)
+local cap_text, rate_text = '', ''
+if cap then cap_text = fmt(cap) end
+if rate then rate_text = fmt(rate) end
+return {cap_text, rate_text, fmt(now), event}

@@ -1,0 +1,171 @@
+"""Jobs ride out their dependencies: the chaos fault mix, Redis stopped or flushed, PostgreSQL restarted.
+
+Real services and a real ``manage.py rqworker`` process (it forks a work horse per RQ job, like
+production). Redis and PostgreSQL are this test run's own local servers, restarted through
+``scripts/services.sh restart-redis`` / ``restart-postgres``: the test process loses its own
+connections too and opens new ones afterwards. Time bounds are generous on purpose (the numbers
+are in the bench): each says "without an operator", not "fast".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis as redis_lib
+from django.db import connection
+
+from bulkwrites.dependencies import DATABASE_DOWN
+from bulkwrites.dynamo.ratelimit import JobKeys, get_rate_cap
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus
+from bulkwrites.services import dispatch
+from faultproxy import FaultProxy
+from tests.conftest import ROOT, test_redis_url, wait_for
+from tests.integration.test_failures import new_job, rows_of, table_state
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+CHAOS = {
+    "unprocessed_share": 0.3,
+    "server_error_share": 0.05,
+    "throttle_share": 0.05,
+    "throttle_code": "ThrottlingException",
+    "drop_after_write_share": 0.02,
+}
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultProxy]:
+    with FaultProxy(upstream=os.environ["AWS_ENDPOINT_URL_DYNAMODB"], seed=11) as fault_proxy:
+        yield fault_proxy
+
+
+def services(*args: str) -> None:
+    """``scripts/services.sh ARGS`` on this run's own servers (ports taken from their URLs)."""
+    env = dict(os.environ)
+    env["REDIS_PORT"] = str(urlsplit(os.environ["REDIS_URL"]).port)
+    env["PG_PORT"] = str(connection.settings_dict["PORT"])
+    subprocess.run([str(ROOT / "scripts" / "services.sh"), *args], env=env, check=True, timeout=120)
+
+
+def job_row(job: Job) -> dict[str, Any] | None:
+    """The job's status and counts, or None while PostgreSQL does not answer."""
+    try:
+        return Job.objects.filter(pk=job.pk).values("status", "succeeded_items", "failed_items").get()
+    except DATABASE_DOWN:
+        connection.close()
+        return None
+
+
+def succeeded(job: Job) -> int:
+    row = job_row(job)
+    return row["succeeded_items"] if row else -1
+
+
+def finished(job: Job) -> bool:
+    row = job_row(job)
+    return bool(row) and row["status"] in JobStatus.finished()
+
+
+def assert_all_written(job: Job, rows: list[tuple[str, int]], scan: Any, table: str) -> None:
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, (job.error_code, job.error_message)
+    assert (job.succeeded_items, job.failed_items) == (len(rows), 0)  # nothing counted twice
+    assert Item.objects.filter(job=job, status=ItemStatus.SUCCEEDED).count() == len(rows)
+    assert table_state(scan, table) == dict(rows)
+
+
+def test_the_chaos_fault_mix_finishes_with_every_item_in_the_table(
+    proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
+) -> None:
+    # Before the rate controller learnt to tell faults from capacity, 5,000 items under this mix
+    # took ~35 minutes (the rate fell to ~3 WCU/s); now seconds. The bound here is loose.
+    table = make_table()
+    rows = rows_of(2000)
+    proxy.configure(seed=5, **CHAOS)
+    worker = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    job = new_job(table, rows)
+    wait_for(lambda: finished(job), timeout=180, interval=0.5, what="the job under the fault mix")
+    assert_all_written(job, rows, scan, table)
+    stats = proxy.stats()
+    assert stats["unprocessed_items_returned"] > 300
+    assert stats["server_errors"] > 0
+    assert stats["throttled_calls"] > 0
+    assert worker.process.poll() is None
+
+
+def slow_job(proxy: FaultProxy, table: str, rows: list[tuple[str, int]], **settings: Any) -> Job:
+    proxy.configure(latency_ms=25)  # one call in flight, ~25 ms each: long enough to pull a plug mid-job
+    return new_job(table, rows, concurrency=1, **settings)
+
+
+def test_a_redis_restart_mid_job_neither_stops_the_worker_nor_the_job(
+    proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
+) -> None:
+    table = make_table()
+    rows = rows_of(3000)
+    worker = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    job = slow_job(proxy, table, rows)
+    wait_for(lambda: succeeded(job) >= 500, timeout=120, what="the job to get going")
+
+    services("restart-redis", "3")  # down 3 s, back empty (no persistence)
+    back_at = succeeded(job)
+
+    wait_for(lambda: succeeded(job) > back_at, timeout=30, what="the job to move again after Redis came back")
+    assert worker.process.poll() is None, worker.log_path.read_text()[-3000:]
+    wait_for(lambda: finished(job), timeout=240, interval=0.5, what="the job to finish")
+    assert_all_written(job, rows, scan, table)
+    assert worker.process.poll() is None, "the worker quit because Redis blinked"
+    # A Redis restarted empty forgot the worker: it registered again, so `--wait` still sees it.
+    wait_for(lambda: dispatch.live_worker_count() >= 1, timeout=60, what="the worker to register again")
+
+
+def test_a_postgresql_restart_mid_job_is_ridden_out(
+    proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
+) -> None:
+    table = make_table()
+    rows = rows_of(3000)
+    worker = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    job = slow_job(proxy, table, rows)
+    wait_for(lambda: succeeded(job) >= 500, timeout=120, what="the job to get going")
+
+    services("restart-postgres", "3")
+    connection.close()  # this test's own session was cut too
+    back_at = succeeded(job)
+    began = time.monotonic()
+
+    # Before: the recorder's error failed the RQ job, and the sweeper picked the job up after its
+    # lease and stall time (61 s measured). Now the job's threads retry and go on.
+    wait_for(lambda: succeeded(job) > back_at, timeout=30, what="the job to move again after PostgreSQL came back")
+    resumed_after = time.monotonic() - began
+    wait_for(lambda: finished(job), timeout=240, interval=0.5, what="the job to finish")
+    assert_all_written(job, rows, scan, table)
+    assert worker.process.poll() is None
+    print(f"\nresumed {resumed_after:.1f} s after PostgreSQL was back")
+
+
+def test_a_flushed_redis_mid_job_loses_nothing_and_gets_the_cap_back(
+    proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
+) -> None:
+    table = make_table()
+    rows = rows_of(3000)
+    worker = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    job = slow_job(proxy, table, rows, rate_limit_wcu=200)  # 1 WCU an item: ~15 s at the cap
+    scope = dispatch.rate_scope(job.pk)
+    client = redis_lib.Redis.from_url(test_redis_url())
+    wait_for(lambda: succeeded(job) >= 500, timeout=120, what="the job to get going")
+    assert get_rate_cap(client, scope) == 200
+
+    client.flushdb()  # the queue, RQ's registries, the worker's registration and the job's rate state
+    assert not client.exists(JobKeys.for_job(scope).cap)
+
+    wait_for(lambda: get_rate_cap(client, scope) == 200, timeout=30, what="the ledger's cap written back")
+    wait_for(lambda: finished(job), timeout=240, interval=0.5, what="the job to finish")
+    assert_all_written(job, rows, scan, table)
+    assert worker.process.poll() is None
+    client.close()

@@ -1,0 +1,301 @@
+"""The rate-control Lua against a real Redis, with the time passed in: exact and instant.
+
+``take.lua`` and ``report.lua`` accept ``now`` in place of the server's TIME, so each rule is
+driven step by step here: pacing under a cap, tickets, evidence weighed by share and decided
+once per round, the floor, the CUBIC probe, faults told from capacity, the uncapped start and
+release. ``tests/ratesim.py`` then runs a worker model through the same scripts for whole
+scenarios (a capacity limit, the chaos fault mix), in simulated time.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis as redis_lib
+
+from bulkwrites.dynamo.ratelimit import (
+    GRANTED,
+    UNLIMITED,
+    WAIT,
+    JobKeys,
+    Outcomes,
+    RatePolicy,
+    Scripts,
+    delete_rate_state,
+    explain,
+    set_rate_cap,
+)
+from tests import ratesim
+
+REDIS_DB = 13
+POLICY = RatePolicy()
+T0 = 1_000_000.0
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[redis_lib.Redis]:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.fail('REDIS_URL is not set: run `eval "$(make -s services)"` first', pytrace=False)
+    connection = redis_lib.Redis.from_url(urlsplit(url)._replace(path=f"/{REDIS_DB}").geturl())
+    yield connection
+    connection.close()
+
+
+class Job:
+    """One job's keys and the two scripts, the clock in the test's hands."""
+
+    def __init__(self, client: redis_lib.Redis, cap: float | None = None, policy: RatePolicy = POLICY) -> None:
+        self.client = client
+        self.scope = f"lua-{uuid.uuid4().hex[:10]}"
+        self.keys = JobKeys.for_job(self.scope)
+        self.scripts = Scripts(client, policy)
+        self.policy = policy
+        set_rate_cap(client, self.scope, cap)
+
+    def take(self, units: float, now: float, ticket: float | None = None) -> ratesim.Any:
+        return self.scripts.take(self.keys, units, ticket, now=now)
+
+    def calls(
+        self,
+        now: float,
+        *,
+        n: int = 8,
+        units: float = 25,
+        refused: float = 0,
+        span: float = 0.0,
+        acquired_at: float | None = None,
+        consumed: float | None = None,
+    ) -> ratesim.Any:
+        """``n`` calls of ``units`` each, ``refused`` of each refused, reported at ``now``."""
+        share = refused / units
+        outcome = Outcomes(
+            calls=n,
+            units=n * units,
+            refused=n * refused,
+            share_sum=n * share,
+            share_sq=n * share * share,
+            consumed=n * (units - refused) if consumed is None else consumed,
+            span=span,
+            latency=n * 0.01,
+        )
+        return self.scripts.report(self.keys, outcome, acquired_at=acquired_at, now=now)
+
+    def rate(self, now: float) -> float | None:
+        return self.scripts.report(self.keys, now=now).rate
+
+    def control(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.control).items()}
+
+    def delete(self) -> None:
+        delete_rate_state(self.client, self.scope)
+
+
+@pytest.fixture
+def make_job(client: redis_lib.Redis) -> Iterator[ratesim.Callable[..., Job]]:
+    made: list[Job] = []
+
+    def make(cap: float | None = None, policy: RatePolicy = POLICY) -> Job:
+        made.append(Job(client, cap, policy))
+        return made[-1]
+
+    yield make
+    for job in made:
+        job.delete()
+
+
+# --- the bucket -----------------------------------------------------------------------------------
+
+
+def test_a_cap_is_paced_so_that_no_10_second_window_gets_more_than_the_cap(make_job: ratesim.Any) -> None:
+    job = make_job(cap=100.0)
+    grants: list[float] = []
+    now, ticket = T0, None
+    while now < T0 + 40:
+        got = job.take(5, now, ticket)
+        if got.status == GRANTED:
+            grants.append(now)
+            ticket = None
+        else:
+            ticket = got.ticket
+        now += 0.01
+    assert job.rate(now) == pytest.approx(POLICY.paced_cap(100.0))
+    for i, first in enumerate(grants):  # every 10 s window, from every grant
+        in_window = sum(1 for t in grants[i:] if t < first + 10.0)
+        assert in_window * 5 <= 100.0 * 10.0
+    assert len(grants) * 5 >= 0.95 * 100.0 * 40  # and the cap is used
+
+
+def test_tickets_serve_callers_first_come_first_served_and_a_big_one_is_not_starved(make_job: ratesim.Any) -> None:
+    job = make_job(cap=100.0)
+    depth = POLICY.paced_cap(100.0) * POLICY.burst_seconds
+    first = job.take(depth, T0)
+    assert first.status == GRANTED
+    big = job.take(200, T0)  # larger than the whole bucket: goes once the bucket is full again
+    assert big.status == WAIT
+    small = job.take(1, T0 + 0.01)
+    assert small.status == WAIT
+    assert small.ticket > big.ticket
+    later = T0 + big.wait + 0.001
+    assert job.take(200, later, big.ticket).status == GRANTED
+    assert job.take(1, later, small.ticket).status == WAIT  # the big one left the bucket in debt
+
+
+def test_an_unlimited_job_is_told_so(make_job: ratesim.Any) -> None:
+    assert make_job().take(25, T0).status == UNLIMITED
+
+
+# --- evidence, rounds and cuts ------------------------------------------------------------------------
+
+
+def test_one_unlucky_call_in_a_round_is_not_a_cut(make_job: ratesim.Any) -> None:
+    job = make_job(cap=1000.0)
+    job.calls(T0, n=7, refused=0, span=0.0)
+    limits = job.calls(T0 + 0.3, n=1, refused=1)  # 1 of 25 in one call of eight
+    assert limits.event == ""
+    assert limits.rate == pytest.approx(POLICY.paced_cap(1000.0))
+
+
+def test_refusals_are_weighed_by_their_share(make_job: ratesim.Any) -> None:
+    light, heavy = make_job(cap=1000.0), make_job(cap=1000.0)
+    for job, refused in ((light, 2), (heavy, 20)):
+        job.calls(T0, n=1, span=0.0)  # the round starts
+        limits = job.calls(T0 + 0.3, n=11, refused=refused)
+        assert limits.event == "cut"
+    current = min(POLICY.paced_cap(1000.0), 12 * 25 / 0.3)  # the rate sent, or the cap's pace if lower
+    # Cut to what the table took (1 - the round's share) less 5 % headroom ...
+    assert light.rate(T0 + 0.3) == pytest.approx(current * (1 - 11 * 2 / 12 / 25) * 0.95, rel=1e-6)
+    # ... but by at most half in one round: a round's take is an estimate.
+    assert current * (1 - 11 * 20 / 12 / 25) * 0.95 < current / 2
+    assert heavy.rate(T0 + 0.3) == pytest.approx(current / 2, rel=1e-6)
+
+
+def test_a_round_decides_once_and_calls_admitted_before_a_cut_do_not_count(make_job: ratesim.Any) -> None:
+    job = make_job(cap=1000.0)
+    job.calls(T0, n=1)
+    assert job.calls(T0 + 0.3, n=10, refused=25).event == "cut"
+    after_cut = job.rate(T0 + 0.3)
+    # The calls that were in flight come back refused too: admitted before the cut, they describe
+    # the old rate and change nothing, however many.
+    for k in range(20):
+        limits = job.calls(T0 + 0.31 + k * 0.02, n=8, refused=25, acquired_at=T0 + 0.29)
+        assert limits.event == ""
+    assert job.rate(T0 + 0.7) < 1.1 * after_cut  # only the probe moved it, a little
+
+
+def test_a_cut_never_goes_below_the_floor_of_what_the_table_delivered(make_job: ratesim.Any) -> None:
+    job = make_job(cap=5000.0)
+    for second in range(13):  # 3,000 WCU/s delivered for 13 s without refusals
+        job.calls(T0 + second, n=120, consumed=3000, span=1.0 if second == 0 else 0.0)
+    limits = job.calls(T0 + 12.3, n=64, refused=25, consumed=0)  # then a whole round refused
+    assert limits.event == "cut"
+    assert POLICY.floor_fraction * 3000 > POLICY.paced_cap(5000.0) / 2  # the floor binds, not the halving
+    assert limits.rate == pytest.approx(POLICY.floor_fraction * 3000, rel=1e-6)
+    assert "floor" in explain(job.control(), cap=5000.0, allowed=limits.rate, policy=POLICY)
+
+
+def test_the_probe_climbs_back_to_the_last_good_rate_then_above_it(make_job: ratesim.Any) -> None:
+    job = make_job()
+    job.calls(T0, n=1, span=0.3)
+    limits = job.calls(T0 + 0.3, n=40, refused=5)  # unlimited until now; 20 % refused
+    assert limits.event == "cut"
+    control = job.control()
+    w_max, k = float(control["w_max"]), float(control["k"])
+    assert limits.rate == pytest.approx(w_max * 0.95, rel=1e-6)
+    assert k > 0
+    assert job.rate(T0 + 0.3 + k / 2) < w_max
+    assert job.rate(T0 + 0.3 + k) == pytest.approx(w_max, rel=1e-6)
+    assert job.rate(T0 + 0.3 + 2 * k) > w_max
+    # Above w_max, at most linear: a table's burst capacity hides an overshoot for a while.
+    for d in (1.0, 4.0, 10.0):
+        assert job.rate(T0 + 0.3 + k + d) <= w_max * (1 + POLICY.probe_linear * d) * (1 + 1e-9)
+
+
+def test_an_uncapped_job_starts_from_what_it_sent_over_a_round_with_an_empty_bucket(make_job: ratesim.Any) -> None:
+    job = make_job()
+    # Before: the first throttle took its base from the consumption seen so far (~0 this early),
+    # fell back to 25 WCU/s and crawled. Now: the rate sent over a whole round.
+    job.calls(T0 + 0.05, n=2, span=0.05)  # unlimited, reported in bulk: went into the table's burst
+    # The first refusals start a round of their own (the calls before say nothing about the
+    # limit), decided within two round trips: the rate those calls were sent at, halved at most.
+    limits = job.calls(T0 + 0.3, n=48, refused=5, span=0.0)
+    assert limits.event == "cut"
+    sent = 48 * 25 / 0.01  # sent within their round trip (10 ms each)
+    assert limits.rate == pytest.approx(sent * (1 - 5 / 25) * 0.95, rel=1e-6)
+    assert limits.rate > 1000
+    assert job.take(25, T0 + 0.3).status == WAIT  # the bucket starts empty: the table's burst is spent
+
+
+def test_faults_that_answer_a_cut_the_same_way_become_background_and_the_cut_is_undone(
+    make_job: ratesim.Any,
+) -> None:
+    job = make_job()
+    # Unlimited for a second: 3,000 units/s sent, 8 of every 25 refused (a third, at random).
+    first = job.calls(T0, n=120, refused=8, span=1.0)
+    assert first.event == "cut"
+    before = float(job.control()["pre"])
+    # At the lower rate (below what the table delivered), a third is still refused: a capacity
+    # limit would refuse nothing there.
+    undo = job.calls(T0 + 0.3, n=20, refused=8, acquired_at=T0 + 0.01)
+    assert undo.event == "undo"
+    control = job.control()
+    assert float(control["bg"]) == pytest.approx(8 / 25, rel=0.01)
+    assert job.rate(T0 + 0.3) == pytest.approx(before, rel=0.01)
+    # The same share from now on is background: no more cuts.
+    for k in range(10):
+        assert job.calls(T0 + 0.6 + 0.3 * k, n=20, refused=8).event == ""
+    reason = explain(control, cap=None, allowed=job.rate(T0 + 4), policy=POLICY)
+    assert "whatever the rate" in reason
+
+
+def test_a_capacity_limit_is_not_mistaken_for_background(make_job: ratesim.Any) -> None:
+    job = make_job()
+    # Unlimited for a second: 2,000 units/s sent, the table took half.
+    assert job.calls(T0, n=80, refused=12.5, span=1.0).event == "cut"
+    # Below what the table took, the refusals end: the cut stands.
+    assert job.calls(T0 + 0.3, n=9, refused=0, acquired_at=T0 + 0.01).event == ""
+    assert float(job.control().get("bg", 0)) == 0
+    assert job.rate(T0) == pytest.approx(2000 * 0.5, rel=1e-6)  # halved (x0.5 x 0.95 would be deeper)
+
+
+def test_a_small_refused_share_is_never_taken_for_background(make_job: ratesim.Any) -> None:
+    job = make_job()
+    # 10 % refused, and still 10 % after the cut: it could be a burst running out mid-round.
+    assert job.calls(T0, n=120, refused=2.5, span=1.0).event == "cut"
+    assert job.calls(T0 + 0.3, n=20, refused=2.5, acquired_at=T0 + 0.01).event == "cut"
+    assert float(job.control().get("bg", 0)) == 0
+
+
+def test_an_uncapped_job_without_cuts_goes_back_to_unlimited(make_job: ratesim.Any) -> None:
+    job = make_job()
+    job.calls(T0, n=1, span=0.3)
+    assert job.calls(T0 + 0.3, n=40, refused=10).event == "cut"
+    now, event = T0 + 0.3, ""
+    while now < T0 + 60 and event != "open":
+        now += 0.3
+        event = job.calls(now, n=10, acquired_at=now - 0.2).event  # sends little, nothing is refused
+    assert event == "open"
+    assert job.rate(now) is None
+    assert "unlimited again" in explain(job.control(), cap=None, allowed=None, policy=POLICY)
+
+
+# --- whole scenarios in simulated time (tests/ratesim.py) ----------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_under_a_capacity_limit_the_table_is_kept_busy_and_rarely_refuses(client: redis_lib.Redis, seed: int) -> None:
+    result = ratesim.simulate(client, ratesim.CapacityTable(1000.0), items=20_000, seed=seed)
+    assert result.wcu_per_s >= 0.9 * 1000  # the bench measures the real figure (>= 0.95)
+    assert result.throttled_calls <= 0.05 * result.calls
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_under_the_chaos_fault_mix_the_job_keeps_going_near_full_speed(client: redis_lib.Redis, seed: int) -> None:
+    chaos = ratesim.simulate(client, ratesim.FaultMix(), items=5_000, seed=seed)
+    clean = ratesim.simulate(client, ratesim.FaultMix(0, 0, 0, 0), items=5_000, seed=seed)
+    # A third of every call refused and retried costs time; a rate that collapsed would cost minutes.
+    assert chaos.seconds <= 5 * clean.seconds

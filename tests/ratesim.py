@@ -1,0 +1,275 @@
+"""A discrete-event model of one worker writing through the real rate-control Lua, in simulated time.
+
+The scripts run in a real Redis with the simulated clock passed as their ``now``, so what is
+tested is the Lua itself; only DynamoDB (a capacity bucket, or the random fault mix of the
+chaos bench) and the worker (``concurrency`` calls in flight, a server that takes ~0.2 ms of
+CPU per item, capped full-jitter backoff of unprocessed items) are modelled. Deterministic for a
+seed. Run it to see a scenario::
+
+    eval "$(make -s services)" && .venv/bin/python -m tests.ratesim capacity
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bulkwrites.dynamo.ratelimit import JobKeys, Outcomes, RatePolicy, Scripts, delete_rate_state, set_rate_cap
+from bulkwrites.dynamo.ratelimit.policy import charge_delta, refused_share
+
+
+@dataclass
+class CapacityTable:
+    """The fault proxy's capacity bucket: ``wcu`` per second, ``burst`` seconds deep, starts full."""
+
+    wcu: float
+    burst: float = 1.0
+    tokens: float = -1.0
+    at: float = 0.0
+
+    def answer(self, now: float, units: list[int], rng: random.Random) -> tuple[str, int]:
+        if self.tokens < 0:
+            self.tokens, self.at = self.wcu * self.burst, now
+        self.tokens = min(self.wcu * self.burst, self.tokens + (now - self.at) * self.wcu)
+        self.at = now
+        taken = 0
+        for u in units:
+            if self.tokens < u:
+                break
+            self.tokens -= u
+            taken += 1
+        if taken == 0:
+            return "throttle", 0
+        return "ok", taken
+
+
+@dataclass
+class FaultMix:
+    """The chaos mix: a share of each call unprocessed, and whole-call faults."""
+
+    unprocessed: float = 0.3
+    server_error: float = 0.05
+    throttle: float = 0.05
+    drop: float = 0.02
+
+    def answer(self, now: float, units: list[int], rng: random.Random) -> tuple[str, int]:
+        if rng.random() < self.throttle:
+            return "throttle", 0
+        if rng.random() < self.server_error:
+            return "fault", 0
+        held = min(len(units), math.floor(self.unprocessed * len(units) + rng.random()))
+        taken = len(units) - held
+        if rng.random() < self.drop:
+            return "drop", taken
+        return "ok", taken
+
+
+@dataclass
+class Result:
+    seconds: float
+    items: int
+    calls: int
+    calls_refused: int  # calls with a throttling error or some unprocessed items
+    throttled_calls: int  # calls with a throttling error
+    consumed: float
+    rates: list[tuple[float, float | None]] = field(default_factory=list)  # (t, allowed) samples
+    refused_at: list[float] = field(default_factory=list)  # when calls came back refused (some or all)
+
+    @property
+    def wcu_per_s(self) -> float:
+        return self.consumed / self.seconds
+
+
+def simulate(
+    redis: Any,
+    table: Any,
+    *,
+    items: int,
+    concurrency: int = 16,
+    cap: float | None = None,
+    policy: RatePolicy | None = None,
+    seed: int = 1,
+    per_item_cpu: float = 0.0002,
+    per_call_cpu: float = 0.0003,
+    backoff_base: float = 0.05,
+    backoff_cap: float = 10.0,
+    recheck: float = 0.25,
+    limit_seconds: float = 600.0,
+    on_sample: Callable[[float, float | None], None] | None = None,
+) -> Result:
+    rng = random.Random(seed)
+    scope = f"sim-{uuid.uuid4().hex[:10]}"
+    keys = JobKeys.for_job(scope)
+    scripts = Scripts(redis, policy or RatePolicy())
+    if cap:
+        set_rate_cap(redis, scope, cap)
+    start = 1_000_000.0
+    now = start
+    events: list[tuple[float, int, str, Any]] = []
+    seq = 0
+
+    def at(t: float, kind: str, data: Any) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, data))
+
+    left = items
+    server_free = start
+    unlimited = True
+    recheck_at = -math.inf
+    pending = Outcomes()
+    pending_since: float | None = None
+    result = Result(0.0, items, 0, 0, 0, 0.0)
+    done = 0
+
+    def report(outcome: Outcomes, acquired_at: float | None = None, delta: float = 0.0) -> None:
+        nonlocal unlimited, pending, pending_since
+        merged, span = outcome, 0.0
+        if pending.calls:
+            span = now - (pending_since or now)
+            merged = Outcomes(
+                pending.calls + outcome.calls,
+                pending.units + outcome.units,
+                pending.refused + outcome.refused,
+                pending.share_sum + outcome.share_sum,
+                pending.share_sq + outcome.share_sq,
+                pending.consumed + outcome.consumed,
+                span,
+                pending.latency + outcome.latency,
+            )
+            acquired_at = None
+            pending, pending_since = Outcomes(), None
+        limits = scripts.report(keys, merged, acquired_at=acquired_at, delta=delta, now=now)
+        unlimited = limits.rate is None
+        if on_sample:
+            on_sample(now - start, limits.rate)
+        result.rates.append((now - start, limits.rate))
+
+    def next_batch(worker: int) -> None:
+        nonlocal left
+        if left <= 0:
+            return
+        n = min(25, left)
+        left -= n
+        at(now, "acquire", (worker, [1] * n, 0, None))
+
+    for w in range(concurrency):
+        next_batch(w)
+
+    while events:
+        now, _, kind, data = heapq.heappop(events)
+        if now - start > limit_seconds:
+            break
+        if kind == "acquire":
+            worker, units, retry, ticket = data
+            if unlimited and now < recheck_at:
+                at(now, "send", (worker, units, retry, None))
+                continue
+            if unlimited:
+                recheck_at = now + recheck
+            take = scripts.take(keys, len(units), ticket, now=now)
+            if take.status == "unlimited":
+                unlimited = True
+                at(now, "send", (worker, units, retry, None))
+            elif take.status == "granted":
+                unlimited = False
+                at(now, "send", (worker, units, retry, take.now))
+            else:
+                at(now + min(0.5, max(0.001, take.wait)), "acquire", (worker, units, retry, take.ticket))
+        elif kind == "send":
+            worker, units, retry, acquired_at = data
+            service = per_call_cpu + per_item_cpu * len(units)
+            server_free = max(server_free, now) + service
+            at(server_free, "answer", (worker, units, retry, acquired_at, now))
+        elif kind == "answer":
+            worker, units, retry, acquired_at, sent_at = data
+            answer, taken = table.answer(now, units, rng)
+            result.calls += 1
+            consumed = float(sum(units[:taken]))
+            result.consumed += consumed
+            done += taken
+            remaining = units[taken:]
+            if answer == "throttle":
+                result.throttled_calls += 1
+            if answer == "throttle" or (answer == "ok" and remaining):
+                result.calls_refused += 1
+                result.refused_at.append(now - start)
+            estimate = float(sum(units))
+            latency = now - sent_at
+            if answer in ("fault", "drop"):
+                if answer == "drop":
+                    remaining = units  # the client never heard: it sends them all again
+            else:
+                refused = float(sum(remaining)) if answer == "ok" else estimate
+                share = refused_share(estimate, refused)
+                outcome = Outcomes(1, estimate, refused, share, share * share, consumed, 0.0, latency)
+                if acquired_at is not None:
+                    report(outcome, acquired_at, charge_delta(estimate, consumed, throttled=refused > 0))
+                else:
+                    if not pending.calls:
+                        pending_since = sent_at
+                    pending = Outcomes(
+                        pending.calls + 1,
+                        pending.units + estimate,
+                        pending.refused + refused,
+                        pending.share_sum + share,
+                        pending.share_sq + share * share,
+                        pending.consumed + consumed,
+                        0.0,
+                        pending.latency + latency,
+                    )
+                    if refused > 0 or now >= recheck_at:
+                        recheck_at = now + recheck
+                        report(Outcomes())
+            if remaining:
+                # The writer's backoff: it grows only over calls in a row that made no progress.
+                stalled = 0 if taken and answer != "drop" else retry + 1
+                delay = rng.uniform(0, min(backoff_cap, backoff_base * 2 ** max(0, stalled - 1)))
+                at(now + delay, "acquire", (worker, remaining, stalled, None))
+            else:
+                next_batch(worker)
+    result.seconds = now - start
+    if done < items:
+        result.seconds = math.inf
+    delete_rate_state(redis, scope)
+    return result
+
+
+def main(argv: list[str]) -> None:
+    import os
+
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/13")
+    what = argv[0] if argv else "capacity"
+    seeds = range(int(argv[1]) if len(argv) > 1 else 3)
+    for seed in seeds:
+        if what == "capacity":
+            r = simulate(client, CapacityTable(1000.0), items=30_000, seed=seed)
+            print(
+                f"capacity seed {seed}: {r.wcu_per_s:.0f} WCU/s in {r.seconds:.1f} s, {r.calls} calls, "
+                f"{100 * r.calls_refused / r.calls:.1f}% refused some, "
+                f"{100 * r.throttled_calls / r.calls:.1f}% throttled"
+            )
+        elif what == "chaos":
+            r = simulate(client, FaultMix(), items=5_000, seed=seed)
+            free = simulate(client, FaultMix(0, 0, 0, 0), items=5_000, seed=seed)
+            print(
+                f"chaos seed {seed}: {r.seconds:.2f} s ({5000 / r.seconds:.0f} items/s); no faults {free.seconds:.2f} s"
+            )
+        elif what == "cap":
+            r = simulate(client, FaultMix(0, 0, 0, 0), items=20_000, cap=500.0, seed=seed)
+            print(f"cap 500 seed {seed}: {r.wcu_per_s:.0f} WCU/s in {r.seconds:.1f} s")
+        if len(argv) > 2:
+            step = max(1, len(r.rates) // 60)
+            print(" ".join(f"{t:.1f}:{(v or 0):.0f}" for t, v in r.rates[::step]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
