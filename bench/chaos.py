@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-FAULTS = {
+FAULTS: dict[str, Any] = {
     "unprocessed_share": 0.3,
     "server_error_share": 0.05,
     "throttle_share": 0.05,
@@ -82,7 +82,7 @@ def scan_items(client: Any, table: str) -> dict[str, dict[str, Any]]:
         return {item["pk"]["S"]: item for part in pool.map(segment, range(segments)) for item in part}
 
 
-def verify_items(client: Any, table: str, rows: Sequence[tuple], h: Any, what: str) -> None:
+def verify_items(client: Any, table: str, rows: Sequence[tuple[Any, ...]], h: Any, what: str) -> None:
     found = scan_items(client, table)
     expected = {row[0]: h.wire_item(row) for row in rows}
     missing = expected.keys() - found.keys()

@@ -946,7 +946,7 @@ class Bench:
         if not self.skipped("capacity") and a.capacity_runs > 0:
             self.capacity()
         if not self.skipped("chaos") and a.chaos_runs > 0:
-            import chaos  # bench/chaos.py: the fault mix, three writers side by side
+            import chaos  # type: ignore[import-not-found]  # bench/chaos.py, beside this script
 
             chaos.run(self, sys.modules[__name__])
         ways = self.results["ways"]

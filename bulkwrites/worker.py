@@ -118,7 +118,8 @@ class Worker(RQWorker):
     def check_for_suspension(self, burst: bool) -> None:
         while True:
             try:
-                return super().check_for_suspension(burst)
+                super().check_for_suspension(burst)
+                return
             except REDIS_DOWN as exc:
                 self._lost_redis("suspension check", exc)
                 self._wait_for_redis()

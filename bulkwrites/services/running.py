@@ -9,6 +9,7 @@ nothing is counted twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -301,8 +302,9 @@ class SlicePrefetcher:
                 if job_slice is None:
                     self._ready.put(None)
                     return
+                claimed: Slice = job_slice
                 requests = retry_database(
-                    lambda claimed=job_slice: _pending_requests(self.job, claimed), what="reading a slice"
+                    functools.partial(_pending_requests, self.job, claimed), what="reading a slice"
                 )
                 self._ready.put((job_slice, requests))
         except BaseException as exc:  # noqa: BLE001 - raised in the dispatching thread by next()
@@ -380,7 +382,7 @@ class OutcomeRecorder:
                 if isinstance(entry, _SliceClosing):
                     self._flush(outcomes, stats)
                     outcomes, stats, flushed_at = [], CallStats(), time.monotonic()
-                    retry_database(lambda closing=entry: _close_slice(self.job_id, closing), what="closing a slice")
+                    retry_database(functools.partial(_close_slice, self.job_id, entry), what="closing a slice")
                     continue
                 outcomes.extend(entry[0])
                 stats.add(entry[1])

@@ -30,7 +30,7 @@ from tests.integration.test_failures import new_job, rows_of, table_state
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-CHAOS = {
+CHAOS: dict[str, Any] = {
     "unprocessed_share": 0.3,
     "server_error_share": 0.05,
     "throttle_share": 0.05,
@@ -56,7 +56,7 @@ def services(*args: str) -> None:
 def job_row(job: Job) -> dict[str, Any] | None:
     """The job's status and counts, or None while PostgreSQL does not answer."""
     try:
-        return Job.objects.filter(pk=job.pk).values("status", "succeeded_items", "failed_items").get()
+        return dict(Job.objects.filter(pk=job.pk).values("status", "succeeded_items", "failed_items").get())
     except DATABASE_DOWN:
         connection.close()
         return None
@@ -64,12 +64,12 @@ def job_row(job: Job) -> dict[str, Any] | None:
 
 def succeeded(job: Job) -> int:
     row = job_row(job)
-    return row["succeeded_items"] if row else -1
+    return int(row["succeeded_items"]) if row is not None else -1
 
 
 def finished(job: Job) -> bool:
     row = job_row(job)
-    return bool(row) and row["status"] in JobStatus.finished()
+    return row is not None and row["status"] in JobStatus.finished()
 
 
 def assert_all_written(job: Job, rows: list[tuple[str, int]], scan: Any, table: str) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -57,7 +58,7 @@ class Job:
         self.policy = policy
         set_rate_cap(client, self.scope, cap)
 
-    def take(self, units: float, now: float, ticket: float | None = None) -> ratesim.Any:
+    def take(self, units: float, now: float, ticket: float | None = None) -> Any:
         return self.scripts.take(self.keys, units, ticket, now=now)
 
     def calls(
@@ -70,7 +71,7 @@ class Job:
         span: float = 0.0,
         acquired_at: float | None = None,
         consumed: float | None = None,
-    ) -> ratesim.Any:
+    ) -> Any:
         """``n`` calls of ``units`` each, ``refused`` of each refused, reported at ``now``."""
         share = refused / units
         outcome = Outcomes(
@@ -89,14 +90,15 @@ class Job:
         return self.scripts.report(self.keys, now=now).rate
 
     def control(self) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.control).items()}
+        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.control)  # type: ignore[assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     def delete(self) -> None:
         delete_rate_state(self.client, self.scope)
 
 
 @pytest.fixture
-def make_job(client: redis_lib.Redis) -> Iterator[ratesim.Callable[..., Job]]:
+def make_job(client: redis_lib.Redis) -> Iterator[Callable[..., Job]]:
     made: list[Job] = []
 
     def make(cap: float | None = None, policy: RatePolicy = POLICY) -> Job:
@@ -111,7 +113,7 @@ def make_job(client: redis_lib.Redis) -> Iterator[ratesim.Callable[..., Job]]:
 # --- the bucket -----------------------------------------------------------------------------------
 
 
-def test_a_cap_is_paced_so_that_no_10_second_window_gets_more_than_the_cap(make_job: ratesim.Any) -> None:
+def test_a_cap_is_paced_so_that_no_10_second_window_gets_more_than_the_cap(make_job: Any) -> None:
     job = make_job(cap=100.0)
     grants: list[float] = []
     now, ticket = T0, None
@@ -130,7 +132,7 @@ def test_a_cap_is_paced_so_that_no_10_second_window_gets_more_than_the_cap(make_
     assert len(grants) * 5 >= 0.95 * 100.0 * 40  # and the cap is used
 
 
-def test_tickets_serve_callers_first_come_first_served_and_a_big_one_is_not_starved(make_job: ratesim.Any) -> None:
+def test_tickets_serve_callers_first_come_first_served_and_a_big_one_is_not_starved(make_job: Any) -> None:
     job = make_job(cap=100.0)
     depth = POLICY.paced_cap(100.0) * POLICY.burst_seconds
     first = job.take(depth, T0)
@@ -145,14 +147,14 @@ def test_tickets_serve_callers_first_come_first_served_and_a_big_one_is_not_star
     assert job.take(1, later, small.ticket).status == WAIT  # the big one left the bucket in debt
 
 
-def test_an_unlimited_job_is_told_so(make_job: ratesim.Any) -> None:
+def test_an_unlimited_job_is_told_so(make_job: Any) -> None:
     assert make_job().take(25, T0).status == UNLIMITED
 
 
 # --- evidence, rounds and cuts ------------------------------------------------------------------------
 
 
-def test_one_unlucky_call_in_a_round_is_not_a_cut(make_job: ratesim.Any) -> None:
+def test_one_unlucky_call_in_a_round_is_not_a_cut(make_job: Any) -> None:
     job = make_job(cap=1000.0)
     job.calls(T0, n=7, refused=0, span=0.0)
     limits = job.calls(T0 + 0.3, n=1, refused=1)  # 1 of 25 in one call of eight
@@ -160,7 +162,7 @@ def test_one_unlucky_call_in_a_round_is_not_a_cut(make_job: ratesim.Any) -> None
     assert limits.rate == pytest.approx(POLICY.paced_cap(1000.0))
 
 
-def test_refusals_are_weighed_by_their_share(make_job: ratesim.Any) -> None:
+def test_refusals_are_weighed_by_their_share(make_job: Any) -> None:
     light, heavy = make_job(cap=1000.0), make_job(cap=1000.0)
     for job, refused in ((light, 2), (heavy, 20)):
         job.calls(T0, n=1, span=0.0)  # the round starts
@@ -174,7 +176,7 @@ def test_refusals_are_weighed_by_their_share(make_job: ratesim.Any) -> None:
     assert heavy.rate(T0 + 0.3) == pytest.approx(current / 2, rel=1e-6)
 
 
-def test_a_round_decides_once_and_calls_admitted_before_a_cut_do_not_count(make_job: ratesim.Any) -> None:
+def test_a_round_decides_once_and_calls_admitted_before_a_cut_do_not_count(make_job: Any) -> None:
     job = make_job(cap=1000.0)
     job.calls(T0, n=1)
     assert job.calls(T0 + 0.3, n=10, refused=25).event == "cut"
@@ -187,7 +189,7 @@ def test_a_round_decides_once_and_calls_admitted_before_a_cut_do_not_count(make_
     assert job.rate(T0 + 0.7) < 1.1 * after_cut  # only the probe moved it, a little
 
 
-def test_a_cut_never_goes_below_the_floor_of_what_the_table_delivered(make_job: ratesim.Any) -> None:
+def test_a_cut_never_goes_below_the_floor_of_what_the_table_delivered(make_job: Any) -> None:
     job = make_job(cap=5000.0)
     for second in range(13):  # 3,000 WCU/s delivered for 13 s without refusals
         job.calls(T0 + second, n=120, consumed=3000, span=1.0 if second == 0 else 0.0)
@@ -198,7 +200,7 @@ def test_a_cut_never_goes_below_the_floor_of_what_the_table_delivered(make_job: 
     assert "floor" in explain(job.control(), cap=5000.0, allowed=limits.rate, policy=POLICY)
 
 
-def test_the_probe_climbs_back_to_the_last_good_rate_then_above_it(make_job: ratesim.Any) -> None:
+def test_the_probe_climbs_back_to_the_last_good_rate_then_above_it(make_job: Any) -> None:
     job = make_job()
     job.calls(T0, n=1, span=0.3)
     limits = job.calls(T0 + 0.3, n=40, refused=5)  # unlimited until now; 20 % refused
@@ -215,7 +217,7 @@ def test_the_probe_climbs_back_to_the_last_good_rate_then_above_it(make_job: rat
         assert job.rate(T0 + 0.3 + k + d) <= w_max * (1 + POLICY.probe_linear * d) * (1 + 1e-9)
 
 
-def test_an_uncapped_job_starts_from_what_it_sent_over_a_round_with_an_empty_bucket(make_job: ratesim.Any) -> None:
+def test_an_uncapped_job_starts_from_what_it_sent_over_a_round_with_an_empty_bucket(make_job: Any) -> None:
     job = make_job()
     # Before: the first throttle took its base from the consumption seen so far (~0 this early),
     # fell back to 25 WCU/s and crawled. Now: the rate sent over a whole round.
@@ -231,7 +233,7 @@ def test_an_uncapped_job_starts_from_what_it_sent_over_a_round_with_an_empty_buc
 
 
 def test_faults_that_answer_a_cut_the_same_way_become_background_and_the_cut_is_undone(
-    make_job: ratesim.Any,
+    make_job: Any,
 ) -> None:
     job = make_job()
     # Unlimited for a second: 3,000 units/s sent, 8 of every 25 refused (a third, at random).
@@ -252,7 +254,7 @@ def test_faults_that_answer_a_cut_the_same_way_become_background_and_the_cut_is_
     assert "whatever the rate" in reason
 
 
-def test_a_capacity_limit_is_not_mistaken_for_background(make_job: ratesim.Any) -> None:
+def test_a_capacity_limit_is_not_mistaken_for_background(make_job: Any) -> None:
     job = make_job()
     # Unlimited for a second: 2,000 units/s sent, the table took half.
     assert job.calls(T0, n=80, refused=12.5, span=1.0).event == "cut"
@@ -262,7 +264,7 @@ def test_a_capacity_limit_is_not_mistaken_for_background(make_job: ratesim.Any) 
     assert job.rate(T0) == pytest.approx(2000 * 0.5, rel=1e-6)  # halved (x0.5 x 0.95 would be deeper)
 
 
-def test_a_small_refused_share_is_never_taken_for_background(make_job: ratesim.Any) -> None:
+def test_a_small_refused_share_is_never_taken_for_background(make_job: Any) -> None:
     job = make_job()
     # 10 % refused, and still 10 % after the cut: it could be a burst running out mid-round.
     assert job.calls(T0, n=120, refused=2.5, span=1.0).event == "cut"
@@ -270,7 +272,7 @@ def test_a_small_refused_share_is_never_taken_for_background(make_job: ratesim.A
     assert float(job.control().get("bg", 0)) == 0
 
 
-def test_an_uncapped_job_without_cuts_goes_back_to_unlimited(make_job: ratesim.Any) -> None:
+def test_an_uncapped_job_without_cuts_goes_back_to_unlimited(make_job: Any) -> None:
     job = make_job()
     job.calls(T0, n=1, span=0.3)
     assert job.calls(T0 + 0.3, n=40, refused=10).event == "cut"

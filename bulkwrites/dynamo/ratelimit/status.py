@@ -53,7 +53,7 @@ def explain(control: Mapping[str, str], *, cap: float | None, allowed: float | N
         return head
     parts = [f"allowed {_n(allowed)} WCU/s"]
     at_cap = cap is not None and allowed >= policy.paced_cap(cap) - 1e-9
-    if at_cap:
+    if cap is not None and at_cap:
         parts[0] += (
             f": the cap of {_n(cap)} WCU/s, paced at {_n(policy.paced_cap(cap))} so that no "
             f"{policy.cap_window:.0f} s window gets more"
