@@ -43,11 +43,15 @@ PROGRESS_BAR = (
 # The job page's buttons: operator transitions of Job (models.JOB_TRANSITIONS), each with the
 # permission it needs, its label and what the operator is told once it is done.
 JOB_ACTIONS: dict[str, tuple[str, str, str]] = {
-    "start": ("bulkwrites.run_job", "Start", "Job {id} queued."),
-    "resume": ("bulkwrites.run_job", "Resume", "Job {id} resumed."),
-    "retry_failed": ("bulkwrites.run_job", "Retry failed items", "Failed items of job {id} queued again."),
-    "pause": ("bulkwrites.cancel_job", "Pause", "Job {id} paused."),
-    "cancel": ("bulkwrites.cancel_job", "Cancel", "Job {id} cancelled."),
+    "start": (control.ACTION_PERMISSIONS["start"], "Start", "Job {id} queued."),
+    "resume": (control.ACTION_PERMISSIONS["resume"], "Resume", "Job {id} resumed."),
+    "retry_failed": (
+        control.ACTION_PERMISSIONS["retry_failed"],
+        "Retry failed items",
+        "Failed items of job {id} queued again.",
+    ),
+    "pause": (control.ACTION_PERMISSIONS["pause"], "Pause", "Job {id} paused."),
+    "cancel": (control.ACTION_PERMISSIONS["cancel"], "Cancel", "Job {id} cancelled."),
 }
 
 
@@ -453,3 +457,7 @@ def _may_use_sql(request: HttpRequest) -> bool:
 class TableSettingAdmin(admin.ModelAdmin[TableSetting]):
     list_display = ("table_name", "rate_limit_wcu")
     search_fields = ("table_name",)
+
+
+# API tokens have their own module; importing it registers their admin with this one.
+from bulkwrites import admin_tokens  # noqa: E402, F401

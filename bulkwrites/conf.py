@@ -30,6 +30,22 @@ class AppSettings:
     """How often every worker runs the sweeper (also while idle)."""
     staging_processes: int
     """Processes converting rows while a job is staged (0: in the staging process)."""
+    api_source_dirs: tuple[str, ...] = ()
+    """Directories the API may create jobs from (server-side paths); empty: none."""
+    notify_creator: bool = True
+    """Email a job's creator when the job ends or fails."""
+    notify_emails: tuple[str, ...] = ()
+    """Addresses that hear of every job that ends or fails."""
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    """Only these webhook hosts when set (``.example.com``: any subdomain)."""
+    webhook_allow_private: bool = False
+    """Let webhooks reach private, loopback and link-local addresses."""
+    webhook_timeout_seconds: float = 5.0
+    webhook_attempts: int = 4
+    webhook_secret: str = ""
+    """Signs each webhook body (HMAC-SHA256) when set."""
+    base_url: str = ""
+    """The admin's address as users reach it, for links in notifications."""
 
 
 def app_settings() -> AppSettings:
@@ -42,4 +58,13 @@ def app_settings() -> AppSettings:
         stall_seconds=int(values["STALL_SECONDS"]),
         sweep_seconds=int(values["SWEEP_SECONDS"]),
         staging_processes=int(values["STAGING_PROCESSES"]),
+        api_source_dirs=tuple(values["API_SOURCE_DIRS"]),
+        notify_creator=bool(values["NOTIFY_CREATOR"]),
+        notify_emails=tuple(values["NOTIFY_EMAILS"]),
+        webhook_allowed_hosts=tuple(h.lower() for h in values["WEBHOOK_ALLOWED_HOSTS"]),
+        webhook_allow_private=bool(values["WEBHOOK_ALLOW_PRIVATE"]),
+        webhook_timeout_seconds=float(values["WEBHOOK_TIMEOUT_SECONDS"]),
+        webhook_attempts=max(1, int(values["WEBHOOK_ATTEMPTS"])),
+        webhook_secret=str(values["WEBHOOK_SECRET"]),
+        base_url=str(values["BASE_URL"]),
     )

@@ -36,11 +36,14 @@ class JobSettingsForm(forms.ModelForm[Job]):
 
     class Meta:
         model = Job
-        fields = ["rate_limit_wcu", "duplicate_policy", "concurrency", "workers", "max_attempts", "batch_size"]
+        fields = [
+            "rate_limit_wcu", "duplicate_policy", "concurrency", "workers", "max_attempts", "batch_size", "webhook_url",
+        ]  # fmt: skip
         formfield_callback = _setting_field
         help_texts = {
             "rate_limit_wcu": "write capacity units per second for the whole job "
             "(empty: the table's default, or no cap)",
+            "webhook_url": "optional: POSTed a JSON summary when the job ends or fails (public http(s) hosts only)",
         }
 
     def job_settings(self) -> dict[str, Any]:

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
 from django.db import OperationalError, connection, models, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
@@ -250,6 +251,13 @@ class Job(models.Model):
 
     queue = models.CharField(max_length=100, blank=True, help_text="the RQ queue its workers serve")
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    webhook_url = models.URLField(
+        "webhook URL",
+        max_length=2000,
+        blank=True,
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text="POSTed a JSON summary when the job ends or fails (http or https; see README)",
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -263,6 +271,7 @@ class Job(models.Model):
         "workers",
         "slice_size",
         "duplicate_policy",
+        "webhook_url",
     )
 
     class Meta:
@@ -324,6 +333,11 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in JobStatus.finished()
+
+    @property
+    def webhook_host(self) -> str | None:
+        """The webhook's host, to show: the whole URL may carry a secret in its path."""
+        return urlsplit(self.webhook_url).hostname if self.webhook_url else None
 
     # --- the lifecycle: every status change goes through JOB_TRANSITIONS ----------------
 
@@ -782,3 +796,46 @@ class SqlSource(models.Model):
     @property
     def column_list(self) -> list[str]:
         return [c.strip() for c in self.columns.split(",") if c.strip()]
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def usable(self) -> ApiTokenQuerySet:
+        """Not revoked and not expired (the user's own state is checked where it is used)."""
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+
+class ApiToken(models.Model):
+    """A user's token for the JSON API and the metrics endpoint; it acts with the user's permissions.
+
+    Only the SHA-256 of the token is stored: the token itself is shown once, when it is made
+    (``bulkwrites.services.tokens``). ``prefix`` is its first, public part, to tell tokens apart
+    in lists and logs and to revoke one.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100, blank=True, help_text="what it is for (a script, a scraper...)")
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the token")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="empty: never")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+        permissions = [("view_metrics", "Can read the Prometheus metrics")]
+
+    def __str__(self) -> str:
+        return f"token {self.prefix} of {self.user}"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

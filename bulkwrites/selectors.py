@@ -184,3 +184,27 @@ def source_catalog(connection: str = "", table: str = "") -> SourceCatalog:
     except (JobError, postgres.QueryError):
         return SourceCatalog(names, connection)
     return SourceCatalog(names, connection, tables, columns)
+
+
+def job_totals() -> list[dict[str, Any]]:
+    """The ledger's counters summed per (status, table): one aggregate over Job rows, never over items.
+
+    What the Prometheus endpoint serves; cheap at any number of items, so every scrape asks
+    PostgreSQL afresh and web processes keep no counters of their own.
+    """
+    rows = (
+        Job.objects.order_by()
+        .values("status", "table_name")
+        .annotate(
+            jobs=Count("id"),
+            total=Sum("total_items"),
+            succeeded=Sum("succeeded_items"),
+            failed=Sum("failed_items"),
+            skipped=Sum("skipped_items"),
+            calls=Sum("calls"),
+            throttled_calls=Sum("throttled_calls"),
+            unprocessed=Sum("unprocessed_returned"),
+            consumed_wcu=Sum("consumed_wcu"),
+        )
+    )
+    return [dict(row) for row in rows]

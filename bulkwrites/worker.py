@@ -28,6 +28,7 @@ from rq import worker_registration
 
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import MAX_DELAY, REDIS_DOWN
+from bulkwrites.services.schema import SchemaError, check_schema
 from bulkwrites.services.work import recover_stalled_jobs
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,12 @@ class Worker(RQWorker):
         from project.security import require_secret_key
 
         require_secret_key("worker")  # also when started by `rq worker -w bulkwrites.worker.Worker`
+        try:
+            check_schema()  # one line naming the fix, not "column does not exist" on the first job
+        except SchemaError as exc:
+            raise SystemExit(f"bulkwrites worker: {exc}") from None
+        finally:
+            connections.close_all()
         kwargs.setdefault("maintenance_interval", app_settings().sweep_seconds)
         super().__init__(*args, **kwargs)
         self._redis_lost = False

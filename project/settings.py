@@ -26,6 +26,11 @@ def env_bool(name: str, default: bool) -> bool:
     return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_list(name: str) -> list[str]:
+    """A comma-separated variable as a list (empty entries dropped)."""
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
 # Off unless asked for: `make run` and the dev tooling set DJANGO_DEBUG=1.
 DEBUG = env_bool("DJANGO_DEBUG", False)
 # Never a public constant. Without DJANGO_SECRET_KEY the process gets a random key of its own:
@@ -61,6 +66,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_rq",
     "import_export",
+    # Only for the API docs page's own Swagger UI files (served from here, never a CDN).
+    "ninja",
     "bulkwrites",
     "demo",
 ]
@@ -176,7 +183,50 @@ BULKWRITES = {
     "MAX_ROW_BYTES": env_int("BULKWRITES_MAX_ROW_BYTES"),
     "MAX_ROW_CELLS": env_int("BULKWRITES_MAX_ROW_CELLS"),
     "MAX_XLSX_PART_BYTES": env_int("BULKWRITES_MAX_XLSX_PART_BYTES"),
+    # --- automation (README: "Automation: CLI, API, metrics, notifications") ---------------
+    # Directories the API may create jobs from (server-side paths); empty: none. Paths are
+    # resolved (symlinks followed) before the check, so a link cannot lead out of them.
+    "API_SOURCE_DIRS": _env_list("BULKWRITES_API_SOURCE_DIRS"),
+    # Who hears when a job ends or fails: its creator (if the user has an email address) and
+    # these addresses.
+    "NOTIFY_CREATOR": env_bool("BULKWRITES_NOTIFY_CREATOR", True),
+    "NOTIFY_EMAILS": _env_list("BULKWRITES_NOTIFY_EMAILS"),
+    # Webhooks: only these hosts when set (exact names, or ".example.com" for its subdomains);
+    # private, loopback and link-local addresses are refused unless allowed here.
+    "WEBHOOK_ALLOWED_HOSTS": _env_list("BULKWRITES_WEBHOOK_ALLOWED_HOSTS"),
+    "WEBHOOK_ALLOW_PRIVATE": env_bool("BULKWRITES_WEBHOOK_ALLOW_PRIVATE", False),
+    "WEBHOOK_TIMEOUT_SECONDS": float(os.environ.get("BULKWRITES_WEBHOOK_TIMEOUT_SECONDS", 5)),
+    "WEBHOOK_ATTEMPTS": int(os.environ.get("BULKWRITES_WEBHOOK_ATTEMPTS", 4)),
+    # When set, each webhook carries X-Bulkwrites-Signature: sha256=HMAC(secret, body).
+    "WEBHOOK_SECRET": os.environ.get("BULKWRITES_WEBHOOK_SECRET", ""),
+    # The admin's address as users reach it (https://bulkwrites.example.com), for links in
+    # notifications; empty: no link.
+    "BASE_URL": os.environ.get("BULKWRITES_BASE_URL", "").rstrip("/"),
 }
+
+# Notifications go out through Django's mailers (MAILERS, new in Django 6.1; the EMAIL_* settings
+# are deprecated). Without a configured SMTP server the development default prints mails to
+# the worker's log.
+_MAIL_BACKEND = os.environ.get(
+    "DJANGO_EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend",
+)
+MAILERS = {
+    "default": {
+        "BACKEND": _MAIL_BACKEND,
+        "OPTIONS": {
+            "host": os.environ.get("DJANGO_EMAIL_HOST", "localhost"),
+            "port": int(os.environ.get("DJANGO_EMAIL_PORT", 25)),
+            "username": os.environ.get("DJANGO_EMAIL_HOST_USER", ""),
+            "password": os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", ""),
+            "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", False),
+            "timeout": 10,
+        }
+        if _MAIL_BACKEND.endswith("smtp.EmailBackend")
+        else {},
+    }
+}
+DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "bulkwrites@localhost")
 
 LOGGING = {
     "version": 1,

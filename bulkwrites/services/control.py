@@ -14,8 +14,8 @@ from django.db import transaction
 
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY
-from bulkwrites.models import JOB_TRANSITIONS, Item, Job, Slice
-from bulkwrites.services import dispatch
+from bulkwrites.models import JOB_TRANSITIONS, Item, Job, JobStatus, Slice
+from bulkwrites.services import dispatch, notify
 from bulkwrites.services.create import checked_settings
 from bulkwrites.services.errors import JobError
 
@@ -44,8 +44,11 @@ def job_resume(*, job: Job) -> None:
 
 def job_cancel(*, job: Job) -> None:
     """Stop for good: unsent items stay pending; a running writer stops within a call."""
+    was_draft = Job.objects.status_of(job.pk) == JobStatus.DRAFT
     if not job.cancel():
         raise JobError(_refused(job, "it cannot be cancelled"))
+    if not was_draft:  # a discarded preview is no news to anyone
+        notify.job_ended(job)
 
 
 def job_retry_failed(*, job: Job) -> int:
@@ -83,6 +86,17 @@ ACTIONS: dict[str, Callable[..., Any]] = {
     "resume": job_resume,
     "retry_failed": job_retry_failed,
     "cancel": job_cancel,
+}
+
+
+# The permission each operator action needs: the admin's buttons, the CLI's audit and the API check these.
+ACTION_PERMISSIONS: dict[str, str] = {
+    "start": "bulkwrites.run_job",
+    "resume": "bulkwrites.run_job",
+    "retry_failed": "bulkwrites.run_job",
+    "rate": "bulkwrites.run_job",
+    "pause": "bulkwrites.cancel_job",
+    "cancel": "bulkwrites.cancel_job",
 }
 
 

@@ -21,7 +21,7 @@ from bulkwrites.conf import app_settings
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo.items import KeySchema, parse_header
 from bulkwrites.models import Job, Operation, SourceKind, TableSetting
-from bulkwrites.services import sql, staging
+from bulkwrites.services import notify, sql, staging
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.source_rows import file_limits, job_source_rows
 from bulkwrites.services.tables import key_schema_for_job
@@ -50,6 +50,8 @@ def new_job_fields(
 ) -> dict[str, Any]:
     """What every new job records whatever its source: target, key, who, and checked settings."""
     given = {name: value for name, value in job_settings.items() if value is not None}
+    if given.get("webhook_url"):
+        notify.check_webhook_url(given["webhook_url"])  # again before each send: DNS answers change
     return {
         "table_name": table_name,
         "region": dynamo_client.region(),

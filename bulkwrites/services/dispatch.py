@@ -31,6 +31,21 @@ def enqueue_run(job_id: int, *, copies: int = 1) -> None:
         )
 
 
+def enqueue_notification(job_id: int) -> None:
+    """Ask a worker to send a finished job's mail and webhook (after the transaction commits).
+
+    Its own RQ job, so a slow mail server or webhook receiver never holds up a writer.
+    """
+    django_rq.get_queue(current_queue()).enqueue(
+        "bulkwrites.tasks.notify_job_ended",
+        job_id,
+        job_timeout=600,
+        result_ttl=7 * 24 * 3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"bulkwrites job {job_id}: notifications",
+    )
+
+
 def redis_connection() -> Any:
     """The Redis of the job queue; also where the shared write-capacity budgets live."""
     return django_rq.get_connection(current_queue())

@@ -34,7 +34,7 @@ from bulkwrites.dynamo.errors import ErrorInfo
 from bulkwrites.dynamo.items import Item as DynamoItem
 from bulkwrites.dynamo.writer import BatchResult, BatchWriter, CallStats, Outcome, WriteRequest, WriterPolicy
 from bulkwrites.models import Item, Job, JobStatus, Operation, Slice, SliceRun
-from bulkwrites.services import dispatch
+from bulkwrites.services import dispatch, notify
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +236,7 @@ def _run_slices(
         fatal = result.fatal
         if retry_database(lambda: job.fail(fatal.code, fatal.message), what="failing the job"):
             logger.warning("job %s failed: %s: %s", job.pk, fatal.code, fatal.message)
+            notify.job_ended(job)
     elif result.stopped or control.should_stop():
         report.stopped_by = control.stop_reason or "stopped"
     elif not drained:
@@ -449,5 +450,6 @@ def finish_if_done(job: Job) -> bool:
         return False
     if job.finish():
         logger.info("job %s finished: %s", job.pk, job.status)
+        notify.job_ended(job)
         return True
     return False

@@ -16,7 +16,7 @@ from django.utils import timezone
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import retry_redis
 from bulkwrites.models import Job, JobStatus, Slice
-from bulkwrites.services import dispatch, running, staging
+from bulkwrites.services import dispatch, notify, running, staging
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.source_rows import job_source_rows
 from bulkwrites.sources import formats
@@ -58,7 +58,8 @@ def job_stage(job: Job) -> bool:
             with job_source_rows(job) as (rows, dynamodb_json):
                 staging.stage_job(job, rows, dynamodb_json=dynamodb_json)
         except (formats.SourceError, JobError) as exc:
-            job.fail(CODE_SOURCE_UNREADABLE, str(exc))
+            if job.fail(CODE_SOURCE_UNREADABLE, str(exc)):
+                notify.job_ended(job)  # enqueued once this transaction commits
             return False
     return True
 

@@ -1,24 +1,32 @@
-"""The operator CLI: ``python manage.py bulkwrite load|copy|status|export|wait|recover|demo``.
+"""The operator CLI: ``python manage.py bulkwrite load|copy|status|export|wait|recover|demo``,
+the job page's controls (``cancel|pause|resume|retry-failed|rate``) and API tokens (``token``).
 
 Each subcommand parses its options and calls a service; what a job is and how it runs is
-decided there, exactly as for the admin.
+decided there, exactly as for the admin. Control actions are recorded in Django's admin log,
+like the admin's buttons, under ``--as USER`` or the OS user (see ``services.audit.cli_user``).
 
-Exit codes: 0 every item succeeded (or a dry run found no invalid row), 3 some items failed
-(or a dry run found invalid rows), 1 the job could not run (the message says why).
+Exit codes: 0 every item succeeded (or a dry run found no invalid row, or a control action was
+done), 3 some items failed (or a dry run found invalid rows), 1 the job could not run or the
+action was refused (the message says why).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
-from bulkwrites.models import DEFAULT_CONCURRENCY, DuplicatePolicy, Job, JobStatus, Operation
+from bulkwrites import selectors
+from bulkwrites.management.progress import ProgressBar
+from bulkwrites.models import DEFAULT_CONCURRENCY, ApiToken, DuplicatePolicy, Job, JobStatus, Operation
 from bulkwrites.resources import FORMATS_BY_NAME, export_items
-from bulkwrites.services import control, create, dispatch, sql, work
+from bulkwrites.services import audit, control, create, dispatch, notify, schema, sql, tokens, work
 from bulkwrites.services.demo import demo_setup
 from bulkwrites.services.errors import JobError
 from bulkwrites.sources import formats
@@ -27,8 +35,27 @@ EXIT_OK, EXIT_FAILED_ITEMS, EXIT_JOB_FAILED = 0, 3, 1
 NO_WORKER_GRACE_SECONDS = 5.0
 
 
+# The control subcommands: (transition, what is said once it is done).
+CONTROL_COMMANDS: dict[str, tuple[str, str]] = {
+    "cancel": ("cancel", "cancelled"),
+    "pause": ("pause", "paused"),
+    "resume": ("resume", "resumed"),
+    "retry-failed": ("retry_failed", "failed items queued again"),
+}
+
+
 def outcome_line(job: Job) -> str:
-    return f"job {job.pk}: {job.status}, {job.succeeded_items} succeeded, {job.failed_items} failed"
+    return notify.outcome_line(job)
+
+
+def rate_value(text: str) -> float | None:
+    """``rate JOB WCU``: a number of WCU/s; ``0`` or ``none`` removes the cap."""
+    if text.strip().lower() in {"none", "0", "0.0", "off"}:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of WCU/s (0 or 'none' removes the cap)") from None
 
 
 def exit_code(job: Job) -> int:
@@ -44,8 +71,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", required=True)
+        actor = CommandParser(add_help=False)
+        actor.add_argument(
+            "--as", dest="as_user", metavar="USER", help="the Django user the admin log records (default: the OS user)"
+        )
 
-        load = sub.add_parser("load", help="create a job from a file (and wait for it with --wait)")
+        load = sub.add_parser("load", help="create a job from a file (and wait for it with --wait)", parents=[actor])
         load.add_argument("file")
         load.add_argument("--table", required=True)
         load.add_argument("--format", choices=sorted(formats.FORMATS), dest="source_format")
@@ -54,10 +85,14 @@ class Command(BaseCommand):
         load.add_argument("--concurrency", type=int, help=f"calls in flight per worker (default {DEFAULT_CONCURRENCY})")
         load.add_argument("--workers", type=int, help="workers on the job at once (default 1)")
         load.add_argument("--max-attempts", type=int)
+        load.add_argument(
+            "--rate", type=float, help="rate cap in WCU/s for the whole job (default: the table's, or none)"
+        )
+        load.add_argument("--webhook", help="URL POSTed a JSON summary when the job ends or fails")
         load.add_argument("--wait", action="store_true", help="wait for the job and print its outcome")
         load.add_argument("--dry-run", action="store_true", help="validate only: no job, nothing written")
 
-        copy = sub.add_parser("copy", help="create a job from a PostgreSQL query or table")
+        copy = sub.add_parser("copy", help="create a job from a PostgreSQL query or table", parents=[actor])
         copy.add_argument("--database", required=True, help="a connection name (alias) or a postgres:// URL")
         what = copy.add_mutually_exclusive_group(required=True)
         what.add_argument("--query", help="a single read-only SELECT")
@@ -66,8 +101,12 @@ class Command(BaseCommand):
         copy.add_argument("--table", required=True, help="the DynamoDB table")
         copy.add_argument("--operation", choices=Operation.values, default=Operation.PUT)
         copy.add_argument("--duplicates", choices=DuplicatePolicy.values, default=DuplicatePolicy.LAST)
-        copy.add_argument("--concurrency", type=int)
+        copy.add_argument("--concurrency", type=int, help=f"calls in flight per worker (default {DEFAULT_CONCURRENCY})")
         copy.add_argument("--workers", type=int)
+        copy.add_argument(
+            "--rate", type=float, help="rate cap in WCU/s for the whole job (default: the table's, or none)"
+        )
+        copy.add_argument("--webhook", help="URL POSTed a JSON summary when the job ends or fails")
         copy.add_argument("--wait", action="store_true")
 
         status = sub.add_parser("status", help="print a job's status and counts")
@@ -86,8 +125,33 @@ class Command(BaseCommand):
 
         sub.add_parser("demo", help="create the admin user, a demo table and a demo file (make run)")
 
+        for name, (transition, _) in CONTROL_COMMANDS.items():
+            command = sub.add_parser(
+                name, help=f"the job page's {transition.replace('_', ' ')} button", parents=[actor]
+            )
+            command.add_argument("job", type=int)
+        rate = sub.add_parser("rate", help="set a job's rate cap in WCU/s (0 or 'none' removes it)", parents=[actor])
+        rate.add_argument("job", type=int)
+        rate.add_argument("wcu", type=rate_value, metavar="WCU")
+
+        token = sub.add_parser("token", help="API tokens: create, revoke, list")
+        token_sub = token.add_subparsers(dest="what", required=True)
+        token_create = token_sub.add_parser("create", help="make a token for USER; it is printed once")
+        token_create.add_argument("user")
+        token_create.add_argument("--expires", type=int, metavar="DAYS", help="days until it expires (default: never)")
+        token_create.add_argument("--name", default="", help="what it is for")
+        token_revoke = token_sub.add_parser("revoke", help="revoke the token with this prefix")
+        token_revoke.add_argument("prefix")
+        token_list = token_sub.add_parser("list", help="tokens (prefix, user, state); never their secrets")
+        token_list.add_argument("user", nargs="?")
+
     def handle(self, *args: Any, **options: Any) -> None:
-        handler = getattr(self, f"handle_{options['subcommand']}")
+        try:
+            schema.check_schema()
+        except schema.SchemaError as exc:
+            raise CommandError(str(exc)) from None
+        subcommand = options["subcommand"]
+        handler = self.handle_control if subcommand in CONTROL_COMMANDS else getattr(self, f"handle_{subcommand}")
         code = handler(**options)
         if code:
             sys.exit(code)
@@ -105,7 +169,10 @@ class Command(BaseCommand):
             "concurrency": options["concurrency"],
             "workers": options["workers"],
             "max_attempts": options["max_attempts"],
+            "rate_limit_wcu": options["rate"],
+            "webhook_url": options["webhook"],
         }
+        user, person = self._actor(options)
         try:
             with path.open("rb") as upload:
                 job = create.job_create_from_file(
@@ -114,18 +181,20 @@ class Command(BaseCommand):
                     table_name=table,
                     operation=options["operation"],
                     source_format=options["source_format"],
+                    created_by=user if person else None,
                     **job_settings,
                 )
         except JobError as exc:
             raise CommandError(str(exc)) from None
-        return self._start(job, wait=wait)
+        return self._start(job, wait=wait, user=user)
 
-    def _start(self, job: Job, *, wait: bool) -> int:
+    def _start(self, job: Job, *, wait: bool, user: Any) -> int:
         """Queue the job, print its id at once, and follow it with --wait."""
         try:
             control.job_start(job=job)
         except JobError as exc:
             raise CommandError(str(exc)) from None
+        self._record(job, user, f"start (status now {job.status})")
         self.stdout.write(f"job {job.pk}")
         self.stdout.flush()
         return self._wait(job.pk) if wait else EXIT_OK
@@ -156,7 +225,10 @@ class Command(BaseCommand):
             "duplicate_policy": options["duplicates"],
             "concurrency": options["concurrency"],
             "workers": options["workers"],
+            "rate_limit_wcu": options["rate"],
+            "webhook_url": options["webhook"],
         }
+        user, person = self._actor(options)
         try:
             if options["query"]:
                 spec = sql.SqlSpec.for_query(database, options["query"])
@@ -166,7 +238,7 @@ class Command(BaseCommand):
             if database in sql.connection_names():
                 job = create.job_create_from_sql(
                     spec=spec, table_name=table, source_name="command line", operation=options["operation"],
-                    **job_settings,
+                    created_by=user if person else None, **job_settings,
                 )  # fmt: skip
             else:
                 dsn = sql.resolve_dsn(database, allow_url=True)
@@ -175,7 +247,7 @@ class Command(BaseCommand):
                 )
         except JobError as exc:
             raise CommandError(str(exc)) from None
-        return self._start(job, wait=wait)
+        return self._start(job, wait=wait, user=user)
 
     # --- wait / status ------------------------------------------------------------------
 
@@ -187,7 +259,7 @@ class Command(BaseCommand):
         no_worker_since: float | None = None
         while True:
             job = Job.objects.get(pk=job_id)
-            progress.show(job)
+            progress.show(job, average_rate=selectors.recent_rate(job, now=timezone.now()))
             if job.is_finished or job.status == JobStatus.PAUSED:
                 break
             if dispatch.live_worker_count() == 0:
@@ -250,27 +322,87 @@ class Command(BaseCommand):
             self.stdout.write(line)
         return EXIT_OK
 
+    # --- the job page's controls ------------------------------------------------------------
 
-class ProgressBar:
-    """A one-line progress bar on a terminal; silent when output is not a terminal."""
+    def handle_control(self, *, subcommand: str, job: int, **options: Any) -> int:
+        """cancel, pause, resume, retry-failed: the admin's use-cases, refused (exit 1) with the reason."""
+        transition, done = CONTROL_COMMANDS[subcommand]
+        found = self._job(job)
+        user, _ = self._actor(options)
+        try:
+            result = control.ACTIONS[transition](job=found)
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
+        found.refresh_from_db()
+        self._record(found, user, f"{transition.replace('_', ' ')} (status now {found.status})")
+        if transition == "retry_failed":
+            done = f"{result} failed item(s) queued again"
+        self.stdout.write(f"job {found.pk}: {done} (status now {found.status})")
+        return EXIT_OK
 
-    def __init__(self, stream: Any, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self.enabled = bool(getattr(stream, "isatty", lambda: False)())
-        self.drawn = False
+    def handle_rate(self, *, job: int, wcu: float | None, **options: Any) -> int:
+        found = self._job(job)
+        user, _ = self._actor(options)
+        if found.is_finished:
+            raise CommandError(f"Job {found.pk} is {found.status}; the rate cap of a finished job cannot change.")
+        try:
+            control.job_set_rate(job=found, wcu_per_second=wcu)
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
+        message = f"rate cap set to {wcu:g} WCU/s" if wcu else "rate cap removed"
+        self._record(found, user, message)
+        self.stdout.write(f"job {found.pk}: {message}")
+        return EXIT_OK
 
-    def show(self, job: Job) -> None:
-        if not self.enabled:
-            return
-        filled = int(self.width * job.progress_percent / 100)
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {job.progress_percent:5.1f}% {job.done_items}/{job.total_items} {job.status:<12}")
-        self.stream.flush()
-        self.drawn = True
+    def _job(self, job_id: int) -> Job:
+        found = Job.objects.filter(pk=job_id).first()
+        if found is None:
+            raise CommandError(f"no job {job_id}")
+        return found
 
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
+    def _actor(self, options: dict[str, Any]) -> tuple[Any, bool]:
+        try:
+            return audit.cli_user(options.get("as_user"))
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _record(self, job: Job, user: Any, message: str) -> None:
+        audit.record_job_change(
+            job=job, user_id=user.pk, message=f"{message} from the command line (OS user {audit.os_user()})"
+        )
+
+    # --- API tokens -----------------------------------------------------------------------
+
+    def handle_token(self, *, what: str, **options: Any) -> int:
+        if what == "create":
+            user = get_user_model().objects.filter(username=options["user"]).first()
+            if user is None:
+                raise CommandError(f"no user {options['user']!r}")
+            if not (user.is_active and user.is_staff):
+                raise CommandError(f"{user.username} is not an active staff user; the API would refuse the token")
+            try:
+                made = tokens.token_create(user=user, name=options["name"], expires_in_days=options["expires"])
+            except tokens.TokenError as exc:
+                raise CommandError(str(exc)) from None
+            expires = made.token.expires_at.date().isoformat() if made.token.expires_at else "never"
+            self.stderr.write(
+                f"token {made.token.prefix} for {user.username} (expires: {expires}); "
+                "it is shown only now: store it in your secret store"
+            )
+            self.stdout.write(made.secret)
+            return EXIT_OK
+        if what == "revoke":
+            try:
+                revoked = tokens.token_revoke(prefix=options["prefix"])
+            except tokens.TokenError as exc:
+                raise CommandError(str(exc)) from None
+            self.stdout.write(f"token {revoked.prefix} of {revoked.user} revoked")
+            return EXIT_OK
+        listed = ApiToken.objects.select_related("user").order_by("-created_at")
+        if options["user"]:
+            listed = listed.filter(user__username=options["user"])
+        for token in listed:
+            state = "revoked" if token.is_revoked else "expired" if token.is_expired else "active"
+            used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never used"
+            self.stdout.write(f"{token.prefix}  {token.user}  {state}  {token.name or '-'}  {used}")
+        return EXIT_OK
