@@ -546,7 +546,26 @@ print_env() {
 		[ -n "${AWS_ACCESS_KEY_ID:-}" ] || printf 'export AWS_ACCESS_KEY_ID=local\n'
 		[ -n "${AWS_SECRET_ACCESS_KEY:-}" ] || printf 'export AWS_SECRET_ACCESS_KEY=local\n'
 	fi
+	# The ports in use, read from the URLs above (a URL set by hand wins over *_PORT), so a later
+	# `make run` or `make worker` in the same shell finds the same services.
+	printf 'export PG_PORT=%s REDIS_PORT=%s DYNAMODB_PORT=%s WEB_PORT=%s\n' \
+		"$(url_port "${DATABASE_URL:-$LOCAL_DATABASE_URL}" 5432)" \
+		"$(url_port "${REDIS_URL:-$LOCAL_REDIS_URL}" 6379)" \
+		"$(url_port "$ddb" 443)" "$WEB_PORT"
 	return 0
+}
+
+# url_port URL DEFAULT: the port of URL (scheme://[user@]host[:port][/path]), or DEFAULT.
+url_port() {
+	local rest=${1#*://}
+	rest=${rest%%/*}
+	rest=${rest##*@}
+	case "$rest" in
+	\[*\]:*) echo "${rest##*]:}" ;;
+	\[*) echo "$2" ;;
+	*:*) echo "${rest##*:}" ;;
+	*) echo "$2" ;;
+	esac
 }
 
 start_services() {
