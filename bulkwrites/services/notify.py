@@ -24,12 +24,15 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import urllib3
 from django.core.mail import EmailMessage
+from django.db import transaction
 from django.urls import reverse
+from redis.exceptions import RedisError
 
 from bulkwrites.conf import app_settings
 from bulkwrites.dynamo.backoff import Backoff
@@ -59,11 +62,22 @@ def outcome_line(job: Job) -> str:
 
 
 def job_ended(job: Job) -> None:
-    """Call after a transition that ends a job (finish, fail, cancel) succeeded."""
+    """Call after a transition that ends a job (finish, fail, cancel) succeeded.
+
+    The RQ job is enqueued once the surrounding transaction (if any) commits; a Redis that
+    does not answer costs the notification, never the caller (a writer finishing a job).
+    """
     settings = app_settings()
     wants_mail = bool(settings.notify_emails) or (settings.notify_creator and job.created_by_id is not None)
     if job.webhook_url or wants_mail:
-        dispatch.enqueue_notification(job.pk)
+        transaction.on_commit(partial(_enqueue, job.pk), robust=True)
+
+
+def _enqueue(job_id: int) -> None:
+    try:
+        dispatch.enqueue_notification(job_id)
+    except (RedisError, OSError) as exc:
+        logger.warning("job %s: its notifications could not be queued: %s", job_id, exc)
 
 
 def send_job_notifications(job_id: int, *, sleep: Callable[[float], None] = time.sleep) -> str:
