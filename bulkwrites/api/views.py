@@ -12,7 +12,7 @@ from typing import Any
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
-from ninja import NinjaAPI, Query
+from ninja import NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from bulkwrites import selectors
@@ -169,7 +169,7 @@ def job_status(request: HttpRequest, job_id: int) -> dict[str, Any]:
     auth=TokenAuth(RUN),
     summary="Create a job from a server-side file",
 )
-def create_job(request: HttpRequest, payload: JobCreateIn) -> tuple[int, dict[str, Any]]:
+def create_job(request: HttpRequest, payload: JobCreateIn) -> Status[dict[str, Any]]:
     if payload.format and payload.format not in files.FORMATS:
         raise HttpError(400, f"Unknown format {payload.format!r}; choose one of {', '.join(files.FORMATS)}.")
     settings = payload.model_dump(
@@ -196,7 +196,7 @@ def create_job(request: HttpRequest, payload: JobCreateIn) -> tuple[int, dict[st
             raise HttpError(409, str(exc)) from None
         _record(request, job, f"start (status now {job.status})")
         message = f"job {job.pk} created and queued"
-    return 201, _job_out(request, _job(job.pk), message)
+    return Status(201, _job_out(request, _job(job.pk), message))
 
 
 @api.post(
