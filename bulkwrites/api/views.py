@@ -155,7 +155,9 @@ def list_jobs(
     }
 
 
-@api.get("/jobs/{job_id}", response={200: JobOut, **ERRORS}, auth=TokenAuth(VIEW), summary="A job's status and counts")
+@api.get(
+    "/jobs/{int:job_id}", response={200: JobOut, **ERRORS}, auth=TokenAuth(VIEW), summary="A job's status and counts"
+)
 def job_status(request: HttpRequest, job_id: int) -> dict[str, Any]:
     return _job_out(request, _job(job_id))
 
@@ -200,7 +202,7 @@ def create_job(request: HttpRequest, payload: JobCreateIn) -> Status[dict[str, A
 
 
 @api.post(
-    "/jobs/{job_id}/actions/{action}",
+    "/jobs/{int:job_id}/actions/{action}",
     response={200: JobOut, 409: ErrorOut, **ERRORS},
     auth=TokenAuth(_action_permission),
     summary="Start, pause, resume, cancel or retry failed items",
@@ -219,7 +221,7 @@ def job_action(request: HttpRequest, job_id: int, action: Action) -> dict[str, A
 
 
 @api.post(
-    "/jobs/{job_id}/rate",
+    "/jobs/{int:job_id}/rate",
     response={200: JobOut, 400: ErrorOut, 409: ErrorOut, **ERRORS},
     auth=TokenAuth(RUN),
     summary="Set or remove a job's rate cap",
@@ -247,7 +249,7 @@ def _record(request: HttpRequest, job: Job, message: str) -> None:
 
 
 @api.get(
-    "/jobs/{job_id}/items",
+    "/jobs/{int:job_id}/items",
     response={200: None, **ERRORS},
     auth=TokenAuth(EXPORT),
     summary="Export a job's items (failed by default)",

@@ -27,10 +27,10 @@ VIEW_ONLY_TOKEN = {
     "api/docs": None,
     "api/": None,
     "api/jobs": {"GET": 200, "POST": 403},
-    "api/jobs/<job_id>": {"GET": 200, "POST": 405},
-    "api/jobs/<job_id>/actions/<action>": {"GET": 405, "POST": 403},
-    "api/jobs/<job_id>/rate": {"GET": 405, "POST": 403},
-    "api/jobs/<job_id>/items": {"GET": 403, "POST": 405},
+    "api/jobs/<int:job_id>": {"GET": 200, "POST": 405},
+    "api/jobs/<int:job_id>/actions/<action>": {"GET": 405, "POST": 403},
+    "api/jobs/<int:job_id>/rate": {"GET": 405, "POST": 403},
+    "api/jobs/<int:job_id>/items": {"GET": 403, "POST": 405},
     "metrics": {"GET": 403, "POST": 405},
 }
 
