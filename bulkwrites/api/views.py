@@ -32,7 +32,7 @@ from bulkwrites.models import Job, JobStatus
 from bulkwrites.resources import export_items
 from bulkwrites.services import audit, control, server_files
 from bulkwrites.services.errors import JobError
-from bulkwrites.sources import files
+from bulkwrites.sources import formats
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ def job_status(request: HttpRequest, job_id: int) -> dict[str, Any]:
     summary="Create a job from a server-side file",
 )
 def create_job(request: HttpRequest, payload: JobCreateIn) -> Status[dict[str, Any]]:
-    if payload.format and payload.format not in files.FORMATS:
-        raise HttpError(400, f"Unknown format {payload.format!r}; choose one of {', '.join(files.FORMATS)}.")
+    if payload.format and payload.format not in formats.FORMATS:
+        raise HttpError(400, f"Unknown format {payload.format!r}; choose one of {', '.join(formats.FORMATS)}.")
     settings = payload.model_dump(
         include={"webhook_url", "rate_limit_wcu", "concurrency", "workers", "max_attempts", "batch_size",
                  "duplicate_policy"}

@@ -23,6 +23,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.resolvers import RegexPattern, RoutePattern
 
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SourceKind, SqlSource, TableSetting
+from bulkwrites.services import tokens
 from demo.models import Customer, Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,6 +39,8 @@ VIEWER_MAY_READ = {
     "admin:password_change",
     "admin:password_change_done",
     "admin:bulkwrites_job_progress",  # the job page's live counts (the job page itself is readable)
+    "bulkwrites_api:openapi-json",  # the API's schema and its docs page: for staff, like the admin
+    "bulkwrites_api:openapi-view",
 }
 # Model admins whose read-only pages (list, object, history) a viewer may see. Not SQL sources:
 # they need manage_sources or use_sql_sources; not django-rq's dashboard: it needs run_job.
@@ -49,7 +52,13 @@ VIEWER_MAY_READ_MODELS = {
     "demo_order",
     "auth_user",
     "auth_group",
+    "bulkwrites_apitoken",  # their own tokens only (prefixes; a secret is never stored)
 }
+# The JSON API's endpoints and /metrics take API tokens only, never a session: 401 to anonymous
+# and to a logged-in viewer alike, or 405 to a method they do not serve (then 401 to the other).
+# tests/integration/test_api_urls.py walks them with tokens too.
+TOKEN_ROUTE = re.compile(r"^(api/jobs|metrics$)")
+API_ROOT = "bulkwrites_api:api-root"  # no page: 404
 # Answers other than 403 that are right whoever asks.
 REDIRECTS = {
     "": "/admin/",  # the site root
@@ -128,6 +137,7 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
         "demo.order": order,
         "auth.user": viewer,
         "auth.group": group,
+        "bulkwrites.apitoken": tokens.token_create(user=viewer).token,
     }
     return {"objects": objects, "job": job, "source": source, "viewer": viewer, "rq_job_id": rq_job.id}
 
@@ -197,6 +207,14 @@ def answer(client: Client, method: str, url: str) -> Any:
     return client.post(url) if method == "POST" else client.get(url)
 
 
+def token_only(client: Client, route: Route) -> bool:
+    """An API endpoint (or /metrics) asked without a token: 401, whatever the session says."""
+    if route.name == API_ROOT:
+        return bool(client.get(route.url).status_code == 404)
+    answers = {answer(client, method, route.url).status_code for method in ("GET", "POST")}
+    return answers in ({401}, {401, 405})
+
+
 def test_every_url_as_anonymous_and_view_only_staff(world: dict[str, Any]) -> None:
     all_routes = routes(world)
     names = {r.name for r in all_routes}
@@ -210,7 +228,9 @@ def test_every_url_as_anonymous_and_view_only_staff(world: dict[str, Any]) -> No
         # --- anonymous: the login page, or nothing ------------------------------------------
         response = anonymous.get(route.url)
         location = response.get("Location", "")
-        if route.name in REDIRECTS and route.name != "admin:login":
+        if TOKEN_ROUTE.match(route.route) or route.name == API_ROOT:
+            ok = token_only(anonymous, route)
+        elif route.name in REDIRECTS and route.name != "admin:login":
             ok = response.status_code == 302 and location == REDIRECTS[route.name]
         elif route.name == "admin:login":
             ok = response.status_code == 200
@@ -225,7 +245,9 @@ def test_every_url_as_anonymous_and_view_only_staff(world: dict[str, Any]) -> No
         viewer.force_login(world["viewer"])
         response = viewer.get(route.url)
         status, location = response.status_code, response.get("Location", "")
-        if route.name in REDIRECTS:
+        if TOKEN_ROUTE.match(route.route) or route.name == API_ROOT:
+            ok = token_only(viewer, route)
+        elif route.name in REDIRECTS:
             ok = status == 302 and location == REDIRECTS[route.name]
         elif viewer_may_read(route):
             ok = status == 200
