@@ -123,9 +123,10 @@ def test_load_takes_rate_concurrency_and_webhook(tmp_path: Path, make_table: Any
     assert Job.objects.count() == 1
 
 
+@pytest.mark.usefixtures("sql_reader")
 def test_copy_takes_rate_and_webhook(make_table: Any, rq_queue: Any) -> None:
     table = make_table()
-    code, _out, why = cli("copy", "--database", "default", "--query", "SELECT 'a' AS pk", "--table", table,
+    code, _out, why = cli("copy", "--database", "reader", "--query", "SELECT 'a' AS pk", "--table", table,
                          "--rate", "40", "--concurrency", "2", "--webhook", "https://93.184.216.34/h")  # fmt: skip
     assert code == 0, why
     job = Job.objects.get()
