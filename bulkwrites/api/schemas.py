@@ -97,6 +97,7 @@ class JobOut(Schema):
     rate_limit_wcu: float | None
     allowed_wcu: float | None = Field(description="the rate the shared limiter allows now (active jobs)")
     observed_wcu: float | None = Field(description="WCU/s consumed lately (active jobs)")
+    rate_reason: str = Field(default="", description="why the allowed rate is what it is (the limiter's last decision)")
     history: list[list[float]] = Field(description="[seconds since start, items/s] per time bucket")
     created_at: datetime
     created_by: str | None
