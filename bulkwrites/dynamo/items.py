@@ -23,6 +23,13 @@ MAX_ITEM_BYTES = 409_600  # 400 KB, DynamoDB's hard limit per item
 MAX_PARTITION_KEY_BYTES = 2048
 MAX_SORT_KEY_BYTES = 1024
 MAX_NUMBER_DIGITS = 38
+MAX_NAME_BYTES = 65_535  # attribute names and map keys: 1 to 65,535 UTF-8 bytes
+# "Nested attributes up to 32 levels deep": the item itself is the first level, so a value may
+# hold at most 31 maps or lists inside one another (checked against DynamoDB Local: 31 nested
+# maps are stored, 32 are refused, even empty ones).
+MAX_NESTED_DOCUMENTS = 31
+MIN_NUMBER_EXPONENT = -130  # 1E-130 is the smallest magnitude DynamoDB stores
+MAX_NUMBER_EXPONENT = 125  # numbers must stay below 1E+126
 KEY_TYPES = ("S", "N", "B")
 SCALAR_TYPES = ("S", "N", "B", "BOOL", "NULL")
 SET_TYPES = ("SS", "NS", "BS")
@@ -33,8 +40,14 @@ Item = dict[str, dict[str, Any]]
 Key = tuple[tuple[str, Any], ...]
 
 _PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*|0")  # canonical as it stands: no sign on zero, no leading zeros
-_TRUE_WORDS = {"true", "1", "yes", "y", "t"}
-_FALSE_WORDS = {"false", "0", "no", "n", "f"}
+# DynamoDB's number syntax (Java's BigDecimal): "+1", "1.", ".5", "1e3" and "007" are numbers;
+# " 1", "1_000", "0x10", "NaN" are not. Python's Decimal is more lenient (spaces, underscores,
+# NaN, Infinity), so the text is matched first. \d is any Unicode decimal digit, as in Java.
+_NUMBER_SYNTAX = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# The text DynamoDB takes for a boolean (and, for NULL, "true"): surrounding spaces are ignored,
+# case is not, apart from these three spellings each.
+_TRUE_TEXT = frozenset({"true", "True", "TRUE"})
+_FALSE_TEXT = frozenset({"false", "False", "FALSE"})
 
 
 class ItemError(ValueError):
@@ -103,8 +116,12 @@ def parse_header(column: str) -> tuple[str, str | None]:
 def normalize_number(value: Any) -> str:
     """Validate a number the way DynamoDB does and return its canonical string.
 
-    Exact at any length: ``Decimal``'s default 28-digit context would silently round a
-    38-digit number, so digits are counted and normalised without any context rounding.
+    Never rewrites a value DynamoDB would refuse into one it accepts: text must be a number
+    as DynamoDB reads it (no spaces, no NaN/Infinity), with at most 38 significant digits, of
+    magnitude 1E-130 to below 1E+126. The canonical form is what DynamoDB stores and returns
+    ("1.50" → "1.5", "1e3" → "1000", "-0" → "0"). Exact at any length: ``Decimal``'s default
+    28-digit context would silently round a 38-digit number, so digits are counted and
+    normalised without any context rounding.
     """
     if isinstance(value, bool):
         raise ItemError(f"{value!r} is a boolean, not a number")
@@ -112,30 +129,45 @@ def normalize_number(value: Any) -> str:
         text = str(value)
         if len(text) <= MAX_NUMBER_DIGITS:  # an int is its own canonical text; "-0" cannot occur
             return text
+        number = Decimal(value)
     elif isinstance(value, str) and _PLAIN_INTEGER.fullmatch(value) and len(value) <= MAX_NUMBER_DIGITS:
         # Most numbers in files are plain integers: their text is already canonical and within
         # DynamoDB's 38 digits and range (measured: a quarter of a CSV's staging time otherwise).
         return value
-    if isinstance(value, float):
+    elif isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise ItemError(f"{value!r} is not a number DynamoDB accepts (no NaN or Infinity)")
-        value = repr(value)
-    try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ItemError(f"{value!r} is not a number") from None
+        number = Decimal(repr(value))
+    elif isinstance(value, Decimal):
+        number = value
+    else:
+        text = value if isinstance(value, str) else str(value)
+        if not _NUMBER_SYNTAX.fullmatch(text):
+            raise ItemError(_not_a_number(text))
+        try:
+            number = Decimal(text)
+        except InvalidOperation:  # a digit Python's Decimal does not know
+            raise ItemError(_not_a_number(text)) from None
     if not number.is_finite():
         raise ItemError(f"{value!r} is not a number DynamoDB accepts (no NaN or Infinity)")
     if number.is_zero():
         return "0"
     digits = _significant_digits(number)
     if digits > MAX_NUMBER_DIGITS:
-        raise ItemError(f"{value!r} has {digits} significant digits; DynamoDB keeps at most 38")
+        raise ItemError(f"{_short(value)} has {digits} significant digits; DynamoDB keeps at most 38")
     exponent = number.adjusted()
-    if exponent < -130 or exponent > 125:
-        raise ItemError(f"{value!r} is out of DynamoDB's range (1E-130 to 9.9E+125)")
+    if exponent < MIN_NUMBER_EXPONENT or exponent > MAX_NUMBER_EXPONENT:
+        raise ItemError(f"{_short(value)} is out of DynamoDB's range (magnitude 1E-130 to below 1E+126)")
     with localcontext(Context(prec=MAX_NUMBER_DIGITS + 2)):
         return format(number.normalize(), "f")
+
+
+def _not_a_number(text: str) -> str:
+    if text != text.strip() and _NUMBER_SYNTAX.fullmatch(text.strip()):
+        return f"{_short(text)} is not a number: DynamoDB refuses spaces around a number"
+    if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity", "snan"):
+        return f"{_short(text)} is not a number DynamoDB accepts (no NaN or Infinity)"
+    return f"{_short(text)} is not a number"
 
 
 def _significant_digits(number: Decimal) -> int:
@@ -158,14 +190,35 @@ def _binary(value: Any) -> str:
 
 
 def _bool(value: Any) -> bool:
+    """A boolean as DynamoDB takes it: true/false, their text, or (in DynamoDB JSON) 0 and 1."""
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in _TRUE_WORDS:
+    if isinstance(value, int):
+        return value != 0
+    if isinstance(value, str):
+        text = value.strip()
+        if text in _TRUE_TEXT:
+            return True
+        if text in _FALSE_TEXT:
+            return False
+    raise ItemError(f"{_short(value)} is not a boolean: DynamoDB takes true or false")
+
+
+def _null(value: Any, *, allow_none: bool) -> bool:
+    """NULL's only value is true; DynamoDB refuses ``{"NULL": false}`` rather than storing it."""
+    if value is True or (value is None and allow_none):
         return True
-    if text in _FALSE_WORDS:
-        return False
-    raise ItemError(f"{_short(value)} is not a boolean (true/false)")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value != 0:
+            return True
+    elif isinstance(value, str):
+        if value.strip() in _TRUE_TEXT:
+            return True
+        if value.strip() not in _FALSE_TEXT:
+            raise ItemError(f"{_short(value)} is not a NULL value: DynamoDB's NULL can only be true")
+    elif value is not False:
+        raise ItemError(f"{_short(value)} is not a NULL value: DynamoDB's NULL can only be true")
+    raise ItemError(f"{_short(value)} is not a NULL value: DynamoDB's NULL can only be true, never false")
 
 
 def _json_value(value: Any, expected: type, type_name: str) -> Any:
@@ -196,8 +249,17 @@ def _set(values: list[Any], member: str, set_type: str) -> list[str]:
     return members
 
 
-def to_attribute(value: Any, type_name: str) -> dict[str, Any]:
-    """Convert a cell (text, or a native value from JSON/XLSX) into a typed attribute value."""
+def _too_deep() -> ItemError:
+    return ItemError(
+        f"maps and lists are nested more than {MAX_NESTED_DOCUMENTS} deep; DynamoDB allows 32 levels in an item"
+    )
+
+
+def to_attribute(value: Any, type_name: str, depth: int = 0) -> dict[str, Any]:
+    """Convert a cell (text, or a native value from JSON/XLSX) into a typed attribute value.
+
+    ``depth`` is the number of maps and lists the value sits in.
+    """
     if type_name == "S":
         return {"S": value if isinstance(value, str) else str(value)}
     if type_name == "N":
@@ -207,18 +269,22 @@ def to_attribute(value: Any, type_name: str) -> dict[str, Any]:
     if type_name == "BOOL":
         return {"BOOL": _bool(value)}
     if type_name == "NULL":
-        return {"NULL": True}
+        return {"NULL": _null(value, allow_none=True)}
     if type_name in SET_TYPES:
         return {type_name: _set(_json_value(value, list, type_name), type_name[0], type_name)}
     if type_name == "L":
-        return {"L": [from_python(v) for v in _json_value(value, list, "list (L)")]}
+        if depth >= MAX_NESTED_DOCUMENTS:
+            raise _too_deep()
+        return {"L": [from_python(v, depth + 1) for v in _json_value(value, list, "list (L)")]}
     if type_name == "M":
+        if depth >= MAX_NESTED_DOCUMENTS:
+            raise _too_deep()
         data = _json_value(value, dict, "map (M)")
-        return {"M": {str(k): from_python(v) for k, v in data.items()}}
+        return {"M": {str(k): from_python(v, depth + 1) for k, v in data.items()}}
     raise ItemError(f"unknown DynamoDB type {type_name!r}")
 
 
-def from_python(value: Any) -> dict[str, Any]:
+def from_python(value: Any, depth: int = 0) -> dict[str, Any]:
     """Natural mapping of a JSON value: number→N, bool→BOOL, null→NULL, list→L, object→M."""
     if value is None:
         return {"NULL": True}
@@ -231,9 +297,13 @@ def from_python(value: Any) -> dict[str, Any]:
     if isinstance(value, bytes | bytearray):
         return {"B": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, list | tuple):
-        return {"L": [from_python(v) for v in value]}
+        if depth >= MAX_NESTED_DOCUMENTS:
+            raise _too_deep()
+        return {"L": [from_python(v, depth + 1) for v in value]}
     if isinstance(value, Mapping):
-        return {"M": {str(k): from_python(v) for k, v in value.items()}}
+        if depth >= MAX_NESTED_DOCUMENTS:
+            raise _too_deep()
+        return {"M": {str(k): from_python(v, depth + 1) for k, v in value.items()}}
     if isinstance(value, set | frozenset):
         members = list(value)
         if members and all(isinstance(m, str) for m in members):
@@ -263,9 +333,9 @@ def row_to_item(row: Mapping[str, Any], key_schema: KeySchema) -> Item:
         try:
             attribute = to_attribute(value, type_name) if type_name else from_python(value)
         except ItemError as exc:
-            raise ItemError(f"column {name!r}: {exc}") from None
+            raise ItemError(f"column {_short(name, 80)}: {exc}") from None
         if name in item:
-            raise ItemError(f"attribute {name!r} appears twice in the row")
+            raise ItemError(f"attribute {_short(name, 80)} appears twice in the row")
         item[name] = attribute
     return item
 
@@ -277,19 +347,27 @@ def parse_dynamodb_json(item: Any) -> Item:
     return {str(name): _check_attribute(name, value) for name, value in item.items()}
 
 
-def _check_attribute(name: str, value: Any) -> dict[str, Any]:
+class _LocatedItemError(ItemError):
+    """An ItemError that already names the attribute where it happened (a nested one, say)."""
+
+
+def _check_attribute(name: str, value: Any, depth: int = 0) -> dict[str, Any]:
     if not isinstance(value, Mapping) or len(value) != 1:
-        raise ItemError(f'attribute {name!r} is not a DynamoDB JSON value like {{"S": "x"}}')
+        raise _LocatedItemError(f'attribute {_short(name, 80)} is not a DynamoDB JSON value like {{"S": "x"}}')
     ((type_name, inner),) = value.items()
     if type_name not in ALL_TYPES:
-        raise ItemError(f"attribute {name!r} has unknown type {type_name!r}")
+        raise _LocatedItemError(f"attribute {_short(name, 80)} has unknown type {_short(type_name)}")
     try:
         if type_name == "L":
-            return {"L": [_check_attribute(f"{name}[{i}]", v) for i, v in enumerate(inner)]}
+            if depth >= MAX_NESTED_DOCUMENTS:
+                raise _too_deep()
+            return {"L": [_check_attribute(f"{name}[{i}]", v, depth + 1) for i, v in enumerate(inner)]}
         if type_name == "M":
-            return {"M": {str(k): _check_attribute(f"{name}.{k}", v) for k, v in inner.items()}}
+            if depth >= MAX_NESTED_DOCUMENTS:
+                raise _too_deep()
+            return {"M": {str(k): _check_attribute(f"{name}.{k}", v, depth + 1) for k, v in inner.items()}}
         if type_name == "NULL":
-            return {"NULL": True}
+            return {"NULL": _null(inner, allow_none=False)}
         if type_name == "S":
             if not isinstance(inner, str):
                 raise ItemError("S must be a string")
@@ -298,9 +376,11 @@ def _check_attribute(name: str, value: Any) -> dict[str, Any]:
             raise ItemError(f"malformed {type_name} value: a set must be a list of members")
         return to_attribute(inner, type_name)
     except (TypeError, AttributeError):
-        raise ItemError(f"attribute {name!r}: malformed {type_name} value") from None
+        raise _LocatedItemError(f"attribute {_short(name, 80)}: malformed {type_name} value") from None
+    except _LocatedItemError:
+        raise
     except ItemError as exc:
-        raise ItemError(f"attribute {name!r}: {exc}") from None
+        raise _LocatedItemError(f"attribute {_short(name, 80)}: {exc}") from None
 
 
 # --- keys, size and validation ---------------------------------------------------------
@@ -321,8 +401,35 @@ def key_identity(key: Mapping[str, Mapping[str, Any]]) -> Key:
 
 
 def attribute_size(name: str, value: Mapping[str, Any]) -> int:
-    """Bytes an attribute counts for, by the developer guide's "Item sizes" rules."""
-    return len(name.encode("utf-8")) + _value_size(value)
+    """Bytes an attribute counts for, by the developer guide's "Item sizes" rules.
+
+    Also checks the names on the way (the attribute's and every map key): 1 to 65,535 bytes.
+    """
+    size = len(name.encode("utf-8"))
+    if not 0 < size <= MAX_NAME_BYTES:
+        raise _BadName(name, size)
+    try:
+        return size + _value_size(value)
+    except _BadName as exc:
+        exc.maps.insert(0, name)
+        raise
+
+
+class _BadName(ItemError):
+    """A name outside 1 to 65,535 bytes; ``maps`` are the names of the maps it is a key of."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.maps: list[str] = []
+        super().__init__()
+
+    def __str__(self) -> str:
+        where = "an attribute name" if not self.maps else f"a key of map {_short('.'.join(self.maps))}"
+        rule = f"DynamoDB names must be 1 to {MAX_NAME_BYTES:,} bytes"
+        if self.size == 0:
+            return f"{where} is empty; {rule}"
+        return f"{where} ({_short(self.name)}) is {self.size:,} bytes; {rule}"
 
 
 def _value_size(value: Mapping[str, Any]) -> int:
@@ -330,7 +437,7 @@ def _value_size(value: Mapping[str, Any]) -> int:
     if type_name == "S":
         return len(inner.encode("utf-8"))
     if type_name == "N":
-        return _number_size(inner)
+        return number_size(inner)
     if type_name == "B":
         return len(decode_binary(inner))
     if type_name in ("BOOL", "NULL"):
@@ -338,23 +445,60 @@ def _value_size(value: Mapping[str, Any]) -> int:
     if type_name == "SS":
         return sum(len(s.encode("utf-8")) for s in inner)
     if type_name == "NS":
-        return sum(_number_size(n) for n in inner)
+        return sum(number_size(n) for n in inner)
     if type_name == "BS":
         return sum(len(decode_binary(b)) for b in inner)
     if type_name == "L":
         return 3 + sum(_value_size(v) + 1 for v in inner)
     if type_name == "M":
-        return 3 + sum(attribute_size(k, v) + 1 for k, v in inner.items())
+        size = 3
+        for key, member in inner.items():
+            key_size = len(key.encode("utf-8"))
+            if not 0 < key_size <= MAX_NAME_BYTES:
+                raise _BadName(key, key_size)
+            try:
+                size += key_size + _value_size(member) + 1
+            except _BadName as exc:
+                exc.maps.insert(0, key)
+                raise
+        return size
     raise ItemError(f"unknown DynamoDB type {type_name!r}")
 
 
-def _number_size(text: str) -> int:
-    # Significant digits of a number's text: the digits without sign, point, exponent and the
-    # leading/trailing zeros (DynamoDB trims them too).
-    mantissa = text.lstrip("-").split("e")[0].split("E")[0].replace(".", "").strip("0")
-    if not mantissa:
-        return 2
-    return math.ceil(len(mantissa) / 2) + 1
+def number_size(text: str) -> int:
+    """Bytes a number takes in DynamoDB: its base-100 digits, one byte of exponent, one of sign.
+
+    The guide says "about 1 byte per 2 significant digits, plus 1 byte". Exactly (measured
+    against DynamoDB Local, one number at a time at the 400 KB boundary): the digits are
+    paired from the decimal point (1.5 is 01|50: 2 bytes; 12345 is 01|23|45: 3 bytes), zero
+    pairs at either end are dropped (105000 is 10|50: 2 bytes), one byte holds the exponent,
+    and a negative number takes one more byte; zero is 1 byte.
+    """
+    negative = text.startswith("-")
+    whole, point, fraction = (text[1:] if negative else text).partition(".")
+    if (
+        whole.isdigit()
+        and (whole == "0" or whole[0] != "0")
+        and (not point or (fraction.isdigit() and fraction[-1] != "0"))
+    ):
+        # Canonical text (what normalize_number returns, so nearly always): no Decimal needed.
+        if whole != "0":
+            highest = len(whole) - 1
+        elif fraction:
+            highest = len(fraction.lstrip("0")) - len(fraction) - 1
+        else:
+            return 1  # zero
+        lowest = -len(fraction) if fraction else len(whole) - len(whole.rstrip("0"))
+        return (highest // 2 - lowest // 2 + 1) + 1 + negative
+    number = Decimal(text)
+    if number.is_zero():
+        return 1
+    sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # a finite number
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    lowest = exponent + trailing_zeros  # power of ten of the last non-zero digit
+    highest = exponent + len(digits) - 1  # ...and of the first (Decimal keeps no leading zeros)
+    return (highest // 2 - lowest // 2 + 1) + 1 + sign
 
 
 def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
@@ -419,7 +563,7 @@ def from_wire(item: Mapping[str, Mapping[str, Any]]) -> Item:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
+    text = str(value) if isinstance(value, Decimal) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

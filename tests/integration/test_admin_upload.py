@@ -43,7 +43,7 @@ GOOD_ROWS = [
         "",
     ],
     ["b", "2", "Beta", "100", "false", '["z"]', '{"n": 2}', "", "=cmd|' /C calc'!A0"],
-    ["c", "3", "Gamma", "0.000001", "yes", "", "", "", "plain"],
+    ["c", "3", "Gamma", "0.000001", "TRUE", "", "", "", "plain"],
 ]
 BAD_ROWS = [
     ["d", "4", "Delta", "not-a-number", "true", "", "", "", ""],  # row 4: bad number

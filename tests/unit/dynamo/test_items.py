@@ -20,6 +20,7 @@ from bulkwrites.dynamo.items import (
     item_size,
     key_identity,
     normalize_number,
+    number_size,
     parse_dynamodb_json,
     parse_header,
     prepare_item,
@@ -92,7 +93,6 @@ def test_parse_header_types_are_upper_case_as_dynamodb_writes_them(column: str) 
     ("value", "expected"),
     [
         ("42", "42"),
-        (" 42 ", "42"),
         ("+7", "7"),
         ("-3.25", "-3.25"),
         ("1.500", "1.5"),  # trailing zeros trimmed
@@ -209,17 +209,31 @@ def test_to_attribute_scalars() -> None:
     assert to_attribute("9.50", "N") == {"N": "9.5"}
     assert to_attribute(" AAEC ", "B") == {"B": "AAEC"}
     assert to_attribute(b"\x00\x01\x02", "B") == {"B": "AAEC"}
-    assert to_attribute("anything", "NULL") == {"NULL": True}
+    assert to_attribute("true", "NULL") == {"NULL": True}
 
 
-@pytest.mark.parametrize("word", ["true", "TRUE", "True", "1", "yes", "Y", "t", " true "])
-def test_to_attribute_bool_true(word: str) -> None:
+# The text DynamoDB itself takes for a boolean (checked against DynamoDB Local): these three
+# spellings, surrounding spaces ignored; and 0/1 as JSON numbers.
+@pytest.mark.parametrize("word", ["true", "TRUE", "True", " true ", True, 1])
+def test_to_attribute_bool_true(word: object) -> None:
     assert to_attribute(word, "BOOL") == {"BOOL": True}
 
 
-@pytest.mark.parametrize("word", ["false", "FALSE", "0", "no", "N", "f", False])
+@pytest.mark.parametrize("word", ["false", "FALSE", "False", False, 0])
 def test_to_attribute_bool_false(word: object) -> None:
     assert to_attribute(word, "BOOL") == {"BOOL": False}
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "1", "0", "Y", "t", "tRuE", "", None])
+def test_to_attribute_bool_refuses_what_dynamodb_refuses(word: object) -> None:
+    with pytest.raises(ItemError, match="not a boolean: DynamoDB takes true or false"):
+        to_attribute(word, "BOOL")
+
+
+@pytest.mark.parametrize("word", ["false", "FALSE", False, 0, "anything", ""])
+def test_to_attribute_null_is_only_ever_true(word: object) -> None:
+    with pytest.raises(ItemError, match="DynamoDB's NULL can only be true"):
+        to_attribute(word, "NULL")
 
 
 @pytest.mark.parametrize(
@@ -368,7 +382,7 @@ def test_row_to_item_typed_and_untyped_columns() -> None:
         "sk": "42",  # untyped text for an N sort key takes the key's type
         "price:N": "9.50",
         "note": "42",  # untyped text for a non-key attribute stays a string
-        "active:BOOL": "yes",
+        "active:BOOL": "TRUE",
         "tags:SS": '["a", "b"]',
         "raw:B": b64(b"\x01\x02"),
     }
@@ -493,16 +507,19 @@ def test_parse_dynamodb_json_set_given_as_string_is_malformed(item: dict) -> Non
         ({"name": {"S": "héllo"}}, 10),
         # S: "e" 1 + "" 0 = 1
         ({"e": {"S": ""}}, 1),
-        # N: "price" 5 + ceil(5 digits "12345" / 2) = 3, + 1 = 9
+        # N: digits paired from the decimal point, 1 byte of exponent, 1 more if negative.
+        # "price" 5 + 123.45 = 01|23|45: 3 + 1 = 9
         ({"price": {"N": "123.45"}}, 9),
-        # N: "n" 1 + 1000 has 1 significant digit -> ceil(1/2)=1, +1 = 3
+        # N: "n" 1 + 1000 = 10|00: zero pairs dropped -> 1, +1 = 3
         ({"n": {"N": "1000"}}, 3),
-        # N: "n" 1 + 0.00120 -> "12", 2 digits -> 1, +1 = 3
+        # N: "n" 1 + 0.00120 = .00|12: 1 pair, +1 = 3
         ({"n": {"N": "0.00120"}}, 3),
-        # N: "n" 1 + -12345 -> 5 digits -> 3, +1 = 5
-        ({"n": {"N": "-12345"}}, 5),
-        # N: "z" 1 + 0 -> 1 digit -> 1, +1 = 3
-        ({"z": {"N": "0"}}, 3),
+        # N: "n" 1 + 1.5 = 01|.50: 2 pairs, +1 = 4 (the guide's "1 byte per 2 digits" would say 3)
+        ({"n": {"N": "1.5"}}, 4),
+        # N: "n" 1 + -12345 = 01|23|45: 3, +1 exponent, +1 sign = 6
+        ({"n": {"N": "-12345"}}, 6),
+        # N: "z" 1 + zero is 1 byte = 2
+        ({"z": {"N": "0"}}, 2),
         # B: "blob" 4 + 5 raw bytes (the base64 text is 8 chars) = 9
         ({"blob": {"B": b64(b"\x00\x01\x02\x03\x04")}}, 9),
         # BOOL: "ok" 2 + 1 = 3
@@ -763,3 +780,106 @@ def test_key_schema_hash_only_and_json_round_trip() -> None:
     full = KeySchema.from_describe_table(DESCRIBE_TABLE)
     assert KeySchema.from_json(full.to_json()) == full
     assert full.to_json()[0] == {"name": "customer", "type": "B", "role": "HASH"}
+
+
+# --- DynamoDB's rules, as DynamoDB Local applies them ----------------------------------
+# (tests/integration/test_boundary_items.py checks each against DynamoDB Local itself)
+
+
+@pytest.mark.parametrize("text", [" 1", "1 ", "1_000", "1,000", "0x10", "- 1", "--1", "e3", "1e", "", "\u00a01", "1\t"])
+def test_normalize_number_refuses_what_dynamodb_cannot_read(text: str) -> None:
+    with pytest.raises(ItemError, match="is not a number"):
+        normalize_number(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("+1", "1"),
+        ("1.", "1"),
+        (".5", "0.5"),
+        ("1E3", "1000"),
+        ("1e+3", "1000"),
+        ("0E+500", "0"),
+        ("9.9999E+125", None),
+    ],
+)
+def test_normalize_number_reads_what_dynamodb_reads(text: str, expected: str | None) -> None:
+    assert normalize_number(text) == (expected or format(Decimal(text), "f"))
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("0", 1),
+        ("-0", 1),
+        ("1", 2),
+        ("12", 2),
+        ("123", 3),
+        ("12345", 4),
+        ("1.5", 3),  # 01|50
+        ("10.5", 3),  # 10|50
+        ("0.0105", 3),  # .01|05
+        ("105000", 3),  # 10|50|00, the zero pair dropped
+        ("1000000", 2),
+        ("-1", 3),  # one byte more for the sign
+        ("-12345", 5),
+        ("9" * 38, 20),
+        ("-" + "9" * 38, 21),
+        ("1.0000000000000000000000000000000000001", 21),
+        ("1E-130", 2),
+    ],
+)
+def test_number_size_as_dynamodb_counts_it(text: str, size: int) -> None:
+    # Each figure measured against DynamoDB Local at the 400 KB boundary.
+    assert number_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"": {"S": "a"}}, "an attribute name is empty"),
+        ({"n" * 65_536: {"S": "a"}}, "is 65,536 bytes; DynamoDB names must be 1 to 65,535 bytes"),
+        ({"m": {"M": {"": {"S": "a"}}}}, "a key of map 'm' is empty"),
+        ({"m": {"M": {"a": {"L": [{"M": {"": {"N": "1"}}}]}}}}, "a key of map 'm.a' is empty"),
+    ],
+)
+def test_names_and_map_keys_have_dynamodbs_limits(item: dict, message: str) -> None:
+    with pytest.raises(ItemError, match=message):
+        validate_item({"pk": {"S": "a"}, **item}, PK_S)
+
+
+def test_a_name_of_65535_bytes_is_fine() -> None:
+    assert validate_item({"pk": {"S": "a"}, "é" * 32_767 + "n": {"S": ""}}, PK_S) == 2 + 1 + 65_535
+
+
+def nested(levels: int, kind: str = "M") -> dict:
+    value: dict = {"N": "1"}
+    for _ in range(levels):
+        value = {"M": {"a": value}} if kind == "M" else {"L": [value]}
+    return value
+
+
+@pytest.mark.parametrize("kind", ["M", "L"])
+def test_nesting_is_limited_to_31_maps_or_lists(kind: str) -> None:
+    assert parse_dynamodb_json({"x": nested(31, kind)})
+    with pytest.raises(ItemError, match="nested more than 31 deep") as raised:
+        parse_dynamodb_json({"x": nested(32, kind)})
+    assert str(raised.value).count("attribute") == 1  # named once, not once per level
+    assert row_to_item({"x:L": "[" * 31 + "]" * 31}, PK_S)
+    with pytest.raises(ItemError, match="nested more than 31 deep"):
+        row_to_item({"x:L": "[" * 32 + "]" * 32}, PK_S)
+    with pytest.raises(ItemError, match="nested more than 31 deep"):
+        from_python({"a": [[{"b": nested(29)}]]})
+
+
+@pytest.mark.parametrize("value", [False, 0, "false", None, "yes"])
+def test_dynamodb_json_null_must_be_true(value: object) -> None:
+    with pytest.raises(ItemError, match="NULL"):
+        parse_dynamodb_json({"z": {"NULL": value}})
+    assert parse_dynamodb_json({"z": {"NULL": True}}) == {"z": {"NULL": True}}
+
+
+def test_binary_set_members_are_compared_as_bytes() -> None:
+    with pytest.raises(ItemError, match="duplicate"):
+        parse_dynamodb_json({"b": {"BS": ["YQ==", "YR=="]}})  # both decode to b"a"
