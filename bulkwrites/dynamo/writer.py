@@ -28,7 +28,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -36,6 +35,7 @@ from .backoff import Backoff
 from .batching import chunk_requests
 from .errors import CODE_CONNECTION, CODE_UNPROCESSED, ErrorInfo, ErrorKind, classify
 from .items import Item, Key, from_wire, key_identity, to_wire
+from .pipeline import run_pipelined
 
 logger = logging.getLogger(__name__)
 
@@ -391,28 +391,11 @@ class BatchWriter:
             if on_result is not None:
                 on_result(tag, batch_result)
 
-        source = iter(batches)
-        if concurrency <= 1:
-            for tag, batch in source:
-                finish(tag, self.write(batch))
-                if total.fatal or total.stopped:
-                    break
-            return total
-
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bulkwrites-call") as pool:
-            in_flight: dict[Future[BatchResult], T] = {}
-            exhausted = False
-            while True:
-                while not exhausted and len(in_flight) < concurrency and not (total.fatal or total.stopped):
-                    entry = next(source, None)
-                    if entry is None:
-                        exhausted = True
-                        break
-                    tag, batch = entry
-                    in_flight[pool.submit(self.write, batch)] = tag
-                if not in_flight:
-                    break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finish(in_flight.pop(future), future.result())
+        run_pipelined(
+            self.write,
+            batches,
+            concurrency=concurrency,
+            finish=finish,
+            halted=lambda: bool(total.fatal or total.stopped),
+        )
         return total

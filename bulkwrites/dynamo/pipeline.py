@@ -1,0 +1,51 @@
+"""Calls in flight: hand batches to a pool of threads as slots free up, results back in order of arrival.
+
+The writer (BatchWriteItem) and the reader (BatchGetItem) share this loop, so both pull their
+work lazily and stop the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+
+def run_pipelined[T, B, R](
+    call: Callable[[B], R],
+    batches: Iterable[tuple[T, B]],
+    *,
+    concurrency: int,
+    finish: Callable[[T, R], None],
+    halted: Callable[[], bool],
+    thread_name_prefix: str = "bulkwrites-call",
+) -> None:
+    """Run ``call`` on each batch, ``concurrency`` at a time, calling ``finish(tag, result)``.
+
+    ``batches`` is pulled lazily, in the calling thread, whenever a slot is free, so a caller
+    can fetch more work while earlier calls are in flight. ``finish`` runs in the calling
+    thread. Once ``halted()`` is true no more batches are pulled; calls already in flight are
+    finished first.
+    """
+    source = iter(batches)
+    if concurrency <= 1:
+        for tag, batch in source:
+            finish(tag, call(batch))
+            if halted():
+                break
+        return
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=thread_name_prefix) as pool:
+        in_flight: dict[Future[R], T] = {}
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < concurrency and not halted():
+                entry = next(source, None)
+                if entry is None:
+                    exhausted = True
+                    break
+                tag, batch = entry
+                in_flight[pool.submit(call, batch)] = tag
+            if not in_flight:
+                break
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(in_flight.pop(future), future.result())
