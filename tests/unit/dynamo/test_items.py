@@ -7,6 +7,7 @@ import copy
 import datetime as dt
 import random
 from decimal import Context, Decimal, localcontext
+from typing import Any
 
 import pytest
 
@@ -844,7 +845,7 @@ def test_number_size_as_dynamodb_counts_it(text: str, size: int) -> None:
         ({"m": {"M": {"a": {"L": [{"M": {"": {"N": "1"}}}]}}}}, "a key of map 'm.a' is empty"),
     ],
 )
-def test_names_and_map_keys_have_dynamodbs_limits(item: dict, message: str) -> None:
+def test_names_and_map_keys_have_dynamodbs_limits(item: dict[str, Any], message: str) -> None:
     with pytest.raises(ItemError, match=message):
         validate_item({"pk": {"S": "a"}, **item}, PK_S)
 
@@ -853,8 +854,8 @@ def test_a_name_of_65535_bytes_is_fine() -> None:
     assert validate_item({"pk": {"S": "a"}, "é" * 32_767 + "n": {"S": ""}}, PK_S) == 2 + 1 + 65_535
 
 
-def nested(levels: int, kind: str = "M") -> dict:
-    value: dict = {"N": "1"}
+def nested(levels: int, kind: str = "M") -> dict[str, Any]:
+    value: dict[str, Any] = {"N": "1"}
     for _ in range(levels):
         value = {"M": {"a": value}} if kind == "M" else {"L": [value]}
     return value

@@ -56,7 +56,7 @@ def b64(data: bytes) -> str:
         ({"S": ""}, {"S": ""}),
     ],
 )
-def test_same_value_as_dynamodb_stores_it(expected: dict, actual: dict) -> None:
+def test_same_value_as_dynamodb_stores_it(expected: dict[str, Any], actual: dict[str, Any]) -> None:
     assert same_value(expected, actual)
     assert compare({"pk": {"S": "a"}, "v": expected}, {"pk": {"S": "a"}, "v": actual}).verdict == VERIFIED
 
@@ -73,7 +73,7 @@ def test_same_value_as_dynamodb_stores_it(expected: dict, actual: dict) -> None:
         ({"M": {"a": {"N": "1"}}}, {"M": {"a": {"N": "1"}, "b": {"N": "2"}}}),
     ],
 )
-def test_different_values(expected: dict, actual: dict) -> None:
+def test_different_values(expected: dict[str, Any], actual: dict[str, Any]) -> None:
     assert not same_value(expected, actual)
 
 
@@ -311,7 +311,7 @@ def test_gives_up_after_max_attempts_without_progress() -> None:
     for check in result.checks:
         assert check.verdict == ERROR
         assert check.error_code == "UnprocessedKeys"
-        assert check.error_message.startswith("throttled: gave up reading after 4 attempts over ")
+        assert (check.error_message or "").startswith("throttled: gave up reading after 4 attempts over ")
     assert clock.sleeps == [0.1, 0.2, 0.4]
 
 
