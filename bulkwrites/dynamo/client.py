@@ -104,7 +104,15 @@ def _put_request_json(params: dict[str, Any], context: dict[str, Any], **_: Any)
     params["body"] = text.encode("utf-8")
 
 
-@lru_cache(maxsize=1)
 def reading_client() -> Any:
-    """A shared client for admin reads (DescribeTable, ListTables)."""
-    return make_client()
+    """A shared client for admin reads (DescribeTable, ListTables), one per endpoint.
+
+    Keyed by the endpoint in force: a client cached for another endpoint (a test's proxy that is
+    gone, say) would keep calling it.
+    """
+    return _reading_client(endpoint_url())
+
+
+@lru_cache(maxsize=4)
+def _reading_client(endpoint: str | None) -> Any:
+    return make_client(endpoint=endpoint)

@@ -14,10 +14,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, Self, cast
 
 from django.db import connection
 from django.db.models import TextField, Value
@@ -55,14 +55,17 @@ class RunReport:
     finished: bool = False
 
 
-class JobControl:
-    """Tells writer threads to stop when an operator cancels or pauses the job.
+class RunControl:
+    """Tells calling threads to stop once the run's status is no longer an active one.
 
-    Only the calling thread touches the database (``poll``); writer threads read a flag.
+    ``read()`` gives the run's (status, rate cap) row, or None once it is deleted. Only the
+    calling thread touches the database (``poll``); the threads making calls read a flag.
+    ``on_cap`` is told the ledger's cap when it changes and every ``CAP_REFRESH_SECONDS``.
     """
 
-    def __init__(self, job_id: int) -> None:
-        self.job_id = job_id
+    def __init__(self, read: Callable[[], tuple[str, float | None] | None], active: Sequence[str]) -> None:
+        self.read = read
+        self.active = tuple(active)
         self.stop_reason = ""
         self.on_cap: Callable[[float | None], None] | None = None  # told the ledger's cap, now and then
         self._stop = threading.Event()
@@ -76,9 +79,9 @@ class JobControl:
             return
         self._polled_at = now
         try:
-            row = Job.objects.filter(pk=self.job_id).values_list("status", "rate_limit_wcu").first()
+            row = self.read()
         except DATABASE_DOWN:
-            # PostgreSQL is away: the writers go on (the recorder keeps their outcomes until it is
+            # PostgreSQL is away: the calls go on (the recorder keeps their outcomes until it is
             # back), and the next poll asks again on a new connection.
             connection.close()
             return
@@ -86,14 +89,24 @@ class JobControl:
         if self.on_cap is not None and (cap != self._cap or now - self._cap_sent_at >= CAP_REFRESH_SECONDS):
             self._cap, self._cap_sent_at = cap, now
             self.on_cap(cap)
-        # Writers go on only while a worker may work on the job: an operator paused or
-        # cancelled it, or another worker failed it.
-        if status not in JobStatus.active():
+        # Calls go on only while a worker may work on the run: an operator paused or cancelled
+        # it, or another worker failed it.
+        if status not in self.active:
             self.stop_reason = str(status or "deleted")
             self._stop.set()
 
     def should_stop(self) -> bool:
         return self._stop.is_set()
+
+
+class JobControl(RunControl):
+    """Tells writer threads to stop when an operator cancels or pauses the job."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            lambda: Job.objects.filter(pk=job_id).values_list("status", "rate_limit_wcu").first(), JobStatus.active()
+        )
+        self.job_id = job_id
 
 
 def job_run(
@@ -181,8 +194,16 @@ def _run_slices(
     and reading the next, left the calls idle ~30 % of the time (measured: call slots 55-68 %
     busy at 1,000-item slices).
     """
-    prefetcher = SlicePrefetcher(job, worker=worker)
-    recorder = OutcomeRecorder(job.pk, worker)
+    prefetcher: SlicePrefetcher[Slice, WriteRequest] = SlicePrefetcher(
+        claim=lambda: Slice.objects.claim(job.pk, worker=worker, lease=lease_duration()),
+        read=lambda job_slice: _pending_requests(job, job_slice),
+    )
+    recorder: OutcomeRecorder[Outcome, CallStats] = OutcomeRecorder(
+        record=lambda outcomes, stats: Item.objects.record_outcomes(job.pk, outcomes, stats),
+        renew=lambda: Slice.objects.renew(job.pk, worker=worker, lease=lease_duration()),
+        close_range=lambda closing: _close_slice(job.pk, closing),
+        new_stats=CallStats,
+    )
     started: list[SliceProgress] = []
     drained = False
 
@@ -254,28 +275,31 @@ def _stopped_by(progress: SliceProgress, control: JobControl) -> str:
     return control.stop_reason or "stopped"
 
 
-def _lease() -> timedelta:
+def lease_duration() -> timedelta:
     return timedelta(seconds=app_settings().lease_seconds)
 
 
-class SlicePrefetcher:
+class SlicePrefetcher[S, R]:
     """Claims and reads the next slice on its own thread and connection, one slice ahead.
 
-    ``next()`` hands over the slice read ahead and asks for the one after, so a run holds at
-    most the slice being written and one more. ``close()`` stops it; slices it claimed and
-    nobody started are released by the caller (their items are still pending).
+    ``claim()`` leases the next slice (None: none left), ``read(slice)`` gives its requests;
+    both run on the prefetching thread, retried while PostgreSQL is away. ``next()`` hands over
+    the slice read ahead and asks for the one after, so a run holds at most the slice being
+    worked on and one more. ``close()`` stops it; slices it claimed and nobody started are
+    released by the caller (their items are still pending). Write jobs and verifications use
+    it alike.
     """
 
-    def __init__(self, job: Job, *, worker: str) -> None:
-        self.job = job
-        self.worker = worker
-        self._ready: queue.SimpleQueue[tuple[Slice, list[WriteRequest]] | BaseException | None] = queue.SimpleQueue()
+    def __init__(self, *, claim: Callable[[], S | None], read: Callable[[S], list[R]]) -> None:
+        self.claim = claim
+        self.read = read
+        self._ready: queue.SimpleQueue[tuple[S, list[R]] | BaseException | None] = queue.SimpleQueue()
         self._wanted = threading.Semaphore(1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bulkwrites-prefetch", daemon=True)
         self._thread.start()
 
-    def next(self) -> tuple[Slice, list[WriteRequest]] | None:
+    def next(self) -> tuple[S, list[R]] | None:
         """The next slice and its pending requests, or None when no open slice is left."""
         entry = self._ready.get()
         if isinstance(entry, BaseException):
@@ -296,18 +320,12 @@ class SlicePrefetcher:
                         return
                 if self._stop.is_set():
                     return
-                job_slice = retry_database(
-                    lambda: Slice.objects.claim(self.job.pk, worker=self.worker, lease=_lease()),
-                    what="claiming a slice",
-                )
-                if job_slice is None:
+                claimed = retry_database(self.claim, what="claiming a slice")
+                if claimed is None:
                     self._ready.put(None)
                     return
-                claimed: Slice = job_slice
-                requests = retry_database(
-                    functools.partial(_pending_requests, self.job, claimed), what="reading a slice"
-                )
-                self._ready.put((job_slice, requests))
+                requests = retry_database(functools.partial(self.read, claimed), what="reading a slice")
+                self._ready.put((claimed, requests))
         except BaseException as exc:  # noqa: BLE001 - raised in the dispatching thread by next()
             self._ready.put(exc)
         finally:
@@ -331,32 +349,51 @@ def _pending_requests(job: Job, job_slice: Slice) -> list[WriteRequest]:
     ]
 
 
-class OutcomeRecorder:
+class Stats(Protocol):
+    """What a recorder sums between flushes: the calls' costs (``CallStats``, ``ReadStats``)."""
+
+    calls: int
+
+    def add(self, other: Self, /) -> None: ...
+
+
+class OutcomeRecorder[O, T: Stats]:
     """Records a run's outcomes, and closes its slices, on its own thread and connection.
 
     The dispatch loop only queues outcomes here: waiting ~30 ms for each UPDATE would leave
-    the writer's calls idle (measured: a third of a job's time). Outcomes are recorded with
-    one statement per flush, at least every 250 outcomes or 0.5 s; the run's slice leases are
-    renewed with each flush and at least every third of a lease. A slice is closed (marked
-    done, its SliceRun written) only after its outcomes are recorded, in queue order.
-    ``close()`` waits until everything queued is recorded.
+    the calls idle (measured: a third of a job's time). Outcomes are recorded with one
+    statement per flush (``record``), at least every 250 outcomes or 0.5 s; the run's slice
+    leases are renewed (``renew``) with each flush and at least every third of a lease. A
+    slice is closed (``close_range``: marked done, audited) only after its outcomes are
+    recorded, in queue order. Each of them waits while PostgreSQL is away. ``close()`` waits
+    until everything queued is recorded. Write jobs record ``Outcome``s with ``CallStats``,
+    verifications ``Check``s with ``ReadStats``.
     """
 
-    def __init__(self, job_id: int, worker: str) -> None:
-        self.job_id = job_id
-        self.worker = worker
-        self._queue: queue.SimpleQueue[_RecorderEntry] = queue.SimpleQueue()
+    def __init__(
+        self,
+        *,
+        record: Callable[[list[O], T], None],
+        renew: Callable[[], object],
+        close_range: Callable[[SliceClosing], None],
+        new_stats: Callable[[], T],
+    ) -> None:
+        self.record = record
+        self.renew = renew
+        self.close_range = close_range
+        self.new_stats = new_stats
+        self._queue: queue.SimpleQueue[tuple[list[O], T] | SliceClosing | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="bulkwrites-recorder", daemon=True)
         self._thread.start()
 
-    def add(self, outcomes: list[Outcome], stats: CallStats) -> None:
+    def add(self, outcomes: list[O], stats: T) -> None:
         self._raise_if_failed()
         self._queue.put((outcomes, stats))
 
-    def close_slice(self, progress: SliceProgress, *, stopped_by: str) -> None:
+    def close_slice(self, progress: Any, *, stopped_by: str) -> None:
         self._raise_if_failed()
-        self._queue.put(_SliceClosing(progress, stopped_by, timezone.now()))
+        self._queue.put(SliceClosing(progress, stopped_by, timezone.now()))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -368,8 +405,8 @@ class OutcomeRecorder:
             raise self._error
 
     def _run(self) -> None:
-        outcomes: list[Outcome] = []
-        stats = CallStats()
+        outcomes: list[O] = []
+        stats = self.new_stats()
         flushed_at = renewed_at = time.monotonic()
         renew_every = app_settings().lease_seconds / 3
         try:
@@ -377,52 +414,46 @@ class OutcomeRecorder:
                 try:
                     entry = self._queue.get(timeout=FLUSH_SECONDS)
                 except queue.Empty:
-                    entry = ([], CallStats())
+                    entry = ([], self.new_stats())
                 if entry is None:
                     break
-                if isinstance(entry, _SliceClosing):
+                if isinstance(entry, SliceClosing):
                     self._flush(outcomes, stats)
-                    outcomes, stats, flushed_at = [], CallStats(), time.monotonic()
-                    retry_database(functools.partial(_close_slice, self.job_id, entry), what="closing a slice")
+                    outcomes, stats, flushed_at = [], self.new_stats(), time.monotonic()
+                    retry_database(functools.partial(self.close_range, entry), what="closing a slice")
                     continue
                 outcomes.extend(entry[0])
                 stats.add(entry[1])
                 now = time.monotonic()
                 if len(outcomes) >= FLUSH_OUTCOMES or now - flushed_at >= FLUSH_SECONDS:
                     if self._flush(outcomes, stats) or now - renewed_at >= renew_every:
-                        retry_database(
-                            lambda: Slice.objects.renew(self.job_id, worker=self.worker, lease=_lease()),
-                            what="renewing leases",
-                        )
+                        retry_database(self.renew, what="renewing leases")
                         renewed_at = now
-                    outcomes, stats, flushed_at = [], CallStats(), now
+                    outcomes, stats, flushed_at = [], self.new_stats(), now
             self._flush(outcomes, stats)
         except BaseException as exc:  # noqa: BLE001 - handed to the dispatching thread by add()/close()
             self._error = exc
         finally:
             connection.close()  # this thread's own connection
 
-    def _flush(self, outcomes: list[Outcome], stats: CallStats) -> bool:
+    def _flush(self, outcomes: list[O], stats: T) -> bool:
         if not outcomes and not stats.calls:
             return False
-        # Outcomes wait here while PostgreSQL is away; the writers run out of claimed slices soon.
-        retry_database(lambda: Item.objects.record_outcomes(self.job_id, outcomes, stats), what="recording outcomes")
+        # Outcomes wait here while PostgreSQL is away; the calls run out of claimed slices soon.
+        retry_database(functools.partial(self.record, outcomes, stats), what="recording outcomes")
         return True
 
 
 @dataclass(frozen=True)
-class _SliceClosing:
-    progress: SliceProgress
+class SliceClosing:
+    progress: Any  # the run's own record of the slice (SliceProgress for a write job)
     stopped_by: str
     finished_at: datetime
 
 
-_RecorderEntry = tuple[list[Outcome], CallStats] | _SliceClosing | None
-
-
-def _close_slice(job_id: int, closing: _SliceClosing) -> None:
+def _close_slice(job_id: int, closing: SliceClosing) -> None:
     """Mark the slice done (or hand it back, if some of its items were not written) and audit it."""
-    progress = closing.progress
+    progress: SliceProgress = closing.progress
     Slice.objects.close(progress.job_slice.pk, done=progress.complete)
     stats = progress.stats
     SliceRun.objects.create(

@@ -12,7 +12,16 @@ from collections.abc import Callable
 import pytest
 from django.core.exceptions import ValidationError
 
-from bulkwrites.models import JOB_TRANSITIONS, OPERATOR_ACTIONS, Job, JobStatus, SourceKind
+from bulkwrites.models import (
+    JOB_TRANSITIONS,
+    OPERATOR_ACTIONS,
+    VERIFICATION_TRANSITIONS,
+    Job,
+    JobStatus,
+    SourceKind,
+    Verification,
+    VerificationStatus,
+)
 from bulkwrites.services import work
 
 pytestmark = pytest.mark.django_db
@@ -27,6 +36,7 @@ METHODS: dict[str, Callable[[Job], bool]] = {
     "resume": lambda job: job.resume(queue=QUEUE),
     "retry_failed": lambda job: job.requeue_failed(queue=QUEUE, reopened=1),
     "cancel": Job.cancel,
+    "repair": lambda job: job.requeue_for_repair(queue=QUEUE, reopened=1),
     "fail": lambda job: job.fail("Code", "the reason"),
     "succeed": Job.finish,
     "complete_with_failures": Job.finish,
@@ -65,10 +75,12 @@ def test_each_transition_moves_only_from_its_sources(name: str, status: str) -> 
     if not moved:
         assert (stored.error_code, stored.failed_items) == ("Old", job.failed_items)
         return
-    if name in ("start", "resume", "retry_failed"):
+    if name in ("start", "resume", "retry_failed", "repair"):
         assert stored.queue == QUEUE
-    if name in ("resume", "retry_failed"):
+    if name in ("resume", "retry_failed", "repair"):
         assert (stored.error_code, stored.error_message, stored.finished_at) == ("", "", None)
+    if name == "repair":
+        assert stored.succeeded_items == 0
     if name == "retry_failed":
         assert stored.failed_items == 0
     if name == "fail":
@@ -104,6 +116,55 @@ def test_a_second_claim_keeps_the_first_start_time() -> None:
 def test_the_actions_offered_come_from_the_table(status: str, pending: int, failed: int, offered: list[str]) -> None:
     job = Job(status=status, total_items=10, succeeded_items=10 - pending - failed, failed_items=failed)
     assert job.available_actions() == [a for a in OPERATOR_ACTIONS if a in offered]
+
+
+def test_repair_is_offered_once_the_latest_verification_found_mismatches() -> None:
+    job = job_in(JobStatus.SUCCEEDED)
+    assert "repair" not in job.available_actions()  # never verified
+    verification = Verification.objects.create(job=job, status=VerificationStatus.FINISHED, verified_items=1)
+    assert "repair" not in job.available_actions()  # verified, nothing wrong
+    Verification.objects.filter(pk=verification.pk).update(missing_items=1)
+    assert job.available_actions() == ["repair"]
+    running = Verification.objects.create(job=job, status=VerificationStatus.RUNNING)
+    assert "repair" not in job.available_actions()  # the latest one is not finished yet
+    running.delete()
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING)
+    job.refresh_from_db()
+    assert "repair" not in job.available_actions()
+
+
+VERIFICATION_METHODS: dict[str, Callable[[Verification], bool]] = {
+    "start": lambda v: v.start(queue=QUEUE),
+    "claim": Verification.claim,
+    "finish": Verification.finish,
+    "fail": lambda v: v.fail("Code", "the reason"),
+    "resume": lambda v: v.resume(queue=QUEUE),
+    "cancel": Verification.cancel,
+}
+
+
+def test_every_verification_transition_has_a_method() -> None:
+    assert set(VERIFICATION_METHODS) == set(VERIFICATION_TRANSITIONS)
+
+
+@pytest.mark.parametrize("name", list(VERIFICATION_TRANSITIONS))
+@pytest.mark.parametrize("status", VerificationStatus.values)
+def test_each_verification_transition_moves_only_from_its_sources(name: str, status: str) -> None:
+    rule = VERIFICATION_TRANSITIONS[name]
+    verification = Verification.objects.create(job=job_in(JobStatus.SUCCEEDED), status=status, error_code="Old")
+    moved = VERIFICATION_METHODS[name](verification)
+    stored = Verification.objects.get(pk=verification.pk)
+    assert moved == (status in rule.sources)
+    assert stored.status == (rule.target if moved else status)
+    assert verification.status == stored.status
+    if moved and name in ("start", "resume"):
+        assert stored.queue == QUEUE
+    if moved and name in ("finish", "fail", "cancel"):
+        assert stored.finished_at is not None
+    if moved and name == "fail":
+        assert (stored.error_code, stored.error_message) == ("Code", "the reason")
+    if moved and name == "resume":
+        assert (stored.error_code, stored.finished_at) == ("", None)
 
 
 def test_a_job_cancelled_while_staging_stays_cancelled_when_its_source_fails() -> None:
