@@ -28,6 +28,11 @@ settings (fields of :class:`FaultConfig`):
     requests are held back is drawn at random. Only when ``share x n > n - 1`` can a call have every
     request held back; it is then answered ``200`` with all of them unprocessed without calling
     upstream (``share=1`` always does this - a way to test a writer that must give up).
+``unprocessed_keys_share`` (0..1)
+    The same for reads: share of the keys of each ``BatchGetItem`` that are removed from the body
+    sent upstream (never read) and returned in ``UnprocessedKeys`` (with the table's other request
+    settings, such as ``ConsistentRead``, as DynamoDB returns them), rounded the same stochastic
+    way; a call whose every key is held back is answered ``200`` without calling upstream.
 ``throttle_share`` + ``throttle_code``
     Share of calls answered ``400`` with ``ProvisionedThroughputExceededException`` (default),
     ``ThrottlingException`` or ``RequestLimitExceeded``, without forwarding.
@@ -57,17 +62,20 @@ settings (fields of :class:`FaultConfig`):
     attribute of that name (and, if ``poison_value`` is set, whose scalar value - the string of
     an ``S``, ``N`` or ``BOOL`` - equals it). Nothing of the call is forwarded.
 ``all_operations`` (default False)
-    Faults target only ``BatchWriteItem``; every other operation (CreateTable, Scan, GetItem, ...)
-    passes untouched. With ``all_operations=True``, latency, outage, throttling, server errors and
-    drops apply to every operation (the body-level faults stay BatchWriteItem-only).
+    Faults target only the two batch operations, ``BatchWriteItem`` and ``BatchGetItem``; every
+    other operation (CreateTable, Scan, GetItem, ...) passes untouched. With
+    ``all_operations=True``, latency, outage, throttling, server errors and drops apply to every
+    operation (the body-level faults stay with their batch operation).
 
 Per call the faults are tried in this order: latency, outage, throttle, server error, poison,
-unprocessed share, capacity, drop. Random draws come from one ``random.Random(seed)`` under a lock
-and are made only for the faults that are on, so a sequential run is reproducible; concurrent
-callers interleave their draws in scheduling order.
+unprocessed share (or unprocessed keys share), capacity, drop. Random draws come from one
+``random.Random(seed)`` under a lock and are made only for the faults that are on, so a sequential
+run is reproducible; concurrent callers interleave their draws in scheduling order.
 
 ``stats()`` counts since the last ``reset_stats()``: ``calls`` (DynamoDB operations, not control
-requests), ``batch_write_calls``, ``throttled_calls`` (throttling codes, including capacity and
+requests), ``batch_write_calls``, ``batch_get_calls``, ``unprocessed_keys_returned`` (keys in the
+``UnprocessedKeys`` of responses the proxy built or rewrote), ``keys_forwarded`` (keys read upstream
+in BatchGetItem bodies the proxy parsed), ``throttled_calls`` (throttling codes, including capacity and
 outage rejections with such a code), ``server_errors`` (synthesized 5xx), ``outage_rejections``,
 ``poisoned_calls``, ``dropped``, ``unprocessed_items_returned`` (requests in the
 ``UnprocessedItems`` of responses the proxy built or rewrote), ``items_forwarded`` (write requests
@@ -120,6 +128,7 @@ from urllib.parse import urlsplit
 logger = logging.getLogger(__name__)
 
 BATCH_WRITE_TARGET = "DynamoDB_20120810.BatchWriteItem"
+BATCH_GET_TARGET = "DynamoDB_20120810.BatchGetItem"
 CONTROL_PREFIX = "/__faultproxy__/"
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
 
@@ -195,6 +204,7 @@ _REASONS = {status.value: status.phrase for status in HTTPStatus}
 STAT_NAMES = (
     "calls",
     "batch_write_calls",
+    "batch_get_calls",
     "throttled_calls",
     "server_errors",
     "outage_rejections",
@@ -204,6 +214,8 @@ STAT_NAMES = (
     "items_forwarded",
     "wcu_charged",
     "upstream_errors",
+    "unprocessed_keys_returned",
+    "keys_forwarded",
 )
 
 
@@ -217,6 +229,7 @@ class FaultConfig:
     """The fault settings in force; see the module docstring for what each one does."""
 
     unprocessed_share: float = 0.0
+    unprocessed_keys_share: float = 0.0
     throttle_share: float = 0.0
     throttle_code: str = "ProvisionedThroughputExceededException"
     server_error_share: float = 0.0
@@ -236,6 +249,7 @@ class FaultConfig:
     def __post_init__(self) -> None:
         for name in (
             "unprocessed_share",
+            "unprocessed_keys_share",
             "throttle_share",
             "server_error_share",
             "drop_after_write_share",
@@ -369,7 +383,7 @@ class _Plan:
     reject: str | None = None  # an error code to answer with, nothing forwarded
     drop: bool = False
     body: bytes | None = None  # a rewritten request body
-    held_back: dict[str, list[Any]] | None = None  # requests to add to UnprocessedItems
+    held_back: dict[str, Any] | None = None  # requests to add to UnprocessedItems (keys: UnprocessedKeys)
     held_back_count: int = 0
     forwarded_count: int | None = None
     wcu: int = 0
@@ -510,15 +524,19 @@ class FaultProxy:
 
     # --- per call
 
-    def _plan(self, is_batch: bool, body: bytes) -> _Plan:
+    def _plan(self, target: str | None, body: bytes) -> _Plan:
         """Decide the faults of one call (under the lock: it draws random numbers and spends tokens)."""
         plan = _Plan()
+        is_batch = target == BATCH_WRITE_TARGET
+        is_read = target == BATCH_GET_TARGET
         with self._lock:
             config = self._config
             stats = self._stats
             stats["calls"] += 1
             if is_batch:
                 stats["batch_write_calls"] += 1
+            elif is_read:
+                stats["batch_get_calls"] += 1
             elif not config.all_operations:
                 return plan
             rng = self._random
@@ -535,6 +553,8 @@ class FaultProxy:
                 plan.reject = SERVER_ERROR_CODES[config.server_error_status]
             elif is_batch and config.parses_batches:
                 self._plan_batch(config, body, plan)
+            elif is_read and config.unprocessed_keys_share:
+                self._plan_batch_get(config, body, plan)
             if plan.reject is None and config.drop_after_write_share and not plan.answer_without_upstream:
                 plan.drop = rng.random() < config.drop_after_write_share
             if plan.reject is not None:
@@ -596,6 +616,36 @@ class FaultProxy:
         else:
             plan.answer_without_upstream = True
 
+    def _plan_batch_get(self, config: FaultConfig, body: bytes, plan: _Plan) -> None:
+        """The unprocessed keys share of a BatchGetItem. Called under the lock."""
+        try:
+            request = json.loads(body)
+            request_items: dict[str, dict[str, Any]] = request["RequestItems"]
+            entries = [(table, key) for table, spec in request_items.items() for key in spec["Keys"]]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return  # malformed: upstream answers it with its own validation error
+        count = len(entries)
+        if not count:
+            return
+        share_count = min(count, int(config.unprocessed_keys_share * count + self._random.random()))
+        held = set(self._random.sample(range(count), share_count))
+        self._stats["keys_forwarded"] += count - len(held)
+        if not held:
+            return
+        plan.held_back_count = len(held)
+        plan.held_back = {}
+        forwarded: dict[str, dict[str, Any]] = {}
+        for index, (table, key) in enumerate(entries):
+            target = plan.held_back if index in held else forwarded
+            spec = target.setdefault(table, {**request_items[table], "Keys": []})
+            spec["Keys"].append(key)
+        plan.return_capacity = request.get("ReturnConsumedCapacity", "NONE") != "NONE"
+        if forwarded:
+            request["RequestItems"] = forwarded
+            plan.body = json.dumps(request, separators=(",", ":")).encode()
+        else:
+            plan.answer_without_upstream = True
+
     def _spend(self, config: FaultConfig, costs: list[int]) -> tuple[int, int]:
         """Pay costs in order from the token bucket while it can; return (count paid, WCU spent)."""
         assert config.capacity_wcu is not None
@@ -631,8 +681,9 @@ class FaultProxy:
 
     def handle(self, handler: _Handler, body: bytes) -> None:
         """Serve one DynamoDB call received by ``handler``."""
-        is_batch = handler.fields.get("x-amz-target") == BATCH_WRITE_TARGET
-        plan = self._plan(is_batch, body)
+        target = handler.fields.get("x-amz-target")
+        is_read = target == BATCH_GET_TARGET
+        plan = self._plan(target, body)
         if plan.latency:
             time.sleep(plan.latency)
         if plan.reject is not None:
@@ -640,10 +691,16 @@ class FaultProxy:
             return
         if plan.answer_without_upstream:
             assert plan.held_back is not None
-            answer: dict[str, Any] = {"UnprocessedItems": plan.held_back}
+            if is_read:
+                answer: dict[str, Any] = {
+                    "Responses": {table: [] for table in plan.held_back},
+                    "UnprocessedKeys": plan.held_back,
+                }
+            else:
+                answer = {"UnprocessedItems": plan.held_back}
             if plan.return_capacity:
                 answer["ConsumedCapacity"] = [{"TableName": table, "CapacityUnits": 0.0} for table in plan.held_back]
-            self._count("unprocessed_items_returned", plan.held_back_count)
+            self._count("unprocessed_keys_returned" if is_read else "unprocessed_items_returned", plan.held_back_count)
             handler.respond(*_json_response(answer))
             return
         try:
@@ -661,7 +718,10 @@ class FaultProxy:
             self._count("dropped")
             handler.drop()
             return
-        if plan.held_back and status == 200:
+        if plan.held_back and status == 200 and is_read:
+            headers, response_body, unprocessed = _merge_unprocessed_keys(headers, response_body, plan.held_back)
+            self._count("unprocessed_keys_returned", unprocessed)
+        elif plan.held_back and status == 200:
             headers, response_body, unprocessed = _merge_unprocessed(headers, response_body, plan.held_back)
             self._count("unprocessed_items_returned", unprocessed)
         handler.respond(status, headers, response_body)
@@ -721,17 +781,41 @@ def _merge_unprocessed(
 
     Returns the new headers and body, and how many requests the response now leaves unprocessed.
     """
-    encoding = next((v.lower() for k, v in headers if k.lower() == "content-encoding"), "")
-    if encoding == "gzip":
-        body = gzip.decompress(body)
-    answer = json.loads(body)
+    answer = _decoded(headers, body)
     unprocessed = answer.setdefault("UnprocessedItems", {})
     for table, requests in held_back.items():
         unprocessed.setdefault(table, []).extend(requests)
+    new_headers, new_body = _reencoded(headers, answer)
+    return new_headers, new_body, _count_items(unprocessed)
+
+
+def _merge_unprocessed_keys(
+    headers: list[tuple[str, str]], body: bytes, held_back: dict[str, dict[str, Any]]
+) -> tuple[list[tuple[str, str]], bytes, int]:
+    """Add held-back keys to an upstream BatchGetItem response's UnprocessedKeys; fix the CRC header."""
+    answer = _decoded(headers, body)
+    unprocessed = answer.setdefault("UnprocessedKeys", {})
+    for table, spec in held_back.items():
+        if table in unprocessed:
+            unprocessed[table].setdefault("Keys", []).extend(spec["Keys"])
+        else:
+            unprocessed[table] = spec
+    new_headers, new_body = _reencoded(headers, answer)
+    return new_headers, new_body, sum(len(spec.get("Keys") or ()) for spec in unprocessed.values())
+
+
+def _decoded(headers: list[tuple[str, str]], body: bytes) -> Any:
+    encoding = next((v.lower() for k, v in headers if k.lower() == "content-encoding"), "")
+    if encoding == "gzip":
+        body = gzip.decompress(body)
+    return json.loads(body)
+
+
+def _reencoded(headers: list[tuple[str, str]], answer: Any) -> tuple[list[tuple[str, str]], bytes]:
     new_body = json.dumps(answer, separators=(",", ":")).encode()
     new_headers = [(k, v) for k, v in headers if k.lower() not in ("x-amz-crc32", "content-encoding")]
     new_headers.append(("x-amz-crc32", crc32_header(new_body)))
-    return new_headers, new_body, _count_items(unprocessed)
+    return new_headers, new_body
 
 
 # --- HTTP plumbing ---------------------------------------------------------------------

@@ -169,6 +169,53 @@ def test_an_unprocessed_share_of_one_holds_back_the_whole_call(
     assert proxy.stats()["items_forwarded"] == 0
 
 
+def _get_keys(table: str, keys: list[str]) -> dict[str, Any]:
+    return {table: {"Keys": [{"pk": {"S": key}} for key in keys], "ConsistentRead": True}}
+
+
+def test_unprocessed_keys_are_returned_unread(proxy: FaultProxy, client: Any, direct: Any, table: str) -> None:
+    direct.batch_write_item(RequestItems={table: [_put(_key(i)) for i in range(20)]})
+    asked = [_key(i) for i in range(25)]  # five of them do not exist
+    proxy.configure(unprocessed_keys_share=0.4)
+
+    response = client.batch_get_item(RequestItems=_get_keys(table, asked), ReturnConsumedCapacity="TOTAL")
+
+    spec = response["UnprocessedKeys"][table]
+    held_back = [key["pk"]["S"] for key in spec["Keys"]]
+    assert len(held_back) == 10  # 0.4 x 25: no rounding draw
+    assert spec["ConsistentRead"] is True  # returned with the request's own settings, as DynamoDB does
+    read = {item["pk"]["S"] for item in response["Responses"][table]}
+    assert read == {_key(i) for i in range(20)} - set(held_back)  # a held-back key is never read
+    assert response["ConsumedCapacity"][0]["TableName"] == table
+    stats = proxy.stats()
+    assert (stats["batch_get_calls"], stats["unprocessed_keys_returned"], stats["keys_forwarded"]) == (1, 10, 15)
+
+    proxy.configure()
+    again = client.batch_get_item(RequestItems={table: spec})
+    assert {item["pk"]["S"] for item in again["Responses"][table]} == {k for k in held_back if k < _key(20)}
+
+
+def test_an_unprocessed_keys_share_of_one_reads_nothing(proxy: FaultProxy, client: Any, table: str) -> None:
+    proxy.configure(unprocessed_keys_share=1.0)
+
+    response = client.batch_get_item(RequestItems=_get_keys(table, ["a", "b"]))
+
+    assert response["Responses"] == {table: []}
+    assert [k["pk"]["S"] for k in response["UnprocessedKeys"][table]["Keys"]] == ["a", "b"]
+    assert proxy.stats()["keys_forwarded"] == 0
+
+
+def test_call_faults_reach_batch_get_item_too(proxy: FaultProxy, client: Any, table: str) -> None:
+    proxy.configure(throttle_share=1.0, throttle_code="ThrottlingException")
+
+    assert _error_code(lambda: client.batch_get_item(RequestItems=_get_keys(table, ["a"]))) == (
+        "ThrottlingException",
+        400,
+    )
+    assert client.get_item(TableName=table, Key={"pk": {"S": "a"}}).get("Item") is None  # not a batch call
+    assert proxy.stats()["throttled_calls"] == 1
+
+
 @pytest.mark.parametrize(
     "code", ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"]
 )
