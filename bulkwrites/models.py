@@ -18,6 +18,7 @@ The services decide *when* to call these; nothing else writes a status.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -627,6 +628,29 @@ class ItemQuerySet(models.QuerySet["Item"]):
             )
             return [row[0] for row in cursor.fetchall()]
 
+    def reopen_mismatched(self, job_id: int, *, verification_id: int) -> int:
+        """Make pending again the written items a verification found missing or different; how many.
+
+        Each item's outcome so far, with the verdict and its diff, is appended to its ``history``.
+        """
+        checks = ItemCheck._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                UPDATE {Item._meta.db_table} AS i SET status = %s,
+                    history = i.history || jsonb_build_array(jsonb_build_object(
+                        'status', i.status, 'attempts', i.attempts, 'error_code', i.error_code,
+                        'error_message', i.error_message, 'at', i.updated_at,
+                        'verification', c.verification_id, 'verdict', c.outcome, 'diff', c.diff)),
+                    error_code = '', error_message = '', updated_at = now()
+                FROM {checks} AS c
+                WHERE c.verification_id = %s AND c.outcome IN (%s, %s) AND i.id = c.item_id
+                    AND i.job_id = %s AND i.status = %s
+                """,
+                [ItemStatus.PENDING, verification_id, *CheckOutcome.mismatches(), job_id, ItemStatus.SUCCEEDED],
+            )
+            return int(cursor.rowcount)
+
     def estimated_count(self, *, exact_within_ms: int = 200) -> int:
         """COUNT(*) if PostgreSQL manages it within ``exact_within_ms``, else the planner's estimate.
 
@@ -1127,6 +1151,18 @@ class Verification(models.Model):
         if self.started_at is None:
             return None
         return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
+
+    def sample_size_for(self, written: int) -> int | None:
+        """How many of ``written`` items to check at random; None: all of them."""
+        if self.sample_fraction is not None:
+            wanted = math.ceil(self.sample_fraction * written)
+        elif self.sample_size is not None:
+            wanted = self.sample_size
+        elif written <= FULL_VERIFICATION_MAX_ITEMS:
+            return None
+        else:
+            wanted = DEFAULT_SAMPLE_SIZE
+        return None if wanted >= written else wanted
 
     def scope(self) -> str:
         """What it checks, in words."""

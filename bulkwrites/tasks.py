@@ -1,4 +1,4 @@
-"""RQ entry points: take a job id, call a service, nothing else."""
+"""RQ entry points: take an id, call a service, nothing else."""
 
 from __future__ import annotations
 
@@ -7,13 +7,20 @@ import socket
 
 from rq import get_current_job
 
-from bulkwrites.services import notify, work
+from bulkwrites.services import notify, verifying, work
+
+
+def _worker_name() -> str:
+    rq_job = get_current_job()
+    return f"{socket.gethostname()}:{os.getpid()}:{rq_job.id if rq_job else 'inline'}"
 
 
 def run_job(job_id: int) -> str:
-    rq_job = get_current_job()
-    worker = f"{socket.gethostname()}:{os.getpid()}:{rq_job.id if rq_job else 'inline'}"
-    return work.job_work(job_id, worker=worker)
+    return work.job_work(job_id, worker=_worker_name())
+
+
+def run_verification(verification_id: int) -> str:
+    return verifying.verification_work(verification_id, worker=_worker_name())
 
 
 def notify_job_ended(job_id: int) -> str:

@@ -29,6 +29,7 @@ from rq import worker_registration
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import MAX_DELAY, REDIS_DOWN
 from bulkwrites.services.schema import SchemaError, check_schema
+from bulkwrites.services.verifying import recover_stalled_verifications
 from bulkwrites.services.work import recover_stalled_jobs
 
 logger = logging.getLogger(__name__)
@@ -149,11 +150,13 @@ class Worker(RQWorker):
         close_old_connections()
         try:
             recovered = recover_stalled_jobs()
-        except Exception:  # a sweep must never kill the worker; the next one retries
-            logger.exception("sweeping stalled jobs failed")
-        else:
             if recovered:
                 logger.warning("re-enqueued stalled jobs: %s", recovered)
+            verifications = recover_stalled_verifications()
+            if verifications:
+                logger.warning("started or re-enqueued verifications: %s", verifications)
+        except Exception:  # a sweep must never kill the worker; the next one retries
+            logger.exception("sweeping stalled jobs failed")
         finally:
             # The work horse is forked from this process: it must not inherit a live connection.
             connections.close_all()

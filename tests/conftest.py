@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -57,9 +58,15 @@ def _isolated_queue() -> Iterator[None]:
 
 def _empty(queue: Any) -> None:
     queue.empty()
-    for registry in (queue.started_job_registry, queue.failed_job_registry, queue.finished_job_registry):
+    for registry in (queue.failed_job_registry, queue.finished_job_registry):
         for job_id in registry.get_job_ids():
             registry.remove(job_id, delete_job=True)
+    # RQ 2's started registry keeps executions and has no remove(): a SIGKILLed work horse leaves
+    # its job there until RQ's own cleanup, long after the test.
+    started = queue.started_job_registry
+    for job_id in started.get_job_ids(cleanup=False):
+        queue.connection.delete(queue.job_class.key_for(job_id))
+    queue.connection.delete(started.key)
 
 
 @pytest.fixture
@@ -266,6 +273,39 @@ def worker_process(transactional_db: Any, rq_queue: Any, tmp_path: Path) -> Iter
     yield start
     for worker in started:
         worker.stop()
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def sigkill_worker(process: subprocess.Popen[Any]) -> list[int]:
+    """SIGKILL an ``rqworker`` process and its work horse; the pids killed.
+
+    RQ forks the horse into a process group of its own (``os.setpgrp``), so killing the worker's
+    group leaves the horse running the job to its end: the horse is found and killed first.
+    """
+    killed = []
+    for child in child_pids(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+            killed.append(child)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    return [process.pid, *killed]
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

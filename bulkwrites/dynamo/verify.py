@@ -439,7 +439,10 @@ class BatchReader:
             if error.is_throttling:
                 stats.throttled_calls += 1
             if self.limiter is not None:
-                self.limiter.record(consumed=0.0, throttled=error.is_throttling)
+                # A throttling error refused every unit; any other failure says nothing about capacity.
+                units = sum(r.read_units(consistent=self.consistent_read) for r in requests)
+                refused = units if error.is_throttling else 0.0
+                self.limiter.record(consumed=0.0, refused=refused, fault=not error.is_throttling)
             logger.debug("BatchGetItem on %s failed: %s %s", self.table, error.code, error.message)
             return error, {}, set()
         stats.latency_seconds += time.perf_counter() - began
@@ -455,7 +458,8 @@ class BatchReader:
             stats.throttled_calls += 1
             stats.error_codes[CODE_UNPROCESSED_KEYS] += 1
         if self.limiter is not None:
-            self.limiter.record(consumed=consumed, throttled=bool(unprocessed))
+            refused = sum(r.read_units(consistent=self.consistent_read) for r in unprocessed)
+            self.limiter.record(consumed=consumed, refused=refused)
         return None, found, unprocessed
 
     def _match_unprocessed(

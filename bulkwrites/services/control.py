@@ -15,7 +15,7 @@ from django.db import transaction
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY
 from bulkwrites.models import JOB_TRANSITIONS, Item, Job, JobStatus, Slice
-from bulkwrites.services import dispatch, notify
+from bulkwrites.services import dispatch, notify, verifying
 from bulkwrites.services.create import checked_settings
 from bulkwrites.services.errors import JobError
 
@@ -25,6 +25,7 @@ def job_start(*, job: Job) -> None:
     with transaction.atomic():
         if not job.start(queue=dispatch.current_queue()):
             raise JobError(_refused(job, "only a draft job can be started"))
+        verifying.verification_expect(job=job)
         dispatch.enqueue_run(job.pk, copies=job.workers)
 
 
@@ -39,6 +40,7 @@ def job_resume(*, job: Job) -> None:
     with transaction.atomic():
         if not job.resume(queue=dispatch.current_queue()):
             raise JobError(_refused(job, "only a paused, failed or cancelled job can resume"))
+        verifying.verification_expect(job=job)
         dispatch.enqueue_run(job.pk, copies=job.workers)
 
 
@@ -66,6 +68,7 @@ def job_retry_failed(*, job: Job) -> int:
             raise JobError(f"Job {job.pk} has no failed items that can be sent again.")
         Slice.objects.reopen_positions(job.pk, positions)
         locked.requeue_failed(queue=dispatch.current_queue(), reopened=len(positions))
+        verifying.verification_expect(job=locked)
         dispatch.enqueue_run(job.pk, copies=locked.workers)
     job.refresh_from_db()
     return len(positions)
@@ -86,6 +89,7 @@ ACTIONS: dict[str, Callable[..., Any]] = {
     "resume": job_resume,
     "retry_failed": job_retry_failed,
     "cancel": job_cancel,
+    "repair": verifying.job_repair,
 }
 
 

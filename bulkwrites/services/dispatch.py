@@ -46,6 +46,20 @@ def enqueue_notification(job_id: int) -> None:
     )
 
 
+def enqueue_verification(verification_id: int, *, copies: int = 1) -> None:
+    """Ask ``copies`` workers to read a verification's items back (after the transaction commits)."""
+    queue = django_rq.get_queue(current_queue())
+    for _ in range(max(1, copies)):
+        queue.enqueue(
+            "bulkwrites.tasks.run_verification",
+            verification_id,
+            job_timeout=app_settings().run_slice_seconds * 10 + 600,
+            result_ttl=3600,
+            failure_ttl=7 * 24 * 3600,
+            description=f"bulkwrites verification {verification_id}",
+        )
+
+
 def redis_connection() -> Any:
     """The Redis of the job queue; also where the shared write-capacity budgets live."""
     return django_rq.get_connection(current_queue())
@@ -54,6 +68,11 @@ def redis_connection() -> Any:
 def rate_scope(job_id: int) -> str:
     """The job's key in the shared rate budgets: job ids repeat across databases, queues do not."""
     return f"{current_queue()}:{job_id}"
+
+
+def verification_rate_scope(verification_id: int) -> str:
+    """A verification's read budget: its own key, apart from its job's write budget."""
+    return f"{current_queue()}:verify:{verification_id}"
 
 
 LIVE_HEARTBEAT_SECONDS = 90  # a worker heartbeats at least every sweep interval (20 s) and while working

@@ -16,7 +16,7 @@ from django.utils import timezone
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import retry_redis
 from bulkwrites.models import Job, JobStatus, Slice
-from bulkwrites.services import dispatch, notify, running, staging
+from bulkwrites.services import dispatch, notify, running, staging, verifying
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.source_rows import job_source_rows
 from bulkwrites.sources import formats
@@ -40,6 +40,8 @@ def job_work(job_id: int, *, worker: str) -> str:
     report = running.job_run(job_id, worker=worker)
     if report.stopped_by == "budget":
         retry_redis(lambda: dispatch.enqueue_run(job_id), what=f"handing job {job_id} over")
+    elif report.finished:
+        verifying.start_due_verifications(job_id=job_id)
     return f"job {job_id}: {report.items} items in {report.slices} slices, stopped by {report.stopped_by or 'done'}"
 
 
@@ -79,6 +81,7 @@ def recover_stalled_jobs() -> list[int]:
         if Slice.objects.under_live_lease().filter(job=job).exists():
             continue
         if job.staged_at is not None and running.finish_if_done(job):
+            verifying.start_due_verifications(job_id=job.pk)
             continue
         touched = Job.objects.filter(pk=job.pk, last_activity_at=job.last_activity_at).update(last_activity_at=now)
         if touched:

@@ -1,4 +1,4 @@
-"""The operator CLI: ``python manage.py bulkwrite load|copy|status|export|wait|recover|demo``,
+"""The operator CLI: ``python manage.py bulkwrite load|copy|status|export|wait|verify|repair|recover|demo``,
 the job page's controls (``cancel|pause|resume|retry-failed|rate``) and API tokens (``token``).
 
 Each subcommand parses its options and calls a service; what a job is and how it runs is
@@ -6,8 +6,9 @@ decided there, exactly as for the admin. Control actions are recorded in Django'
 like the admin's buttons, under ``--as USER`` or the OS user (see ``services.audit.cli_user``).
 
 Exit codes: 0 every item succeeded (or a dry run found no invalid row, or a control action was
-done), 3 some items failed (or a dry run found invalid rows), 1 the job could not run or the
-action was refused (the message says why).
+done, or a verification found every checked item as written), 3 some items failed (or a dry run
+found invalid rows, or a verification found items missing or different), 1 the job or
+verification could not run or the action was refused (the message says why).
 """
 
 from __future__ import annotations
@@ -24,15 +25,38 @@ from django.utils import timezone
 
 from bulkwrites import selectors
 from bulkwrites.management.progress import ProgressBar
-from bulkwrites.models import DEFAULT_CONCURRENCY, ApiToken, DuplicatePolicy, Job, JobStatus, Operation
+from bulkwrites.models import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_SAMPLE_SIZE,
+    FULL_VERIFICATION_MAX_ITEMS,
+    ApiToken,
+    CheckOutcome,
+    DuplicatePolicy,
+    ItemCheck,
+    Job,
+    JobStatus,
+    Operation,
+    Verification,
+    VerificationStatus,
+)
 from bulkwrites.resources import FORMATS_BY_NAME, export_items
-from bulkwrites.services import audit, control, create, dispatch, notify, schema, sql, tokens, work
+from bulkwrites.services import audit, control, create, dispatch, notify, schema, sql, tokens, verifying, work
 from bulkwrites.services.demo import demo_setup
 from bulkwrites.services.errors import JobError
 from bulkwrites.sources import formats
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_JOB_FAILED = 0, 3, 1
 NO_WORKER_GRACE_SECONDS = 5.0
+MISMATCHES_SHOWN = 20
+DONE_VERIFYING = (VerificationStatus.FINISHED, VerificationStatus.FAILED, VerificationStatus.CANCELLED)
+
+
+def mismatch_line(check: ItemCheck) -> str:
+    """``missing: pk=a`` or ``different: pk=b: price expected {"N":"1"}, actual {"N":"2"}``."""
+    line = f"{check.outcome}: {check.item.key_text}"
+    if check.outcome == CheckOutcome.DIFFERENT and check.diff:
+        line += ": " + "; ".join(f"{d['attribute']} expected {d['expected']}, actual {d['actual']}" for d in check.diff)
+    return line
 
 
 # The control subcommands: (transition, what is said once it is done).
@@ -90,6 +114,7 @@ class Command(BaseCommand):
         )
         load.add_argument("--webhook", help="URL POSTed a JSON summary when the job ends or fails")
         load.add_argument("--wait", action="store_true", help="wait for the job and print its outcome")
+        load.add_argument("--verify", action="store_true", help="read every item back once the job has ended")
         load.add_argument("--dry-run", action="store_true", help="validate only: no job, nothing written")
 
         copy = sub.add_parser("copy", help="create a job from a PostgreSQL query or table", parents=[actor])
@@ -108,6 +133,7 @@ class Command(BaseCommand):
         )
         copy.add_argument("--webhook", help="URL POSTed a JSON summary when the job ends or fails")
         copy.add_argument("--wait", action="store_true")
+        copy.add_argument("--verify", action="store_true", help="read every item back once the job has ended")
 
         status = sub.add_parser("status", help="print a job's status and counts")
         status.add_argument("job", type=int)
@@ -120,6 +146,33 @@ class Command(BaseCommand):
 
         wait = sub.add_parser("wait", help="wait for a job to finish")
         wait.add_argument("job", type=int)
+
+        verify = sub.add_parser(
+            "verify", help="read a job's items back and compare them with what it wrote", parents=[actor]
+        )
+        verify.add_argument("job", type=int)
+        sample = verify.add_mutually_exclusive_group()
+        sample.add_argument(
+            "--sample",
+            type=float,
+            metavar="FRACTION",
+            help=f"check a random fraction of the written items (0 < FRACTION <= 1); default: all of them up to "
+            f"{FULL_VERIFICATION_MAX_ITEMS:,}, a random {DEFAULT_SAMPLE_SIZE:,} above",
+        )
+        sample.add_argument("--sample-size", type=int, metavar="N", help="check N written items chosen at random")
+        verify.add_argument(
+            "--eventually-consistent", action="store_true", help="half the read units; recent writes may look stale"
+        )
+        verify.add_argument("--rate", type=float, metavar="RCU", help="read capacity units per second at most")
+        verify.add_argument("--wait", action="store_true", help="wait and print what was found")
+
+        repair = sub.add_parser(
+            "repair",
+            help="send again what the latest verification found missing or different, then verify those",
+            parents=[actor],
+        )
+        repair.add_argument("job", type=int)
+        repair.add_argument("--wait", action="store_true", help="wait for the job and the re-check")
 
         sub.add_parser("recover", help="re-enqueue jobs nobody is working on (what workers do every 20 s)")
 
@@ -171,6 +224,7 @@ class Command(BaseCommand):
             "max_attempts": options["max_attempts"],
             "rate_limit_wcu": options["rate"],
             "webhook_url": options["webhook"],
+            "verify_when_done": options["verify"] or None,
         }
         user, person = self._actor(options)
         try:
@@ -227,6 +281,7 @@ class Command(BaseCommand):
             "workers": options["workers"],
             "rate_limit_wcu": options["rate"],
             "webhook_url": options["webhook"],
+            "verify_when_done": options["verify"] or None,
         }
         user, person = self._actor(options)
         try:
@@ -294,6 +349,92 @@ class Command(BaseCommand):
             self.stdout.write(f"  error: {found.error_code}: {found.error_message}")
         return EXIT_OK
 
+    # --- verify / repair ------------------------------------------------------------------
+
+    def handle_verify(self, *, job: int, wait: bool, **options: Any) -> int:
+        found = Job.objects.filter(pk=job).first()
+        if found is None:
+            self.stderr.write(f"no job {job}")
+            return EXIT_JOB_FAILED
+        user, _ = self._actor(options)
+        try:
+            verification = verifying.verification_create(
+                job=found,
+                created_by=user,
+                sample_fraction=options["sample"],
+                sample_size=options["sample_size"],
+                consistent_read=not options["eventually_consistent"],
+                rate_limit_rcu=options["rate"],
+            )
+        except JobError as exc:
+            self.stderr.write(str(exc))
+            return EXIT_JOB_FAILED
+        self._record(found, user, f"verify (verification {verification.pk}: {verification.scope()})")
+        self.stdout.write(f"verification {verification.pk} of job {job}: {verification.scope()}")
+        self.stdout.flush()
+        return self._wait_verification(verification.pk) if wait else EXIT_OK
+
+    def handle_repair(self, *, job: int, wait: bool, **options: Any) -> int:
+        found = Job.objects.filter(pk=job).first()
+        if found is None:
+            self.stderr.write(f"no job {job}")
+            return EXIT_JOB_FAILED
+        user, _ = self._actor(options)
+        try:
+            reopened = verifying.job_repair(job=found, created_by=user)
+        except JobError as exc:
+            self.stderr.write(str(exc))
+            return EXIT_JOB_FAILED
+        recheck = found.latest_verification()
+        assert recheck is not None
+        self._record(found, user, f"repair ({reopened} items sent again, re-checked by verification {recheck.pk})")
+        self.stdout.write(f"job {job}: sending {reopened} items again; verification {recheck.pk} re-checks them after")
+        self.stdout.flush()
+        if not wait:
+            return EXIT_OK
+        code = self._wait(job)
+        if code == EXIT_JOB_FAILED:
+            return code
+        return self._wait_verification(recheck.pk)
+
+    def _wait_verification(self, verification_id: int) -> int:
+        no_worker_since: float | None = None
+        while True:
+            verification = Verification.objects.get(pk=verification_id)
+            if verification.status in DONE_VERIFYING:
+                break
+            if dispatch.live_worker_count() == 0:
+                no_worker_since = no_worker_since or time.monotonic()
+                if time.monotonic() - no_worker_since > NO_WORKER_GRACE_SECONDS:
+                    self.stderr.write(
+                        f"verification {verification_id} is {verification.status} but no worker is listening on "
+                        "the queue; start one with `make worker` (it runs when one starts)"
+                    )
+                    return EXIT_JOB_FAILED
+            else:
+                no_worker_since = None
+            time.sleep(0.5)
+        for check in verifying.mismatches(verification, limit=MISMATCHES_SHOWN):
+            self.stdout.write(mismatch_line(check))
+        if verification.mismatched_items > MISMATCHES_SHOWN:
+            self.stdout.write(
+                f"... {verification.mismatched_items - MISMATCHES_SHOWN} more: see the job page in the admin"
+            )
+        if verification.error_message:
+            self.stderr.write(f"verification {verification.pk} {verification.status}: {verification.error_message}")
+        elif verification.status != VerificationStatus.FINISHED:
+            self.stderr.write(f"verification {verification.pk} was {verification.status}")
+        if verification.errored_items:
+            self.stderr.write(
+                f"{verification.errored_items} items could not be read back: {verifying.first_error(verification)}"
+            )
+        self.stdout.write(verifying.verify_line(verification))
+        if verification.mismatched_items:
+            return EXIT_FAILED_ITEMS
+        if verification.status != VerificationStatus.FINISHED or verification.errored_items:
+            return EXIT_JOB_FAILED
+        return EXIT_OK
+
     # --- export -------------------------------------------------------------------------
 
     def handle_export(self, *, job: int, status: str, export_format: str, output: str | None, **options: Any) -> int:
@@ -315,6 +456,8 @@ class Command(BaseCommand):
     def handle_recover(self, **options: Any) -> int:
         recovered = work.recover_stalled_jobs()
         self.stdout.write(f"re-enqueued {len(recovered)} stalled job(s) {recovered or ''}".rstrip())
+        verifications = verifying.recover_stalled_verifications()
+        self.stdout.write(f"started or re-enqueued {len(verifications)} verification(s) {verifications or ''}".rstrip())
         return EXIT_OK
 
     def handle_demo(self, **options: Any) -> int:

@@ -217,16 +217,16 @@ class Clock:
 class FakeLimiter:
     def __init__(self) -> None:
         self.acquired: list[float] = []
-        self.recorded: list[tuple[float, bool]] = []
+        self.recorded: list[tuple[float, float, bool]] = []
         self.lock = threading.Lock()
 
     def acquire(self, write_units: float) -> None:
         with self.lock:
             self.acquired.append(write_units)
 
-    def record(self, *, consumed: float, throttled: bool) -> None:
+    def record(self, *, consumed: float, refused: float = 0.0, fault: bool = False) -> None:
         with self.lock:
-            self.recorded.append((consumed, throttled))
+            self.recorded.append((consumed, refused, fault))
 
 
 def make_reader(table: FakeTable, clock: Clock | None = None, **options: Any) -> BatchReader:
@@ -358,10 +358,19 @@ def test_the_limiter_is_charged_in_read_units() -> None:
     requests = [request(1, size=10_000), request(2, size=100)]
     make_reader(table, limiter=limiter).read(requests)
     assert limiter.acquired == [3 + 1, 3, 3]  # ceil(10,000 / 4 KB) + 1, then the unprocessed key twice
-    assert limiter.recorded == [(1.0, True), (0.0, True), (1.0, False)]
+    # (consumed, refused for capacity, fault): the unread key's 3 units refused, then the whole
+    # throttled call's, then success.
+    assert limiter.recorded == [(1.0, 3.0, False), (0.0, 3.0, False), (1.0, 0.0, False)]
     eventual = FakeLimiter()
     make_reader(FakeTable({}), limiter=eventual, consistent_read=False).read(requests)
     assert eventual.acquired == [2.0]
+
+
+def test_a_server_error_is_a_fault_not_a_capacity_refusal() -> None:
+    limiter = FakeLimiter()
+    table = FakeTable({"k1": stored(1)}, raise_(client_error("InternalServerError", 500)))
+    make_reader(table, limiter=limiter).read([request(1)])
+    assert limiter.recorded == [(0.0, 0.0, True), (1.0, 0.0, False)]
 
 
 def test_a_stop_request_leaves_keys_pending() -> None:
