@@ -28,10 +28,22 @@ from bulkwrites import (
     selectors,
 )
 from bulkwrites.conf import app_settings
-from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TargetForm
-from bulkwrites.models import Item, ItemQuerySet, ItemStatus, Job, JobStatus, SqlSource, TableSetting
+from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TargetForm, VerifyForm
+from bulkwrites.models import (
+    CheckOutcome,
+    EstimatedCountQuerySet,
+    Item,
+    ItemCheck,
+    ItemStatus,
+    Job,
+    JobStatus,
+    SqlSource,
+    TableSetting,
+    Verification,
+    VerificationStatus,
+)
 from bulkwrites.resources import EXPORT_FORMATS, FORMATS_BY_NAME, ItemExportResource, export_items
-from bulkwrites.services import control, create
+from bulkwrites.services import control, create, verifying
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.sql import SqlSpec
 
@@ -52,6 +64,24 @@ JOB_ACTIONS: dict[str, tuple[str, str, str]] = {
     ),
     "pause": (control.ACTION_PERMISSIONS["pause"], "Pause", "Job {id} paused."),
     "cancel": (control.ACTION_PERMISSIONS["cancel"], "Cancel", "Job {id} cancelled."),
+    "repair": (
+        control.ACTION_PERMISSIONS["repair"],
+        "Repair",
+        "Job {id}: the items its verification found missing or different are sent again, then verified again.",
+    ),
+}
+# A verification's own controls on the job page.
+VERIFICATION_ACTIONS: dict[str, tuple[str, Any, str]] = {
+    "cancel": (
+        control.ACTION_PERMISSIONS["cancel_verification"],
+        verifying.verification_cancel,
+        "Verification {id} cancelled.",
+    ),
+    "resume": (
+        control.ACTION_PERMISSIONS["resume_verification"],
+        verifying.verification_resume,
+        "Verification {id} resumed.",
+    ),
 }
 
 
@@ -112,6 +142,12 @@ class JobAdmin(admin.ModelAdmin[Job]):
             path("<int:job_id>/action/<str:action>/", wrap(self.action_view), name="bulkwrites_job_action"),
             path("<int:job_id>/export/<str:status>.<str:fmt>", wrap(self.export_view), name="bulkwrites_job_export"),
             path("<int:job_id>/rate/", wrap(self.rate_view), name="bulkwrites_job_rate"),
+            path("<int:job_id>/verify/", wrap(self.verify_view), name="bulkwrites_job_verify"),
+            path(
+                "<int:job_id>/verification/<int:verification_id>/<str:action>/",
+                wrap(self.verification_action_view),
+                name="bulkwrites_job_verification_action",
+            ),
             *super().get_urls(),
         ]
 
@@ -198,6 +234,7 @@ class JobAdmin(admin.ModelAdmin[Job]):
             raise PermissionDenied
         user = request.user
         allowed = {name for name, (permission, _, _) in JOB_ACTIONS.items() if user.has_perm(permission)}
+        latest = job.latest_verification()
         context = self._context(
             request,
             f"Job {job.pk}: {job.source_name} → {job.table_name}",
@@ -211,6 +248,19 @@ class JobAdmin(admin.ModelAdmin[Job]):
             runs=selectors.run_totals(job),
             history=log_entry_for(job).select_related("user").order_by("action_time")[:50],
             items_url=reverse("admin:bulkwrites_item_changelist") + f"?job__id__exact={job.pk}",
+            verification=selectors.verification_progress(latest),
+            verifications=selectors.verifications(job),
+            mismatches=selectors.mismatched_checks(latest, limit=50),
+            checks_url=(
+                reverse("admin:bulkwrites_itemcheck_changelist") + f"?verification__id__exact={latest.pk}"
+                if latest
+                else ""
+            ),
+            can_verify=user.has_perm(control.ACTION_PERMISSIONS["verify"])
+            and job.is_finished
+            and not (latest and latest.is_active),
+            verify_form=VerifyForm(),
+            verification_actions=_verification_actions(request, latest),
             original=job,
         )
         return TemplateResponse(request, "admin/bulkwrites/job/job_page.html", context)
@@ -256,6 +306,49 @@ class JobAdmin(admin.ModelAdmin[Job]):
             messages.error(request, "The rate must be a positive number of WCU/s (empty: no cap).")
         return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
 
+    def verify_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        """Queue a verification of the job's written items (POST, run_job, logged); workers read them back."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        self._require(request, control.ACTION_PERMISSIONS["verify"])
+        job = get_object_or_404(Job, pk=job_id)
+        form = VerifyForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, " ".join(str(m) for errors in form.errors.values() for m in errors))
+        else:
+            try:
+                verification = verifying.verification_create(
+                    job=job, created_by=request.user, **form.verification_settings()
+                )
+            except JobError as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(
+                    request, f"Verification {verification.pk} of job {job.pk} queued: {verification.scope()}."
+                )
+                log_change(request, job, f"verify (verification {verification.pk}: {verification.scope()})")
+        return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
+
+    def verification_action_view(
+        self, request: HttpRequest, job_id: int, verification_id: int, action: str
+    ) -> HttpResponse:
+        """Cancel or resume a verification: POST only, permission-checked, logged on the job."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if action not in VERIFICATION_ACTIONS:
+            raise Http404("unknown action")
+        permission, service, message = VERIFICATION_ACTIONS[action]
+        self._require(request, permission)
+        verification = get_object_or_404(Verification, pk=verification_id, job_id=job_id)
+        try:
+            service(verification=verification)
+        except JobError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, message.format(id=verification.pk))
+            log_change(request, verification.job, f"{action} verification {verification.pk}")
+        return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job_id]))
+
     def export_view(self, request: HttpRequest, job_id: int, status: str, fmt: str) -> HttpResponse:
         """Download a job's items of one status (usually ``failed``) as CSV, XLSX, TSV or JSON."""
         self._require(request, "bulkwrites.export_items")
@@ -281,7 +374,7 @@ class FailedErrorCodeFilter(admin.SimpleListFilter):
         return queryset.filter(error_code=self.value()) if self.value() else queryset
 
 
-class EstimatedCountPaginator(Paginator[Item]):
+class EstimatedCountPaginator(Paginator[Any]):
     """Exact counts up to what PostgreSQL counts in 200 ms, the planner's estimate beyond.
 
     COUNT(*) over a million-item job takes seconds; a page of 100 rows takes milliseconds.
@@ -289,11 +382,11 @@ class EstimatedCountPaginator(Paginator[Item]):
 
     @cached_property
     def count(self) -> int:
-        items = self.object_list
-        if isinstance(items, ItemQuerySet):
-            return items.estimated_count()
+        rows = self.object_list
+        if isinstance(rows, EstimatedCountQuerySet):
+            return rows.estimated_count()
         # The admin pages other lists with the same paginator (an item's history: LogEntry rows).
-        return items.count() if isinstance(items, QuerySet) else len(items)
+        return rows.count() if isinstance(rows, QuerySet) else len(rows)
 
 
 @admin.register(Item)
@@ -347,6 +440,123 @@ class ItemAdmin(ExportActionMixin, admin.ModelAdmin[Item]):  # type: ignore[misc
 
     def has_export_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("bulkwrites.export_items")
+
+
+def _verification_actions(request: HttpRequest, verification: Verification | None) -> list[dict[str, Any]]:
+    """The controls the latest verification offers this user (cancel while it runs, resume after)."""
+    if verification is None:
+        return []
+    offered = []
+    if verification.status in (VerificationStatus.DRAFT, *VerificationStatus.active()):
+        offered.append("cancel")
+    if verification.status in (VerificationStatus.FAILED, VerificationStatus.CANCELLED):
+        offered.append("resume")
+    return [
+        {"name": name, "label": f"{name.title()} verification"}
+        for name in offered
+        if request.user.has_perm(VERIFICATION_ACTIONS[name][0])
+    ]
+
+
+class CheckOutcomeFilter(admin.SimpleListFilter):
+    title = "outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("mismatched", "missing or different"), *CheckOutcome.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ItemCheck]) -> QuerySet[ItemCheck]:
+        value = self.value()
+        if value == "mismatched":
+            return queryset.filter(outcome__in=CheckOutcome.mismatches())
+        return queryset.filter(outcome=value) if value else queryset
+
+
+@admin.register(ItemCheck)
+class ItemCheckAdmin(admin.ModelAdmin[ItemCheck]):
+    """What verifications found, item by item: read-only, filtered by outcome."""
+
+    paginator = EstimatedCountPaginator
+    ordering = ("verification_id", "position")
+    list_display = ("position", "verification_link", "item_link", "key_text", "outcome", "short_diff", "attempts")
+    list_filter = (CheckOutcomeFilter,)
+    list_select_related = ("item",)
+    list_per_page = 100
+    show_full_result_count = False
+    readonly_fields = [f.name for f in ItemCheck._meta.fields]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ItemCheck]:
+        return super().get_queryset(request).defer("item__payload", "item__raw", "item__history")
+
+    @admin.display(description="verification")
+    def verification_link(self, check: ItemCheck) -> str:
+        job_id = check.item.job_id
+        url = reverse("admin:bulkwrites_job_change", args=[job_id])
+        return format_html('<a href="{}">{} (job {})</a>', url, check.verification_id, job_id)
+
+    @admin.display(description="row")
+    def item_link(self, check: ItemCheck) -> str:
+        url = reverse("admin:bulkwrites_item_change", args=[check.item_id])
+        return format_html('<a href="{}">{}</a>', url, check.item.position)
+
+    @admin.display(description="key")
+    def key_text(self, check: ItemCheck) -> str:
+        return check.item.key_text
+
+    @admin.display(description="what differs")
+    def short_diff(self, check: ItemCheck) -> str:
+        if check.error_message:
+            return f"{check.error_code}: {check.error_message}"[:200]
+        return "; ".join(f"{d['attribute']}: {d['expected']} → {d['actual']}" for d in check.diff or [])[:300]
+
+    # The outcomes of a job are part of its ledger: whoever may see the job may see them.
+    def has_view_permission(self, request: HttpRequest, obj: ItemCheck | None = None) -> bool:
+        return request.user.has_perm("bulkwrites.view_job")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ItemCheck | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: ItemCheck | None = None) -> bool:
+        return False
+
+
+@admin.register(Verification)
+class VerificationAdmin(admin.ModelAdmin[Verification]):
+    """Every verification, read-only; they are started from the job page or the CLI."""
+
+    list_display = (
+        "id", "job_link", "status", "scope", "total_items", "verified_items", "missing_items", "different_items",
+        "errored_items", "consumed_rcu", "started_at", "finished_at",
+    )  # fmt: skip
+    list_filter = ("status", "sampled", "consistent_read")
+    list_select_related = ("job",)
+    readonly_fields = [f.name for f in Verification._meta.fields]
+
+    @admin.display(description="job")
+    def job_link(self, verification: Verification) -> str:
+        url = reverse("admin:bulkwrites_job_change", args=[verification.job_id])
+        return format_html('<a href="{}">{}</a>', url, verification.job)
+
+    def has_view_permission(self, request: HttpRequest, obj: Verification | None = None) -> bool:
+        return request.user.has_perm("bulkwrites.view_job")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Verification | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Verification | None = None) -> bool:
+        return False
 
 
 def log_change(request: HttpRequest, job: Job, message: str) -> None:

@@ -12,7 +12,7 @@ from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
 
 from bulkwrites.conf import app_settings
-from bulkwrites.models import Job, Operation, SqlSource
+from bulkwrites.models import DEFAULT_SAMPLE_SIZE, FULL_VERIFICATION_MAX_ITEMS, Job, Operation, SqlSource, Verification
 from bulkwrites.selectors import SourceCatalog, TableListing
 from bulkwrites.services import sql
 from bulkwrites.services.create import upload_too_large
@@ -38,6 +38,7 @@ class JobSettingsForm(forms.ModelForm[Job]):
         model = Job
         fields = [
             "rate_limit_wcu", "duplicate_policy", "concurrency", "workers", "max_attempts", "batch_size", "webhook_url",
+            "verify_when_done",
         ]  # fmt: skip
         formfield_callback = _setting_field
         help_texts = {
@@ -47,6 +48,29 @@ class JobSettingsForm(forms.ModelForm[Job]):
         }
 
     def job_settings(self) -> dict[str, Any]:
+        return {name: self.cleaned_data[name] for name in self._meta.fields or ()}
+
+
+class VerifyForm(forms.ModelForm[Verification]):
+    """The job page's Verify: what to read back and how; empty fields take the defaults."""
+
+    class Meta:
+        model = Verification
+        fields = ["sample_fraction", "sample_size", "consistent_read", "rate_limit_rcu"]
+        formfield_callback = _setting_field
+        help_texts = {
+            "sample_fraction": "a random share of the written items (0 < f ≤ 1); empty: all of them up to "
+            f"{FULL_VERIFICATION_MAX_ITEMS:,}, a random {DEFAULT_SAMPLE_SIZE:,} above",
+            "sample_size": "or this many written items, chosen at random",
+        }
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("sample_fraction") is not None and data.get("sample_size") is not None:
+            raise forms.ValidationError("Give a sample fraction or a sample size, not both.")
+        return data
+
+    def verification_settings(self) -> dict[str, Any]:
         return {name: self.cleaned_data[name] for name in self._meta.fields or ()}
 
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from bulkwrites.dynamo.items import ItemError, normalize_number
 from bulkwrites.dynamo.ratelimit import read_status
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SliceRun
+from bulkwrites.models import Item, ItemCheck, ItemStatus, Job, JobStatus, SliceRun, Verification
 from bulkwrites.services import sql
 from bulkwrites.services.dispatch import rate_scope, redis_connection
 from bulkwrites.services.errors import JobError
@@ -50,7 +50,58 @@ def job_progress(job: Job) -> dict[str, Any]:
         "rate_limit_wcu": job.rate_limit_wcu,
         **capacity_rates(job),
         "history": throughput_series(job),
+        "verification": verification_progress(job.latest_verification()),
     }
+
+
+def verification_progress(verification: Verification | None) -> dict[str, Any] | None:
+    """A job's latest verification as the job page shows it (None: never verified)."""
+    if verification is None:
+        return None
+    duration = verification.duration_seconds
+    checked = verification.checked_items
+    return {
+        "id": verification.pk,
+        "status": verification.status,
+        "status_label": verification.get_status_display(),
+        "active": verification.is_active,
+        "scope": verification.scope(),
+        "sampled": verification.sampled,
+        "eligible": verification.eligible_items,
+        "total": verification.total_items,
+        "checked": checked,
+        "verified": verification.verified_items,
+        "missing": verification.missing_items,
+        "different": verification.different_items,
+        "errored": verification.errored_items,
+        "consistent_read": verification.consistent_read,
+        "rate_limit_rcu": verification.rate_limit_rcu,
+        "calls": verification.calls,
+        "throttled_calls": verification.throttled_calls,
+        "unprocessed_returned": verification.unprocessed_returned,
+        "consumed_rcu": round(verification.consumed_rcu, 1),
+        "duration_seconds": None if duration is None else round(duration, 1),
+        "items_per_second": round(checked / duration, 1) if duration and checked else 0.0,
+        "error_code": verification.error_code,
+        "error_message": verification.error_message,
+    }
+
+
+def verifications(job: Job, *, limit: int = 10) -> QuerySet[Verification]:
+    return job.verifications.order_by("-id")[:limit]
+
+
+def mismatched_checks(verification: Verification | None, *, limit: int = 50) -> list[ItemCheck]:
+    """The first items a verification found missing or different, with their diffs."""
+    if verification is None:
+        return []
+    return list(
+        ItemCheck.objects.filter(verification=verification)
+        .mismatched()
+        .select_related("item")
+        .only("position", "outcome", "diff", "verification_id", "item__key", "item__position")
+        .order_by("position")[:limit]
+    )
 
 
 def capacity_rates(job: Job) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from bulkwrites.models import Job
 
-Action = Literal["start", "pause", "resume", "cancel", "retry_failed"]
+Action = Literal["start", "pause", "resume", "cancel", "retry_failed", "repair"]
 ExportFormat = Literal["csv", "json", "xlsx"]
 ItemStatusName = Literal["pending", "succeeded", "failed", "skipped"]
 

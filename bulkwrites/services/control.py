@@ -101,6 +101,10 @@ ACTION_PERMISSIONS: dict[str, str] = {
     "rate": "bulkwrites.run_job",
     "pause": "bulkwrites.cancel_job",
     "cancel": "bulkwrites.cancel_job",
+    "repair": "bulkwrites.run_job",
+    "verify": "bulkwrites.run_job",
+    "resume_verification": "bulkwrites.run_job",
+    "cancel_verification": "bulkwrites.cancel_job",
 }
 
 

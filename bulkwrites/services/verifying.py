@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -455,14 +455,3 @@ def first_error(verification: Verification) -> str:
     """The reason of the first item that could not be read back."""
     check = ItemCheck.objects.filter(verification=verification, outcome=CheckOutcome.ERROR).order_by("position").first()
     return f"{check.error_code}: {check.error_message}" if check else ""
-
-
-def mismatches(verification: Verification, *, limit: int = 20) -> Sequence[ItemCheck]:
-    """The first checks that found an item missing or different, with their item's key."""
-    return list(
-        ItemCheck.objects.filter(verification=verification)
-        .mismatched()
-        .select_related("item")
-        .only("position", "outcome", "diff", "item__key", "item__position", "verification_id")
-        .order_by("position")[:limit]
-    )

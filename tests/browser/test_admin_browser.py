@@ -20,7 +20,7 @@ from django.urls import reverse
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, Slice
+from bulkwrites.models import OPERATOR_ACTIONS, Item, ItemStatus, Job, JobStatus, Slice, Verification
 from bulkwrites.resources import FORMULA_TRIGGERS
 from bulkwrites.services import control, create
 from faultproxy import FaultProxy
@@ -247,6 +247,7 @@ def test_staff_without_permission_cannot_see_or_use_actions(
     client.force_login(admin_user)
     html = client.get(job_url).content.decode()
     assert 'id="action-retry_failed"' in html
+    assert 'id="verify"' in html
     assert 'id="export-failed-csv"' in html
 
     viewer = django_user_model.objects.create_user("viewer", "viewer@example.com", PASSWORD, is_staff=True)
@@ -263,17 +264,20 @@ def test_staff_without_permission_cannot_see_or_use_actions(
     expect(page.locator("#job-status")).to_have_text(job.get_status_display())
     expect(page.locator(".bw-actions form, .bw-actions input[type=submit]")).to_have_count(0)
     expect(page.locator("[id^=action-]")).to_have_count(0)
+    expect(page.locator("#verify")).to_have_count(0)
     expect(page.locator("[id^=export-failed-]")).to_have_count(0)
     expect(page.locator("#failed-items tbody tr")).to_have_count(1)  # the viewer may still see outcomes
     page.screenshot(path=str(screenshot_dir / "job-page-view-only.png"), full_page=True)
 
     # A forged POST (with a valid CSRF token, so the refusal is the permission's) is refused.
     token = next(c["value"] for c in page.context.cookies(base) if c["name"] == "csrftoken")
-    for action in ("start", "resume", "retry_failed", "pause", "cancel"):
-        url = f"{base}{reverse('admin:bulkwrites_job_action', args=[job.pk, action])}"
-        response = page.request.post(url, headers={"X-CSRFToken": token, "Referer": f"{base}{job_url}"})
-        assert response.status == 403, (action, response.status)
-        assert "CSRF" not in response.text(), action
+    urls = [reverse("admin:bulkwrites_job_action", args=[job.pk, action]) for action in OPERATOR_ACTIONS]
+    urls.append(reverse("admin:bulkwrites_job_verify", args=[job.pk]))
+    for url in urls:
+        response = page.request.post(f"{base}{url}", headers={"X-CSRFToken": token, "Referer": f"{base}{job_url}"})
+        assert response.status == 403, (url, response.status)
+        assert "CSRF" not in response.text(), url
+    assert not Verification.objects.filter(job=job).exists()
     # The item list lets the viewer read the ledger, but offers no export either.
     page.locator("#failed-items-link").click()
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
@@ -369,3 +373,65 @@ def test_job_page_screenshot_while_running(
     assert int_text(page, "#count-pending") == count - job.succeeded_items
     expect(page.locator("#action-resume")).to_be_visible()
     expect(page.locator("#action-cancel")).to_have_count(0)
+
+
+def test_operator_verifies_and_repairs_from_the_job_page(
+    live_server: Any,
+    page: Page,
+    admin_user: Any,
+    make_table: Any,
+    scan: Any,
+    dynamodb: Any,
+    start_worker: Any,
+    rq_queue: Any,
+    screenshot_dir: Any,
+) -> None:
+    """Verify finds what changed behind the job's back; Repair puts it right; the page follows by itself."""
+    base = live_server.url
+    table = make_table()
+    source = "pk,n:N,tags:SS\n" + "".join(f'k{i:04d},{i},"[""a"", ""b{i % 3}""]"\n' for i in range(400))
+    job = create.job_create_from_file(
+        upload=io.BytesIO(source.encode()), file_name="rows.csv", table_name=table, created_by=admin_user
+    )
+    worker = start_worker()
+
+    def why() -> str:
+        return explain(job, worker, rq_queue)
+
+    control.job_start(job=job)
+    wait_or_explain(lambda: Job.objects.get(pk=job.pk).is_finished, timeout=60, what="the job to end", why=why)
+    expected = {item["pk"]["S"]: item for item in scan(table)}
+    for key in ("k0007", "k0100", "k0399"):
+        dynamodb.delete_item(TableName=table, Key={"pk": {"S": key}})
+    for key in ("k0010", "k0011"):
+        dynamodb.put_item(TableName=table, Item={"pk": {"S": key}, "n": {"N": "-1"}})
+
+    log_in(page, base, "root")
+    page.goto(f"{base}{reverse('admin:bulkwrites_job_change', args=[job.pk])}")
+    expect(page.locator("#verification-none")).to_be_visible()
+    page.locator("#verify").click()
+    expect(page.locator("ul.messagelist")).to_contain_text(f"of job {job.pk} queued")
+    # The page follows the verification by itself and reloads once it has finished.
+    expect(page.locator("#verification-status")).to_have_text("finished", timeout=60_000)
+    expect(page.locator("#verification-missing")).to_have_text("3")
+    expect(page.locator("#verification-different")).to_have_text("2")
+    expect(page.locator("#verification-verified")).to_have_text("395")
+    rows = page.locator("#mismatches tbody tr")
+    expect(rows).to_have_count(5)
+    expect(page.locator("#mismatches")).to_contain_text("k0010")
+    expect(page.locator("#mismatches")).to_contain_text('{"N":"10"} → {"N":"-1"}')
+    page.screenshot(path=str(screenshot_dir / "job-verified.png"), full_page=True)
+    page.locator("#mismatches-link").click()
+    expect(page.locator("#result_list tbody tr")).to_have_count(5)
+    page.go_back()
+
+    page.locator("#action-repair").click()
+    expect(page.locator("ul.messagelist")).to_contain_text("sent again, then verified again")
+    # The job runs again, then the re-check: the page reloads after each and ends on the re-check.
+    expect(page.locator("#verifications tbody tr")).to_have_count(2, timeout=90_000)
+    expect(page.locator("#verification-status")).to_have_text("finished", timeout=60_000)
+    expect(page.locator("#verification-verified")).to_have_text("5")
+    expect(page.locator("#verification-missing")).to_have_text("0")
+    expect(page.locator("#action-repair")).to_have_count(0)
+    page.screenshot(path=str(screenshot_dir / "job-repaired.png"), full_page=True)
+    assert {item["pk"]["S"]: item for item in scan(table)} == expected

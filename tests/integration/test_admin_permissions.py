@@ -11,7 +11,17 @@ from django.contrib.auth.models import Permission
 from django.test import override_settings
 from django.urls import reverse
 
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SourceKind
+from bulkwrites.models import (
+    CheckOutcome,
+    Item,
+    ItemCheck,
+    ItemStatus,
+    Job,
+    JobStatus,
+    SourceKind,
+    Verification,
+    VerificationStatus,
+)
 from bulkwrites.resources import FORMULA_TRIGGERS, neutralize_formula
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -165,3 +175,86 @@ def test_exports_of_failed_items_are_spreadsheet_safe(admin_client_tx: Any, fmt:
         assert dict(zip(header, row, strict=True))["error_message"] == "'@SUM(1)"
     else:
         assert '"@SUM(1)"' in response.content.decode()  # JSON is not a spreadsheet: data as is
+
+
+def verified_job(*, mismatches: bool = True) -> tuple[Job, Verification]:
+    """A finished job whose latest verification found (or not) one item missing."""
+    job = finished_job(JobStatus.SUCCEEDED)
+    verification = Verification.objects.create(
+        job=job,
+        status=VerificationStatus.FINISHED,
+        total_items=1,
+        verified_items=0 if mismatches else 1,
+        missing_items=1 if mismatches else 0,
+    )
+    item = job.items.get(position=1)
+    ItemCheck.objects.create(
+        verification=verification,
+        item=item,
+        position=1,
+        outcome=CheckOutcome.MISSING if mismatches else CheckOutcome.VERIFIED,
+    )
+    return job, verification
+
+
+def test_verify_and_repair_need_run_job_and_post(client: Any, django_user_model: Any) -> None:
+    job, verification = verified_job()
+    verify_url = reverse("admin:bulkwrites_job_verify", args=[job.pk])
+    repair_url = reverse("admin:bulkwrites_job_action", args=[job.pk, "repair"])
+    cancel_url = reverse("admin:bulkwrites_job_verification_action", args=[job.pk, verification.pk, "resume"])
+
+    client.force_login(staff_with(django_user_model))  # may only look
+    page = client.get(reverse("admin:bulkwrites_job_change", args=[job.pk])).content.decode()
+    assert 'id="verification-missing">1<' in page  # the counts and the mismatches are shown to viewers
+    assert 'id="mismatches"' in page
+    assert 'id="verify"' not in page
+    assert 'id="action-repair"' not in page
+    for url in (verify_url, repair_url, cancel_url):
+        assert client.post(url).status_code == 403, url
+    checks = reverse("admin:bulkwrites_itemcheck_changelist") + f"?verification__id__exact={verification.pk}"
+    assert client.get(checks + "&outcome=mismatched").status_code == 200  # the outcomes are the job's ledger
+    assert Verification.objects.filter(job=job).count() == 1
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items) == (JobStatus.SUCCEEDED, 1)
+
+    client.force_login(staff_with_more(django_user_model, "run_job"))
+    page = client.get(reverse("admin:bulkwrites_job_change", args=[job.pk])).content.decode()
+    assert 'id="verify"' in page
+    assert 'id="action-repair"' in page
+    assert client.get(verify_url).status_code == 405  # POST only
+    assert client.get(repair_url).status_code == 405
+
+
+def test_verify_and_repair_are_logged_with_the_user(admin_client_tx: Any, admin_user: Any, rq_queue: Any) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    job, verification = verified_job()
+    response = admin_client_tx.post(reverse("admin:bulkwrites_job_action", args=[job.pk, "repair"]))
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+    recheck = Verification.objects.get(recheck_of=verification)
+    assert (recheck.status, recheck.start_when_job_ends) == (VerificationStatus.DRAFT, True)
+
+    assert job.succeeded_items == 0  # the item is pending again
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, succeeded_items=1)  # as if it had run
+    recheck.delete()
+    response = admin_client_tx.post(
+        reverse("admin:bulkwrites_job_verify", args=[job.pk]), {"sample_fraction": "0.5", "consistent_read": "on"}
+    )
+    assert response.status_code == 302
+    started = Verification.objects.filter(job=job).order_by("-id").first()
+    assert started is not None
+    assert (started.status, started.sample_fraction, started.created_by_id) == (
+        VerificationStatus.QUEUED,
+        0.5,
+        admin_user.pk,
+    )
+    messages = list(LogEntry.objects.filter(object_id=str(job.pk)).order_by("id").values_list("change_message", "user"))
+    assert messages[0] == ("repair (status now queued)", admin_user.pk)
+    assert messages[1][0].startswith(f"verify (verification {started.pk}: a random 0.5 of the written items")
+    refused = admin_client_tx.post(
+        reverse("admin:bulkwrites_job_verify", args=[job.pk]), {"sample_fraction": "0.5", "sample_size": "3"}
+    )
+    assert refused.status_code == 302
+    assert Verification.objects.filter(job=job).count() == 2  # nothing started: both were given

@@ -414,7 +414,7 @@ class Command(BaseCommand):
             else:
                 no_worker_since = None
             time.sleep(0.5)
-        for check in verifying.mismatches(verification, limit=MISMATCHES_SHOWN):
+        for check in selectors.mismatched_checks(verification, limit=MISMATCHES_SHOWN):
             self.stdout.write(mismatch_line(check))
         if verification.mismatched_items > MISMATCHES_SHOWN:
             self.stdout.write(
