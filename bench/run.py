@@ -71,7 +71,7 @@ WAYS = (
     "bulkwrites_2_workers",
     "bulkwrites_1_worker_c4",
 )
-SKIPPABLE = (*WAYS, "bulkwrites", "threaded", "batch_writer", "c4", "staging", "capacity", "chaos")
+SKIPPABLE = (*WAYS, "bulkwrites", "threaded", "batch_writer", "c4", "staging", "capacity", "chaos", "verify")
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the app, project and faultproxy packages
@@ -949,6 +949,10 @@ class Bench:
             import chaos  # type: ignore[import-not-found]  # bench/chaos.py, beside this script
 
             chaos.run(self, sys.modules[__name__])
+        if not self.skipped("verify"):
+            import verify  # bench/verify.py, next to this file
+
+            verify.measure(self, sys.modules[__name__])  # read-back verification next to write throughput
         ways = self.results["ways"]
 
         def med(way: str) -> float | None:
@@ -1091,6 +1095,12 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"(peak RSS is the child's VmHWM; its ru_maxrss says {ru:.0f} MB because Linux carries the "
             "parent's peak over fork/exec)"
         )
+    import verify  # bench/verify.py
+
+    verification = verify.report_lines(results)
+    if verification:
+        print()
+        print("\n".join(verification))
     for note in results.get("notes", []):
         print(f"note: {note}")
 
