@@ -1268,6 +1268,10 @@ class ItemCheckQuerySet(EstimatedCountQuerySet["ItemCheck"]):
         """
         if not checks and not stats.calls:
             return
+        # The ids twice: "c.id = ANY(ids)" makes PostgreSQL fetch the rows by primary key
+        # whatever its statistics say. Joined on the unnest alone, a table just staged (its
+        # statistics still saying "no pending check") was planned as a nested loop over every
+        # row: 3.3 s a flush instead of ~1 ms, verification at 900 instead of 5,000 items/s.
         ids: list[int] = []
         outcomes: list[str] = []
         attempts: list[int] = []
@@ -1290,7 +1294,7 @@ class ItemCheckQuerySet(EstimatedCountQuerySet["ItemCheck"]):
                 UPDATE {ItemCheck._meta.db_table} AS c
                 SET outcome = v.outcome, attempts = c.attempts + v.attempts, diff = v.diff::jsonb,
                     error_code = v.code, error_message = v.message, checked_at = now()
-                FROM v WHERE c.id = v.id AND c.outcome = %s
+                FROM v WHERE c.id = ANY(%s::bigint[]) AND c.id = v.id AND c.outcome = %s
                 RETURNING c.outcome
             )
             UPDATE {Verification._meta.db_table} SET
@@ -1304,7 +1308,7 @@ class ItemCheckQuerySet(EstimatedCountQuerySet["ItemCheck"]):
             WHERE id = %s
         """
         params: list[Any] = [
-            ids, outcomes, attempts, diffs, codes, messages, CheckOutcome.PENDING,
+            ids, outcomes, attempts, diffs, codes, messages, ids, CheckOutcome.PENDING,
             CheckOutcome.VERIFIED, CheckOutcome.MISSING, CheckOutcome.DIFFERENT, CheckOutcome.ERROR,
             stats.calls, stats.throttled_calls, stats.unprocessed, stats.consumed_rcu, verification_id,
         ]  # fmt: skip

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .errors import CODE_CONNECTION, ErrorInfo, ErrorKind, classify
 from .items import Item, Key, from_wire, key_identity, to_wire
@@ -46,6 +46,9 @@ MAX_KEYS_PER_CALL = 100
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 READ_UNIT_BYTES = 4096
 CODE_UNPROCESSED_KEYS = "UnprocessedKeys"
+# Where a client prepared by ``client.read_responses_as_json`` puts a BatchGetItem answer as the
+# DynamoDB JSON it arrived as (binary as base64 text); without it, boto3's parsed form (bytes).
+RAW_RESPONSE = "BulkwritesResponseJson"
 
 # Verdicts (the Django layer stores these strings).
 VERIFIED = "verified"
@@ -271,6 +274,10 @@ def chunk_keys[R: ReadRequest](
         yield chunk
 
 
+def _as_is(item: Mapping[str, Mapping[str, Any]]) -> Item:
+    return cast(Item, item)  # already DynamoDB JSON, as the ledger stores it
+
+
 class BatchReader:
     """Reads keys back and judges them; the read-side twin of :class:`~.writer.BatchWriter`."""
 
@@ -446,12 +453,14 @@ class BatchReader:
             logger.debug("BatchGetItem on %s failed: %s %s", self.table, error.code, error.message)
             return error, {}, set()
         stats.latency_seconds += time.perf_counter() - began
-        consumed = sum(float(c.get("CapacityUnits") or 0) for c in response.get("ConsumedCapacity") or ())
+        raw = response.get(RAW_RESPONSE)
+        answer, as_json = (raw, _as_is) if raw is not None else (response, from_wire)
+        consumed = sum(float(c.get("CapacityUnits") or 0) for c in answer.get("ConsumedCapacity") or ())
         found: dict[Key, Item] = {}
-        for wire_item in (response.get("Responses") or {}).get(self.table) or ():
-            item = from_wire(wire_item)
+        for returned in (answer.get("Responses") or {}).get(self.table) or ():
+            item = as_json(returned)
             found[key_identity({name: item[name] for name in key_names})] = item
-        unprocessed = self._match_unprocessed(requests, key_names, response.get("UnprocessedKeys") or {})
+        unprocessed = self._match_unprocessed(requests, key_names, answer.get("UnprocessedKeys") or {}, as_json)
         stats.consumed_rcu += consumed
         stats.unprocessed += len(unprocessed)
         if unprocessed:
@@ -463,7 +472,11 @@ class BatchReader:
         return None, found, unprocessed
 
     def _match_unprocessed(
-        self, requests: list[ReadRequest], key_names: list[str], unprocessed_keys: dict[str, Any]
+        self,
+        requests: list[ReadRequest],
+        key_names: list[str],
+        unprocessed_keys: dict[str, Any],
+        as_json: Callable[[Mapping[str, Mapping[str, Any]]], Item],
     ) -> set[ReadRequest]:
         entry = unprocessed_keys.get(self.table) or {}
         keys = entry.get("Keys") or []
@@ -472,7 +485,7 @@ class BatchReader:
         by_identity = {r.identity: r for r in requests}
         matched: set[ReadRequest] = set()
         for key in keys:
-            attributes = from_wire(key)
+            attributes = as_json(key)
             identity = key_identity({name: attributes[name] for name in key_names})
             request = by_identity.get(identity)
             if request is None:  # pragma: no cover - DynamoDB only returns what it was sent

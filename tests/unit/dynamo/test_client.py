@@ -110,3 +110,47 @@ def test_other_parameters_and_plain_lists_pass_through_untouched(monkeypatch: py
         "ReturnConsumedCapacity": "INDEXES",
         "ReturnItemCollectionMetrics": "SIZE",
     }
+
+
+class Answering:
+    """Answers each request with a fixed status and JSON body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = json.dumps(body).encode()
+
+    def __call__(self, request: Any, **_: Any) -> AWSResponse:
+        import zlib
+
+        headers = {"x-amzn-requestid": "test", "x-amz-crc32": str(zlib.crc32(self.body) & 0xFFFFFFFF)}
+        response = AWSResponse(request.url, self.status, headers, None)
+        response._content = self.body
+        return response
+
+
+def test_batch_get_item_answers_come_back_as_their_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bulkwrites.dynamo.verify import RAW_RESPONSE
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    answer = {
+        "Responses": {TABLE: [ITEM]},
+        "UnprocessedKeys": {TABLE: {"Keys": [{"pk": {"S": "later"}, "sk": {"N": "1"}}], "ConsistentRead": True}},
+        "ConsumedCapacity": [{"TableName": TABLE, "CapacityUnits": 1.0}],
+    }
+    made = dynamo_client.make_client(for_writing=True, endpoint=ENDPOINT)
+    made.meta.events.register("before-send.dynamodb", Answering(200, answer))
+
+    response = made.batch_get_item(RequestItems={TABLE: {"Keys": [{"pk": {"S": "a"}, "sk": {"N": "1"}}]}})
+
+    assert response[RAW_RESPONSE] == answer  # binary stays base64 text, as the ledger stores it
+    assert "Responses" not in response  # botocore did not walk the items
+
+    error = {"__type": "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException", "message": "no table"}
+    failing = dynamo_client.make_client(for_writing=True, endpoint=ENDPOINT)
+    failing.meta.events.register("before-send.dynamodb", Answering(400, error))
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as raised:
+        failing.batch_get_item(RequestItems={TABLE: {"Keys": [{"pk": {"S": "a"}, "sk": {"N": "1"}}]}})
+    assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
