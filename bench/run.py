@@ -950,7 +950,7 @@ class Bench:
 
             chaos.run(self, sys.modules[__name__])
         if not self.skipped("verify"):
-            import verify  # bench/verify.py, next to this file
+            from bench import verify
 
             verify.measure(self, sys.modules[__name__])  # read-back verification next to write throughput
         ways = self.results["ways"]
@@ -1095,7 +1095,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"(peak RSS is the child's VmHWM; its ru_maxrss says {ru:.0f} MB because Linux carries the "
             "parent's peak over fork/exec)"
         )
-    import verify  # bench/verify.py
+    from bench import verify
 
     verification = verify.report_lines(results)
     if verification:

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from run import Bench
+    from bench.run import Bench
 
 KEYS_PER_CALL = 100
 READ_THREADS = 16

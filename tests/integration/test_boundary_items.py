@@ -26,7 +26,7 @@ import pytest
 
 from bulkwrites.dynamo.items import KeySchema
 from bulkwrites.dynamo.records import Record, convert_rows
-from bulkwrites.sources.files import ROWS_ARE_DYNAMODB_JSON, read_rows
+from bulkwrites.sources.formats import ROWS_ARE_DYNAMODB_JSON, read_rows
 from tests.data.boundary_items import CASES, TABLES, Case
 
 
