@@ -144,7 +144,7 @@ class JobAdmin(admin.ModelAdmin[Job]):
             path("<int:job_id>/rate/", wrap(self.rate_view), name="bulkwrites_job_rate"),
             path("<int:job_id>/verify/", wrap(self.verify_view), name="bulkwrites_job_verify"),
             path(
-                "<int:job_id>/verification/<int:verification_id>/<str:action>/",
+                "<int:job_id>/verification/<int:verification_id>/<str:verification_action>/",
                 wrap(self.verification_action_view),
                 name="bulkwrites_job_verification_action",
             ),
@@ -330,11 +330,12 @@ class JobAdmin(admin.ModelAdmin[Job]):
         return HttpResponseRedirect(reverse("admin:bulkwrites_job_change", args=[job.pk]))
 
     def verification_action_view(
-        self, request: HttpRequest, job_id: int, verification_id: int, action: str
+        self, request: HttpRequest, job_id: int, verification_id: int, verification_action: str
     ) -> HttpResponse:
         """Cancel or resume a verification: POST only, permission-checked, logged on the job."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        action = verification_action
         if action not in VERIFICATION_ACTIONS:
             raise Http404("unknown action")
         permission, service, message = VERIFICATION_ACTIONS[action]

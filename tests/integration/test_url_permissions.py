@@ -22,7 +22,18 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SourceKind, SqlSource, TableSetting
+from bulkwrites.models import (
+    Item,
+    ItemCheck,
+    ItemStatus,
+    Job,
+    JobStatus,
+    SourceKind,
+    SqlSource,
+    TableSetting,
+    Verification,
+    VerificationStatus,
+)
 from bulkwrites.services import tokens
 from demo.models import Customer, Order
 
@@ -48,6 +59,8 @@ VIEWER_MAY_READ_MODELS = {
     "bulkwrites_job",
     "bulkwrites_item",
     "bulkwrites_tablesetting",
+    "bulkwrites_verification",  # a job's verifications and their checks are part of its ledger
+    "bulkwrites_itemcheck",
     "demo_customer",
     "demo_order",
     "auth_user",
@@ -120,6 +133,8 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
     )
     item = Item.objects.create(job=job, position=1, key={"pk": {"S": "a"}}, payload={"pk": {"S": "a"}},
                                status=ItemStatus.PENDING)  # fmt: skip
+    verification = Verification.objects.create(job=job, status=VerificationStatus.FAILED, total_items=1)
+    check = ItemCheck.objects.create(verification=verification, item=item, position=1)
     source = SqlSource.objects.create(name="s", connection="demo", query="SELECT 1 AS pk")
     setting = TableSetting.objects.create(table_name="t", rate_limit_wcu=10)
     customer = Customer.objects.create(name="Ada", email="ada@example.com", country="GB")
@@ -131,6 +146,8 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
     objects = {
         "bulkwrites.job": job,
         "bulkwrites.item": item,
+        "bulkwrites.verification": verification,
+        "bulkwrites.itemcheck": check,
         "bulkwrites.sqlsource": source,
         "bulkwrites.tablesetting": setting,
         "demo.customer": customer,
@@ -139,7 +156,14 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
         "auth.group": group,
         "bulkwrites.apitoken": tokens.token_create(user=viewer).token,
     }
-    return {"objects": objects, "job": job, "source": source, "viewer": viewer, "rq_job_id": rq_job.id}
+    return {
+        "objects": objects,
+        "job": job,
+        "verification": verification,
+        "source": source,
+        "viewer": viewer,
+        "rq_job_id": rq_job.id,
+    }
 
 
 def routes(world: dict[str, Any]) -> list[Route]:
@@ -161,6 +185,8 @@ def routes(world: dict[str, Any]) -> list[Route]:
                 return world["job"].pk if converter == "int" else world["rq_job_id"]
             known: dict[str, Any] = {
                 "source_id": world["source"].pk,
+                "verification_id": world["verification"].pk,
+                "verification_action": "resume",
                 "id": world["viewer"].pk,  # auth's user password form
                 "action": "start",
                 "status": "failed",
