@@ -67,7 +67,6 @@ from bulkwrites.services.running import (
 logger = logging.getLogger(__name__)
 
 _STAGING_LOCK = 0x6276  # first key of the advisory lock a verification is staged under (the second is its id)
-SETTINGS = ("sample_fraction", "sample_size", "consistent_read", "rate_limit_rcu")
 
 
 # --- creating and controlling ------------------------------------------------------------
