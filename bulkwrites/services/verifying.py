@@ -31,6 +31,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
+from bulkwrites.dependencies import retry_database, retry_redis
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.backoff import Backoff
@@ -230,7 +231,9 @@ def verification_work(verification_id: int, *, worker: str) -> str:
         return f"verification {verification_id}: not staged here"
     report = verification_run(verification_id, worker=worker)
     if report.stopped_by == "budget":
-        dispatch.enqueue_verification(verification_id)
+        retry_redis(
+            lambda: dispatch.enqueue_verification(verification_id), what=f"handing verification {verification_id} over"
+        )
     return (
         f"verification {verification_id}: {report.items} items in {report.slices} slices, "
         f"stopped by {report.stopped_by or 'done'}"
@@ -302,8 +305,11 @@ def verification_run(
     report = RunReport()
     budget = app_settings().run_slice_seconds if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
-    verification = Verification.objects.select_related("job").filter(pk=verification_id).first()
-    if verification is None or not verification.claim():
+    verification = retry_database(
+        lambda: Verification.objects.select_related("job").filter(pk=verification_id).first(),
+        what="loading the verification",
+    )
+    if verification is None or not retry_database(verification.claim, what="starting a run"):
         report.stopped_by = "inactive"
         return report
     job = verification.job
@@ -368,21 +374,22 @@ def verification_run(
         try:
             recorder.close()
         finally:
-            CheckSlice.objects.release(verification_id, worker=worker)
+            retry_database(lambda: CheckSlice.objects.release(verification_id, worker=worker), what="releasing leases")
     limiter.flush()
     result = streamed.result
     report.slices = len(streamed.passes)
     report.items = len(result.checks)
     if result.fatal:
         report.stopped_by = "fatal"
-        if verification.fail(result.fatal.code, result.fatal.message):
-            logger.warning("verification %s failed: %s: %s", verification_id, result.fatal.code, result.fatal.message)
+        fatal = result.fatal
+        if retry_database(lambda: verification.fail(fatal.code, fatal.message), what="failing the verification"):
+            logger.warning("verification %s failed: %s: %s", verification_id, fatal.code, fatal.message)
     elif result.stopped or control.should_stop():
         report.stopped_by = control.stop_reason or "stopped"
     elif not streamed.drained:
         report.stopped_by = "budget"
     else:
-        report.finished = finish_if_done(verification)
+        report.finished = retry_database(lambda: finish_if_done(verification), what="finishing the verification")
     return report
 
 
