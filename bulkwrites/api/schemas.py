@@ -69,6 +69,34 @@ class JobListOut(Schema):
     next_offset: int | None = Field(description="pass as offset for the next page; null: this was the last")
 
 
+class VerificationOut(Schema):
+    """A job's latest read-back verification, as the job page shows it."""
+
+    id: int
+    status: str
+    status_label: str
+    active: bool
+    scope: str
+    sampled: bool
+    eligible: int = Field(description="written items a full verification checks")
+    total: int = Field(description="items this verification checks")
+    checked: int
+    verified: int
+    missing: int
+    different: int
+    errored: int = Field(description="items that could not be read back")
+    consistent_read: bool
+    rate_limit_rcu: float | None
+    calls: int
+    throttled_calls: int
+    unprocessed_returned: int
+    consumed_rcu: float
+    duration_seconds: float | None
+    items_per_second: float
+    error_code: str
+    error_message: str
+
+
 class JobOut(Schema):
     """The job page's live fields (its ``progress.json``), plus what the job is and what may be done to it."""
 
@@ -99,6 +127,7 @@ class JobOut(Schema):
     observed_wcu: float | None = Field(description="WCU/s consumed lately (active jobs)")
     rate_reason: str = Field(default="", description="why the allowed rate is what it is (the limiter's last decision)")
     history: list[list[float]] = Field(description="[seconds since start, items/s] per time bucket")
+    verification: VerificationOut | None = Field(description="the latest read-back verification; null: never verified")
     created_at: datetime
     created_by: str | None
     table: str

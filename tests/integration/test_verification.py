@@ -414,3 +414,31 @@ def test_cli_verify_says_why_it_cannot_run(make_table: Any) -> None:
     code, _, err = run_cli("repair", str(job.pk))
     assert code == 1
     assert "repair it once it has ended" in err
+
+
+def test_the_api_shows_the_verification_and_repairs(
+    make_table: Any, dynamodb: Any, run_worker: Any, django_user_model: Any
+) -> None:
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    from bulkwrites.services import tokens
+
+    table = make_table()
+    job = finished_job(table, 20, run_worker)
+    dynamodb.delete_item(TableName=table, Key={"pk": {"S": "k00002"}})
+    verifying.verification_create(job=job)
+    run_worker()
+    user = django_user_model.objects.create_user("ops", "ops@example.com", "pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_job", "run_job"]))
+    client = Client(headers={"Authorization": f"Bearer {tokens.token_create(user=user).secret}"})
+
+    status = client.get(f"/api/jobs/{job.pk}").json()
+    assert (status["verification"]["verified"], status["verification"]["missing"]) == (19, 1)
+    assert "repair" in status["actions"]
+    repaired = client.post(f"/api/jobs/{job.pk}/actions/repair")
+    assert repaired.status_code == 200, repaired.content
+    run_worker()
+    job.refresh_from_db()
+    assert job.latest_verification() is not None
+    assert counts(Verification.objects.get(job=job, recheck_of__isnull=False)) == (1, 0, 0, 0)
