@@ -104,6 +104,26 @@ def _put_request_json(params: dict[str, Any], context: dict[str, Any], **_: Any)
     params["body"] = text.encode("utf-8")
 
 
+def streams_endpoint_url() -> str | None:
+    """DynamoDB Streams' endpoint: its own variable, else DynamoDB's (DynamoDB Local serves both)."""
+    return os.environ.get("AWS_ENDPOINT_URL_DYNAMODB_STREAMS") or endpoint_url()
+
+
+def make_streams_client() -> Any:
+    """A client of the ``dynamodbstreams`` API (DescribeStream, GetShardIterator, GetRecords).
+
+    Reads keep botocore's ``standard`` retries: a throttled GetRecords is simply read again.
+    """
+    config = Config(
+        region_name=region(),
+        retries={"mode": "standard", "total_max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=30,
+        tcp_keepalive=True,
+    )
+    return boto3.session.Session().client("dynamodbstreams", config=config, endpoint_url=streams_endpoint_url())
+
+
 @lru_cache(maxsize=1)
 def reading_client() -> Any:
     """A shared client for admin reads (DescribeTable, ListTables)."""
