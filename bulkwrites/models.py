@@ -1040,6 +1040,10 @@ class StreamShard(models.Model):
         max_length=64, blank=True, help_text="sequence number of the last record whose writes are recorded"
     )
     finished = models.BooleanField(default=False, help_text="closed and read to its end")
+    # A LATEST shard has no sequence number to resume from until its first record: its iterator
+    # (good for 15 minutes) is kept instead, so the next worker starts where this one stopped.
+    resume_iterator = models.TextField(blank=True)
+    resume_iterator_at = models.DateTimeField(null=True, blank=True)
     leased_by = models.CharField(max_length=255, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     records_read = models.BigIntegerField(default=0)

@@ -104,11 +104,11 @@ def lags_by_rule(rule_ids: list[int]) -> dict[int, float | None]:
         StreamShard.objects.open()
         .filter(rule_id__in=rule_ids)
         .values("rule_id")
-        .annotate(lag=Max("lag_seconds", filter=Q(caught_up=False)), open=Count("id"), read=Count("last_read_at"))
+        .annotate(max_lag=Max("lag_seconds", filter=Q(caught_up=False)), read=Count("last_read_at"))
     )
     for row in rows:
         if row["read"]:
-            lags[row["rule_id"]] = round(row["lag"] or 0.0, 1)
+            lags[row["rule_id"]] = round(row["max_lag"] or 0.0, 1)
     return lags
 
 

@@ -8,9 +8,10 @@ lives in ``bulkwrites.services.streams``; this module knows the API and the reco
   end before it, or the order of changes to one key breaks.
 - :class:`ShardReader` reads one shard with ``GetShardIterator`` / ``GetRecords`` (at most
   1,000 records or 1 MB a call). Iterators expire after 15 minutes: an expired one is replaced
-  from the last sequence number read. A checkpoint older than the stream's 24-hour retention
-  cannot be resumed: the reader starts again at ``TRIM_HORIZON`` and says so (``trimmed``), so
-  the loss is recorded where an operator sees it, never silent.
+  from the last sequence number read (or, before any, from the starting position). A
+  checkpoint older than the stream's 24-hour retention cannot be resumed: the reader starts
+  again at ``TRIM_HORIZON`` and says so (``trimmed``), so the loss is recorded where an
+  operator sees it, never silent.
 - :class:`StreamMapping` turns a stream record into the target's write requests, in the same
   ``source -> target[:TYPE]`` lines as the admin's "Copy to DynamoDB".
 """
@@ -127,6 +128,7 @@ class ShardReader:
         *,
         after: str | None,
         initial: str = TRIM_HORIZON,
+        iterator: str | None = None,
         limit: int = MAX_RECORDS_PER_CALL,
     ) -> None:
         self.client = client
@@ -135,9 +137,14 @@ class ShardReader:
         self.position = after  # sequence number of the last record handed out, or the checkpoint
         self.initial = initial
         self.limit = max(1, min(limit, MAX_RECORDS_PER_CALL))
-        self._iterator: str | None = None
+        self._iterator: str | None = iterator  # an iterator kept from an earlier reader, if still fresh
         self._pending_trim: str | None = None
         self.finished = False
+
+    @property
+    def iterator(self) -> str | None:
+        """Where the next read starts (an iterator is good for 15 minutes)."""
+        return self._iterator
 
     def read(self) -> ShardBatch:
         if self.finished:

@@ -10,15 +10,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
+from django.db import connection
 from django.test import override_settings
 
-from bulkwrites.models import StreamFailure, StreamFailureStatus, StreamRule, StreamRuleStatus, StreamShard
+from bulkwrites.models import StreamFailure, StreamFailureStatus, StreamRule, StreamShard
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.streams import consume, rules
 from faultproxy import FaultProxy
@@ -97,6 +98,377 @@ def test_scavenging_deletes_from_b_what_was_removed_from_a_and_a_second_run_does
 
     (shard,) = StreamShard.objects.filter(rule__name="scavenge")
     assert (shard.records_read, shard.writes_succeeded, shard.writes_failed) == (86, 25, 0)
-    assert shard.checkpoint and not shard.leased_by
+    assert shard.checkpoint
+    assert not shard.leased_by
     code, out, _ = run_cli("stream", "status", "scavenge")
     assert "86 records, 25 writes succeeded, 0 failed" in out
+
+
+def batch_put(dynamodb: Any, table: str, items: list[dict[str, Any]]) -> None:
+    for start in range(0, len(items), 25):
+        requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+        dynamodb.batch_write_item(RequestItems={table: requests})
+
+
+def batch_delete(dynamodb: Any, table: str, keys: list[str]) -> None:
+    for start in range(0, len(keys), 25):
+        requests = [{"DeleteRequest": {"Key": {"pk": {"S": k}}}} for k in keys[start : start + 25]]
+        dynamodb.batch_write_item(RequestItems={table: requests})
+
+
+def scavenging_rule(source: str, target: str, *, name: str = "scavenge", **extra: Any) -> StreamRule:
+    return rules.stream_rule_create(
+        name=name,
+        source_table=source,
+        target_table=target,
+        events=["REMOVE"],
+        operation="delete",
+        mapping_text="pk -> pk",
+        **extra,
+    )
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """Writers (and stream readers) in this process go through the fault proxy."""
+    with FaultProxy(upstream=os.environ["AWS_ENDPOINT_URL_DYNAMODB"], seed=11) as fault_proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", fault_proxy.url)
+        yield fault_proxy
+
+
+@pytest.mark.slow
+def test_a_sigkilled_worker_is_taken_over_from_its_checkpoint_and_nothing_is_lost(
+    dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any, worker_process: Any, tmp_path: Any
+) -> None:
+    source, target = make_stream_table(), make_table()
+    keys = [f"k{n:04d}" for n in range(1500)]
+    items = [{"pk": {"S": k}} for k in keys]
+    batch_put(dynamodb, source, items)
+    batch_put(dynamodb, target, items)
+    batch_delete(dynamodb, source, keys)  # 1,500 INSERT then 1,500 REMOVE records in the stream
+    with FaultProxy(upstream=os.environ["AWS_ENDPOINT_URL_DYNAMODB"], seed=5) as proxy:
+        proxy.configure(latency_ms=150)  # every BatchWriteItem is slow: the kill lands mid-stream
+        env = {
+            "AWS_ENDPOINT_URL_DYNAMODB": proxy.url,
+            "BULKWRITES_LEASE_SECONDS": "5",
+            "BULKWRITES_STALL_SECONDS": "5",
+            "BULKWRITES_SWEEP_SECONDS": "3",
+            "BULKWRITES_STREAM_RECORDS_PER_READ": "50",
+        }
+        rule = scavenging_rule(source, target)
+        victim = subprocess.Popen(
+            [sys.executable, "manage.py", "rqworker", TEST_QUEUE],
+            cwd=ROOT,
+            env=worker_env(**env),
+            stdout=(tmp_path / "victim.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: SIGKILL reaches the forked work horse too
+        )
+        try:
+            wait_for(
+                lambda: StreamShard.objects.filter(rule=rule, writes_succeeded__gte=200).exists(),
+                timeout=90,
+                what="the first worker to delete some items",
+            )
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=10)
+        finally:
+            if victim.poll() is None:
+                os.killpg(victim.pid, signal.SIGKILL)
+        (shard,) = StreamShard.objects.filter(rule=rule)
+        assert shard.writes_succeeded < 1500  # killed mid-stream
+        assert shard.leased_by  # its lease is left behind, to expire
+
+        worker_process(**env)  # the sweeper of this worker finds the rule stalled and re-enqueues it
+        wait_for(
+            lambda: StreamShard.objects.get(pk=shard.pk).records_read == 3000,
+            timeout=180,
+            interval=0.5,
+            what="another worker to finish the stream",
+        )
+    shard.refresh_from_db()
+    assert keys_in(scan, target) == set()  # nothing lost
+    # Read again from the checkpoint, counted once: the killed worker's unrecorded batch never counted.
+    assert (shard.records_read, shard.writes_succeeded, shard.writes_failed) == (3000, 1500, 0)
+    assert not StreamFailure.objects.filter(rule=rule).exists()
+    assert shard.leased_by != "" or shard.caught_up
+
+
+def test_throttling_on_the_target_slows_the_rule_but_every_write_lands(
+    proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    source, target = make_stream_table(), make_table()
+    keys = [f"k{n:03d}" for n in range(300)]
+    batch_put(dynamodb, source, [{"pk": {"S": k}} for k in keys])
+    batch_put(dynamodb, target, [{"pk": {"S": k}} for k in [*keys, "keep"]])
+    batch_delete(dynamodb, source, keys)
+    rule = scavenging_rule(source, target, start=False)
+    # A table with 100 WCU/s: calls beyond it come back with unprocessed items or throttled whole.
+    proxy.configure(capacity_wcu=100, throttle_share=0.05, seed=3)
+
+    report = consume.stream_rule_consume(rule, worker="test", until_caught_up=True)
+
+    assert report.caught_up
+    assert not report.error
+    assert (report.records, report.writes_succeeded, report.writes_failed) == (600, 300, 0)
+    assert keys_in(scan, target) == {"keep"}
+    stats = proxy.stats()
+    assert stats["throttled_calls"] > 0
+    assert stats["unprocessed_items_returned"] > 0
+    assert not StreamFailure.objects.filter(rule=rule).exists()
+
+
+def test_writes_throttled_beyond_the_writers_retries_are_read_again_not_dropped(
+    proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    from bulkwrites.dynamo.backoff import Backoff
+    from bulkwrites.dynamo.writer import WriterPolicy
+
+    source, target = make_stream_table(), make_table()
+    keys = [f"k{n:02d}" for n in range(40)]
+    batch_put(dynamodb, source, [{"pk": {"S": k}} for k in keys])
+    batch_put(dynamodb, target, [{"pk": {"S": k}} for k in keys])
+    batch_delete(dynamodb, source, keys)
+    rule = scavenging_rule(source, target, start=False)
+    impatient = WriterPolicy(max_attempts=2, backoff=Backoff(base=0.01, cap=0.05))
+
+    proxy.configure(unprocessed_share=1.0)  # the target takes nothing
+    report = consume.stream_rule_consume(rule, worker="test", budget_seconds=2, policy=impatient)
+    assert report.writes_failed == 0  # a throttled write is not the record's fault: nothing in the ledger
+    assert not StreamFailure.objects.filter(rule=rule).exists()
+    assert keys_in(scan, target) == set(keys)
+    (shard,) = StreamShard.objects.filter(rule=rule)
+    assert shard.records_read == 40  # the 40 INSERTs were settled; the REMOVEs wait at the checkpoint
+
+    proxy.configure()  # the table recovers
+    report = consume.stream_rule_consume(rule, worker="test", until_caught_up=True, policy=impatient)
+    assert (report.records, report.writes_succeeded) == (40, 40)
+    assert keys_in(scan, target) == set()
+
+
+def test_a_poisoned_record_lands_in_the_ledger_with_its_reason_and_the_shard_moves_on(
+    dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any, tmp_path: Any
+) -> None:
+    source = make_stream_table()
+    target = make_table(pk="id", pk_type="N")
+    items = [{"pk": {"S": f"k{n}"}, "ref": {"N": str(n)}} for n in range(30)]
+    items[7] = {"pk": {"S": "k7"}, "ref": {"S": "oops"}}  # maps to a string key in a number-keyed table
+    batch_put(dynamodb, source, items)
+    code, _, err = run_cli(
+        "stream", "add", "copy-refs", "--source-table", source, "--target-table", target, "--on", "INSERT",
+        "--operation", "put", "--key", "id=ref", "--map", "source_pk=pk", "--paused",
+    )  # fmt: skip
+    assert code == 0, err
+
+    code, out, err = run_cli("stream", "run", "copy-refs", "--until-caught-up")
+    assert code == 3  # writes failed
+    assert out.strip() == "stream copy-refs: 30 records, 29 writes succeeded, 1 failed"
+    assert sorted(int(i["id"]["N"]) for i in scan(target)) == [n for n in range(30) if n != 7]
+    (failure,) = StreamFailure.objects.filter(rule__name="copy-refs")
+    assert failure.event_name == "INSERT"
+    assert failure.keys == {"pk": {"S": "k7"}}
+    assert failure.error_code == "InvalidRequest"
+    assert failure.error_message == "key attribute 'id' is S but the table's key is N"
+    assert failure.record["dynamodb"]["NewImage"]["ref"] == {"S": "oops"}
+    (shard,) = StreamShard.objects.filter(rule__name="copy-refs")
+    assert failure.shard_id == shard.shard_id
+    assert failure.sequence_number
+    assert int(shard.checkpoint) > int(failure.sequence_number)  # the shard moved on past it
+    assert (shard.records_failed, shard.writes_failed) == (1, 1)
+
+    exported = tmp_path / "failed.csv"
+    assert run_cli("stream", "export", "copy-refs", "-o", str(exported))[0] == 0
+    (row,) = list(csv.DictReader(io.StringIO(exported.read_text())))
+    assert (row["sequence_number"], row["error_code"]) == (failure.sequence_number, "InvalidRequest")
+    assert '"oops"' in row["record"]
+
+    # Retried with the same mapping it fails the same way, and its first outcome stays in history.
+    code, out, _ = run_cli("stream", "retry", "copy-refs")
+    assert code == 3
+    failure.refresh_from_db()
+    assert (failure.status, failure.attempts, len(failure.history)) == (StreamFailureStatus.FAILED, 2, 1)
+
+
+def test_a_write_dynamodb_rejects_is_isolated_then_written_on_retry(
+    proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    source, target = make_stream_table(), make_table()
+    items = [{"pk": {"S": f"k{n:02d}"}} for n in range(30)]
+    items[12]["poison"] = {"S": "yes"}
+    batch_put(dynamodb, source, items)
+    rule = rules.stream_rule_create(
+        name="mirror", source_table=source, target_table=target, events=["INSERT"], operation="put", start=False
+    )
+    proxy.configure(poison_attribute="poison")  # DynamoDB rejects any call holding it (ValidationException)
+
+    report = consume.stream_rule_consume(rule, worker="test", until_caught_up=True)
+    assert (report.records, report.writes_succeeded, report.writes_failed) == (30, 29, 1)
+    assert keys_in(scan, target) == {f"k{n:02d}" for n in range(30) if n != 12}
+    (failure,) = StreamFailure.objects.filter(rule=rule)
+    assert failure.error_code == "ValidationException"
+    assert failure.keys == {"pk": {"S": "k12"}}
+
+    proxy.configure()  # whatever made DynamoDB refuse it is fixed
+    assert rules.stream_rule_retry_failures(rule=rule) == 1
+    consume.stream_failures_retry(rule.pk)  # what the RQ task does
+    failure.refresh_from_db()
+    assert failure.status == StreamFailureStatus.RESOLVED
+    assert failure.history[0]["error_code"] == "ValidationException"
+    assert "k12" in keys_in(scan, target)
+    with pytest.raises(JobError, match="no failed writes to retry"):
+        rules.stream_rule_retry_failures(rule=rule)
+
+
+@pytest.fixture
+def allow_test_hooks(settings: Any) -> None:
+    settings.BULKWRITES = {**settings.BULKWRITES, "STREAM_CALLABLE_PREFIXES": ("tests.stream_hooks",)}
+
+
+@pytest.mark.usefixtures("allow_test_hooks")
+def test_a_callable_from_an_allowed_module_builds_the_rest(
+    dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    source, target = make_stream_table(), make_table()
+    put_items(dynamodb, source, ["c1", "c2"])
+    put_items(dynamodb, target, ["c1", "c1#profile", "c1#prefs", "c2", "c2#profile", "c2#prefs"])
+    delete_items(dynamodb, source, ["c1"])
+    rule = scavenging_rule(source, target, callable_path="tests.stream_hooks.fan_out", start=False)
+    report = consume.stream_rule_consume(rule, worker="test", until_caught_up=True)
+    assert report.writes_succeeded == 3
+    assert keys_in(scan, target) == {"c2", "c2#profile", "c2#prefs"}
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("os.system", "not in an allowed module"),
+        ("tests.stream_hooksX.fan_out", "not in an allowed module"),
+        ("tests.stream_hooks.missing", "has no function 'missing'"),
+        ("tests.stream_hooks.NOT_CALLABLE", "has no function 'NOT_CALLABLE'"),
+        ("tests.stream_hooks; import os", "not a dotted path"),
+    ],
+)
+@pytest.mark.usefixtures("allow_test_hooks")
+def test_a_callable_outside_the_allowed_modules_is_refused(
+    make_stream_table: Any, make_table: Any, path: str, message: str
+) -> None:
+    with pytest.raises(JobError, match=message):
+        scavenging_rule(make_stream_table(), make_table(), callable_path=path, start=False)
+    assert not StreamRule.objects.exists()
+
+
+def test_callables_are_refused_when_no_module_is_allowed(make_stream_table: Any, make_table: Any) -> None:
+    with pytest.raises(JobError, match="none are allowed"):
+        scavenging_rule(make_stream_table(), make_table(), callable_path="tests.stream_hooks.fan_out", start=False)
+
+
+def test_a_rule_is_refused_when_its_tables_cannot_work(dynamodb: Any, make_stream_table: Any, make_table: Any) -> None:
+    plain, target = make_table(), make_table()
+    with pytest.raises(JobError, match="has no DynamoDB Stream"):
+        scavenging_rule(plain, target, start=False)
+    keys_only = make_stream_table(view_type="KEYS_ONLY")
+    with pytest.raises(JobError, match="carries KEYS_ONLY records, without NewImage"):
+        rules.stream_rule_create(
+            name="m", source_table=keys_only, target_table=target, events=["INSERT"], operation="put", start=False
+        )
+    with pytest.raises(JobError, match="without OldImage"):
+        rules.stream_rule_create(
+            name="m", source_table=keys_only, target_table=target, events=["REMOVE"], operation="delete",
+            mapping_text="OldImage.owner -> pk", start=False,
+        )  # fmt: skip
+    assert scavenging_rule(keys_only, target, start=False).stream_view_type == "KEYS_ONLY"  # keys are enough
+    number_keyed = make_table(pk="id", pk_type="N")
+    with pytest.raises(JobError, match="the tables' keys differ"):
+        rules.stream_rule_create(
+            name="x", source_table=keys_only, target_table=number_keyed, events=["REMOVE"], operation="delete",
+            start=False,
+        )  # fmt: skip
+    with pytest.raises(JobError, match="nothing maps to the target's key attribute 'id'"):
+        rules.stream_rule_create(
+            name="x", source_table=keys_only, target_table=number_keyed, events=["REMOVE"], operation="delete",
+            mapping_text="pk -> other", start=False,
+        )  # fmt: skip
+    with pytest.raises(JobError, match="same table"):
+        scavenging_rule(keys_only, keys_only, name="loop", start=False)
+    with pytest.raises(JobError, match="does not exist"):
+        scavenging_rule(keys_only, "no-such-table", name="y", start=False)
+    with pytest.raises(JobError, match="exists already"):
+        scavenging_rule(keys_only, target, start=False)
+
+
+def test_latest_skips_what_was_in_the_stream_before_the_rule_started(
+    dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    source, target = make_stream_table(), make_table()
+    put_items(dynamodb, source, ["old-1", "old-2"])
+    put_items(dynamodb, target, ["old-1", "old-2", "new-1"])
+    delete_items(dynamodb, source, ["old-1"])
+    rule = scavenging_rule(source, target, start_position="LATEST", start=False)
+    consume.stream_rule_consume(rule, worker="test", until_caught_up=True)  # takes its place at the end
+    put_items(dynamodb, source, ["new-1"])
+    delete_items(dynamodb, source, ["new-1", "old-2"])
+    report = consume.stream_rule_consume(rule, worker="test", until_caught_up=True)
+    assert (report.records, report.writes_succeeded) == (3, 2)
+    assert keys_in(scan, target) == {"old-1"}  # removed before the rule started: not its business
+
+
+def test_the_sweeper_re_enqueues_an_active_rule_nobody_consumes(
+    make_stream_table: Any, make_table: Any, rq_queue: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    rule = scavenging_rule(make_stream_table(), make_table())
+    rq_queue.empty()  # a flushed Redis, or an RQ job lost with its worker
+    assert consume.recover_stalled_stream_rules() == [rule.pk]  # never reported on: stalled
+    assert rq_queue.count == 1
+    assert consume.recover_stalled_stream_rules() == []  # just touched
+    StreamRule.objects.filter(pk=rule.pk).update(last_activity_at=timezone.now() - timedelta(minutes=5))
+    StreamShard.objects.create(
+        rule=rule, shard_id="s1", leased_by="someone", lease_expires_at=timezone.now() + timedelta(seconds=30)
+    )
+    assert consume.recover_stalled_stream_rules() == []  # a worker holds a live lease on it
+    rules.stream_rule_pause(rule=rule)
+    StreamShard.objects.all().delete()
+    assert consume.recover_stalled_stream_rules() == []  # paused: nobody should consume it
+
+
+def test_pause_stops_a_running_consumer_and_resume_goes_on_from_the_checkpoint(
+    proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    import threading
+
+    source, target = make_stream_table(), make_table()
+    keys = [f"k{n:03d}" for n in range(400)]
+    batch_put(dynamodb, source, [{"pk": {"S": k}} for k in keys])
+    batch_put(dynamodb, target, [{"pk": {"S": k}} for k in keys])
+    batch_delete(dynamodb, source, keys)
+    rule = scavenging_rule(source, target)
+    proxy.configure(latency_ms=100)
+    reports: list[consume.ConsumeReport] = []
+    with override_settings(BULKWRITES={**django_settings.BULKWRITES, "STREAM_RECORDS_PER_READ": 50}):
+
+        def consume_then_close() -> None:
+            try:
+                reports.append(consume.stream_rule_consume(rule, worker="w1", budget_seconds=120))
+            finally:
+                connection.close()  # this thread's own connection
+
+        runner = threading.Thread(target=consume_then_close)
+        runner.start()
+        wait_for(lambda: StreamShard.objects.filter(rule=rule, writes_succeeded__gt=0).exists(), timeout=60)
+        rules.stream_rule_pause(rule=rule)
+        runner.join(timeout=60)
+    (report,) = reports
+    assert report.stopped_by == "paused"
+    (shard,) = StreamShard.objects.filter(rule=rule)
+    assert 0 < shard.writes_succeeded < 400
+    assert not shard.leased_by  # handed back
+    rules.stream_rule_resume(rule=rule)
+    rule.refresh_from_db()
+    proxy.configure()
+    consume.stream_rule_consume(rule, worker="w2", until_caught_up=True)
+    shard.refresh_from_db()
+    assert (shard.records_read, shard.writes_succeeded) == (800, 400)
+    assert keys_in(scan, target) == set()

@@ -45,7 +45,7 @@ from bulkwrites.dynamo.errors import CODE_CONNECTION, CODE_UNPROCESSED, RETRYABL
 from bulkwrites.dynamo.items import KeySchema
 from bulkwrites.dynamo.record_writes import RecordOutcome, TargetKey, write_records
 from bulkwrites.dynamo.streams import LATEST, ShardReader, StreamError, describe_stream
-from bulkwrites.dynamo.writer import BatchWriter
+from bulkwrites.dynamo.writer import BatchWriter, WriterPolicy
 from bulkwrites.models import (
     StreamFailure,
     StreamFailureStatus,
@@ -320,6 +320,7 @@ class RuleConsumer:
                     shard.shard_id,
                     after=shard.checkpoint or None,
                     initial=shard.initial_position,
+                    iterator=_resume_iterator(shard),
                     limit=self.records_per_read,
                 )
             batch = state.reader.read()
@@ -401,7 +402,8 @@ class RuleConsumer:
     def _record_idle(self, shard: StreamShard, state: _ShardState, trimmed: str | None) -> bool:
         """Nothing new: say so on the page now and then (and at once when the shard ends)."""
         now = time.monotonic()
-        if not (state.end_seen or trimmed) and now - state.idle_written_at < HEARTBEAT_SECONDS:
+        keep_iterator = not shard.checkpoint and shard.initial_position == LATEST and state.reader is not None
+        if not (state.end_seen or trimmed or keep_iterator) and now - state.idle_written_at < HEARTBEAT_SECONDS:
             return False
         state.idle_written_at = now
         fields: dict[str, Any] = {
@@ -409,6 +411,8 @@ class RuleConsumer:
             "last_read_at": timezone.now(),
             "records_per_second": self._rate(state, 0),
         }
+        if keep_iterator and state.reader is not None:
+            fields.update(resume_iterator=state.reader.iterator or "", resume_iterator_at=timezone.now())
         if state.end_seen:
             fields.update(finished=True, leased_by="", lease_expires_at=None)
         with transaction.atomic():
@@ -453,6 +457,18 @@ class RuleConsumer:
         )
 
 
+ITERATOR_FRESH_SECONDS = 14 * 60  # DynamoDB Streams' iterators expire after 15 minutes
+
+
+def _resume_iterator(shard: StreamShard) -> str | None:
+    """A LATEST shard's kept iterator, while it is fresh and no checkpoint has replaced it."""
+    if shard.checkpoint or not shard.resume_iterator or shard.resume_iterator_at is None:
+        return None
+    if (timezone.now() - shard.resume_iterator_at).total_seconds() > ITERATOR_FRESH_SECONDS:
+        return None  # expired: the reader starts at LATEST again (records in between are not this rule's)
+    return shard.resume_iterator
+
+
 def _settled_prefix(outcomes: list[RecordOutcome]) -> int:
     """How many records, from the first, have a final outcome (success, or a failure of their own)."""
     for position, outcome in enumerate(outcomes):
@@ -474,6 +490,7 @@ def stream_rule_consume(
     wait_for_leases: float | None = None,
     client: Any = None,
     streams_client: Any = None,
+    policy: WriterPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ConsumeReport:
     """Consume the rule's stream for ``budget_seconds`` (a worker's time slice), or with
@@ -489,6 +506,7 @@ def stream_rule_consume(
     writer = BatchWriter(
         client or dynamo_client.make_client(for_writing=True, max_connections=CONCURRENCY),
         rule.target_table,
+        policy=policy,
         sleep=sleep,
         should_stop=watch.should_stop,
         limiter=limiter,
