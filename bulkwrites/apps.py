@@ -8,3 +8,6 @@ class BulkwritesConfig(AppConfig):
 
     def ready(self) -> None:
         from bulkwrites import checks  # noqa: F401 - registers the deploy checks
+
+        # The stream rules' admin lives in its own module; the admin autodiscovers only admin.py.
+        from bulkwrites import admin_streams  # noqa: F401
