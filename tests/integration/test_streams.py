@@ -10,8 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -415,8 +417,6 @@ def test_latest_skips_what_was_in_the_stream_before_the_rule_started(
 def test_the_sweeper_re_enqueues_an_active_rule_nobody_consumes(
     make_stream_table: Any, make_table: Any, rq_queue: Any
 ) -> None:
-    from datetime import timedelta
-
     from django.utils import timezone
 
     rule = scavenging_rule(make_stream_table(), make_table())
@@ -472,3 +472,103 @@ def test_pause_stops_a_running_consumer_and_resume_goes_on_from_the_checkpoint(
     shard.refresh_from_db()
     assert (shard.records_read, shard.writes_succeeded) == (800, 400)
     assert keys_in(scan, target) == set()
+
+
+class SplitStream:
+    """A fake ``dynamodbstreams`` client with a closed parent shard and its child (a shard split)."""
+
+    def __init__(self, shards: dict[str, tuple[str | None, list[dict[str, Any]], bool]]) -> None:
+        self.shards = shards  # id -> (parent, records, closed)
+        self.reads: list[str] = []
+
+    def describe_stream(self, **kwargs: Any) -> dict[str, Any]:
+        shards = []
+        for shard_id, (parent, records, closed) in self.shards.items():
+            numbers = {"StartingSequenceNumber": records[0]["dynamodb"]["SequenceNumber"]}
+            if closed:
+                numbers["EndingSequenceNumber"] = records[-1]["dynamodb"]["SequenceNumber"]
+            shards.append(
+                {"ShardId": shard_id, "SequenceNumberRange": numbers, **({"ParentShardId": parent} if parent else {})}
+            )
+        return {
+            "StreamDescription": {"StreamViewType": "NEW_AND_OLD_IMAGES", "StreamStatus": "ENABLED", "Shards": shards}
+        }
+
+    def get_shard_iterator(
+        self, *, StreamArn: str, ShardId: str, ShardIteratorType: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        records = self.shards[ShardId][1]
+        start = 0
+        if ShardIteratorType == "AFTER_SEQUENCE_NUMBER":
+            start = 1 + [r["dynamodb"]["SequenceNumber"] for r in records].index(kwargs["SequenceNumber"])
+        return {"ShardIterator": f"{ShardId}|{start}"}
+
+    def get_records(self, *, ShardIterator: str, Limit: int) -> dict[str, Any]:
+        shard_id, start = ShardIterator.split("|")
+        _, records, closed = self.shards[shard_id]
+        batch = records[int(start) : int(start) + Limit]
+        self.reads.append(shard_id)
+        end = int(start) + len(batch)
+        response: dict[str, Any] = {"Records": batch}
+        if not (closed and end >= len(records)):
+            response["NextShardIterator"] = f"{shard_id}|{end}"
+        return response
+
+
+def change(event: str, sequence: int, pk: str, version: int) -> dict[str, Any]:
+    image = {"pk": {"S": pk}, "version": {"N": str(version)}}
+    return {
+        "eventID": str(sequence),
+        "eventName": event,
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {
+            "ApproximateCreationDateTime": time.time() - 5,
+            "Keys": {"pk": {"S": pk}},
+            "NewImage": image,
+            "SequenceNumber": f"{sequence:021d}",
+            "SizeBytes": 20,
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+    }
+
+
+def test_a_parent_shard_is_read_to_its_end_before_its_child(
+    dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    source, target = make_stream_table(), make_table()
+    rule = rules.stream_rule_create(
+        name="mirror", source_table=source, target_table=target, events=["INSERT", "MODIFY"], operation="put",
+        start=False,
+    )  # fmt: skip
+    parent = [change("INSERT", n, f"k{n % 3}", n) for n in range(1, 8)]
+    child = [change("MODIFY", n, f"k{n % 3}", n) for n in range(100, 104)]
+    # The child is listed first: only the parent-before-child rule puts it second.
+    streams = SplitStream({"child": ("parent", child, False), "parent": (None, parent, True)})
+
+    claimed = StreamShard.objects.claim(rule.pk, worker="w", lease=timedelta(seconds=30))
+    assert claimed == []  # no shard known yet
+    with override_settings(BULKWRITES={**django_settings.BULKWRITES, "STREAM_RECORDS_PER_READ": 3}):
+        report = consume.stream_rule_consume(rule, worker="w", until_caught_up=True, streams_client=streams)
+    assert report.caught_up
+    assert streams.reads.index("child") > max(i for i, s in enumerate(streams.reads) if s == "parent")
+    versions = {item["pk"]["S"]: int(item["version"]["N"]) for item in scan(target)}
+    assert versions == {"k0": 102, "k1": 103, "k2": 101}  # the child's later versions won
+    shards = {s.shard_id: s for s in StreamShard.objects.filter(rule=rule)}
+    assert shards["parent"].finished
+    assert not shards["child"].finished
+    assert shards["parent"].records_read == 7
+    assert shards["child"].records_read == 4
+
+
+def test_a_child_shard_is_not_leased_while_its_parent_is_open(
+    rq_queue: Any, make_stream_table: Any, make_table: Any
+) -> None:
+    rule = scavenging_rule(make_stream_table(), make_table(), start=False)
+    StreamShard.objects.create(rule=rule, shard_id="parent")
+    StreamShard.objects.create(rule=rule, shard_id="child", parent_shard_id="parent")
+    StreamShard.objects.create(rule=rule, shard_id="orphan", parent_shard_id="trimmed-long-ago")
+    lease = timedelta(seconds=30)
+    assert {s.shard_id for s in StreamShard.objects.claim(rule.pk, worker="w1", lease=lease)} == {"parent", "orphan"}
+    assert StreamShard.objects.claim(rule.pk, worker="w2", lease=lease) == []  # leased, or waiting for its parent
+    StreamShard.objects.filter(shard_id="parent").update(finished=True, leased_by="", lease_expires_at=None)
+    assert [s.shard_id for s in StreamShard.objects.claim(rule.pk, worker="w2", lease=lease)] == ["child"]
