@@ -45,7 +45,7 @@ def test_an_sqs_batch_lands_through_throttling_and_only_the_poisoned_message_is_
     report = process_event_report(batch(*records), put_body, table=table, client=client)
 
     assert report.response == {"batchItemFailures": [{"itemIdentifier": "m57"}]}
-    ((identifier, outcome),) = report.failed
+    ((_identifier, outcome),) = report.failed
     assert outcome.error_code == "ValidationException"  # DynamoDB's reason, found by bisecting the call
     in_table = {item["pk"]["S"]: int(item["n"]["N"]) for item in scan(table)}
     assert in_table == {f"k{n:03d}": n for n in range(200) if n != 57}
