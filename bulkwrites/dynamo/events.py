@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 from .client import make_client
@@ -192,7 +193,7 @@ def process_event_report(
     if not records:
         return EventReport({"batchItemFailures": []}, [], RecordsResult())
     if client is None:
-        client = make_client(for_writing=True, max_connections=concurrency)
+        client = default_client(concurrency)
 
     def should_stop() -> bool:
         return deadline_at is not None and clock() >= deadline_at
@@ -234,6 +235,12 @@ def _deadline_at(deadline: float | LambdaContext | None, clock: Callable[[], flo
     if isinstance(deadline, int | float) and not isinstance(deadline, bool):
         return clock() + float(deadline)
     raise TypeError(f"deadline is seconds or a Lambda context, not {type(deadline).__name__}")
+
+
+@lru_cache(maxsize=4)
+def default_client(concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+    """The writing client, made once per process: a warm Lambda reuses it (and its connections)."""
+    return make_client(for_writing=True, max_connections=concurrency)
 
 
 _KEY_SCHEMAS: dict[tuple[str, str], KeySchema] = {}

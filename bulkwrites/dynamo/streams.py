@@ -42,12 +42,17 @@ SOURCES = ("Keys", "NewImage", "OldImage")
 
 
 class StreamError(Exception):
-    """The stream cannot be read (gone, disabled, access denied); the message is for an operator."""
+    """The stream cannot be read; the message is for an operator.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``retryable``: busy or briefly unavailable (throttled reads, a server error): try again
+    later. Otherwise (gone, disabled, access denied) nothing changes until an operator acts.
+    """
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retryable = retryable
 
 
 # --- shards ------------------------------------------------------------------------------
@@ -219,10 +224,16 @@ def plain_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_BUSY_CODES = frozenset({"LimitExceededException", "ThrottlingException", "InternalServerError", "ServiceUnavailable"})
+
+
 def _stream_error(exc: ClientError, stream_arn: str) -> StreamError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code") or "Unknown")
     message = str(error.get("Message") or exc)
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in _BUSY_CODES or status >= 500:
+        return StreamError(code, f"the stream is busy or unavailable ({code}): {message}", retryable=True)
     if code == "ResourceNotFoundException":
         return StreamError(code, f"the stream {stream_arn} does not exist any more (was it disabled?): {message}")
     if code == "AccessDeniedException":

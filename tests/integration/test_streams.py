@@ -572,3 +572,25 @@ def test_a_child_shard_is_not_leased_while_its_parent_is_open(
     assert StreamShard.objects.claim(rule.pk, worker="w2", lease=lease) == []  # leased, or waiting for its parent
     StreamShard.objects.filter(shard_id="parent").update(finished=True, leased_by="", lease_expires_at=None)
     assert [s.shard_id for s in StreamShard.objects.claim(rule.pk, worker="w2", lease=lease)] == ["child"]
+
+
+def test_an_rq_job_hands_over_only_when_it_consumed_and_bows_out_when_another_worker_holds_every_shard(
+    dynamodb: Any, make_stream_table: Any, make_table: Any, rq_queue: Any, settings: Any
+) -> None:
+    from django.utils import timezone
+
+    settings.BULKWRITES = {**settings.BULKWRITES, "RUN_SLICE_SECONDS": 1}
+    source = make_stream_table()
+    put_items(dynamodb, source, ["a"])
+    rule = scavenging_rule(source, make_table())
+    rq_queue.empty()
+
+    assert "stopped by budget" in consume.stream_rule_work(rule.pk, worker="w1")
+    assert rq_queue.count == 1  # it consumed: its successor is queued
+    rq_queue.empty()
+
+    StreamShard.objects.filter(rule=rule).update(
+        leased_by="w-other", lease_expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    assert "stopped by budget" in consume.stream_rule_work(rule.pk, worker="w2")
+    assert rq_queue.count == 0  # another worker holds every shard: no duplicate consumer is kept alive

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -66,6 +67,7 @@ UNSETTLED_PAUSE_SECONDS = 1.0  # after a batch whose writes were throttled beyon
 SHARD_SYNC_SECONDS = 60.0  # DescribeStream at least this often, to find the children of split shards
 WATCH_SECONDS = 0.5  # how often the watcher thread looks for pause/fail (and renews leases when due)
 HEARTBEAT_SECONDS = 5.0
+UNREACHABLE_PAUSE_SECONDS = 5.0  # before the next RQ job tries a stream or table that did not answer
 RATE_HALF_LIFE_SECONDS = 20.0  # of the records/s average shown per shard
 CODE_TRIMMED = "RecordsTrimmed"
 CODE_SHARD_GONE = "ShardTrimmed"
@@ -81,7 +83,8 @@ class ConsumeReport:
     failures_recorded: int = 0
     batches: int = 0
     caught_up: bool = False
-    stopped_by: str = ""  # budget, caught_up, paused/active/failed (status changed), fatal, leased
+    shards_held: int = 0  # the most shards this pass held at once
+    stopped_by: str = ""  # budget, caught_up, paused/active/failed (status changed), fatal, leased, unreachable
     error: str = ""
 
     def line(self, name: str) -> str:
@@ -97,7 +100,13 @@ def stream_rule_work(rule_id: int, *, worker: str) -> str:
     if rule is None or rule.status != StreamRuleStatus.ACTIVE:
         return f"stream rule {rule_id}: nothing to do ({rule.status if rule else 'deleted'})"
     report = stream_rule_consume(rule, worker=worker)
-    if report.stopped_by == "budget" and StreamRule.objects.status_of(rule_id) == StreamRuleStatus.ACTIVE:
+    # Hand over while the rule is active; but an RQ job that never got a shard (another worker
+    # holds them all) bows out, or duplicates would multiply. The sweeper steps in if that
+    # worker dies. After a transient error the successor starts after a pause, not at once.
+    if report.stopped_by == "unreachable":
+        time.sleep(UNREACHABLE_PAUSE_SECONDS)
+    handover = report.stopped_by == "unreachable" or (report.stopped_by == "budget" and report.shards_held > 0)
+    if handover and StreamRule.objects.status_of(rule_id) == StreamRuleStatus.ACTIVE:
         enqueue_consume(rule_id)
     return f"{report.line(rule.name)}; stopped by {report.stopped_by}"
 
@@ -272,6 +281,7 @@ class RuleConsumer:
             if time.monotonic() - self.synced_at >= SHARD_SYNC_SECONDS:
                 self.sync_shards()
             held = StreamShard.objects.claim(self.rule.pk, worker=self.worker, lease=_lease())
+            self.report.shards_held = max(self.report.shards_held, len(held))
             finished_one = False
             for shard in held:
                 state = self.shards.setdefault(shard.pk, _ShardState())
@@ -532,10 +542,14 @@ def stream_rule_consume(
         if rule.fail(exc.error.code, exc.error.message):
             logger.error("stream rule %s failed: %s", rule.pk, report.error)
     except StreamError as exc:
-        report.stopped_by, report.error = "fatal", f"{exc.code}: {exc.message}"
-        if rule.fail(exc.code, exc.message):
-            logger.error("stream rule %s failed: %s", rule.pk, report.error)
-    except _Unreachable as exc:
+        if exc.retryable:
+            report.stopped_by, report.error = "unreachable", f"{exc.code}: {exc.message}"
+            logger.warning("stream rule %s: %s; trying again later", rule.pk, report.error)
+        else:
+            report.stopped_by, report.error = "fatal", f"{exc.code}: {exc.message}"
+            if rule.fail(exc.code, exc.message):
+                logger.error("stream rule %s failed: %s", rule.pk, report.error)
+    except (_Unreachable, BotoCoreError, ConnectionError) as exc:
         report.stopped_by, report.error = "unreachable", str(exc)
         logger.warning("stream rule %s: %s; trying again later", rule.pk, exc)
     finally:

@@ -270,3 +270,12 @@ def test_plain_record_keeps_the_lambda_shape() -> None:
     record: Mapping[str, Any] = plain_record(boto_record(3))
     assert record["dynamodb"]["Keys"] == {"pk": {"S": "k3"}}
     assert record["eventName"] == "INSERT"
+
+
+@pytest.mark.parametrize(("code", "retryable"), [("LimitExceededException", True), ("AccessDeniedException", False)])
+def test_a_busy_stream_is_retried_later_and_a_forbidden_one_is_not(code: str, retryable: bool) -> None:
+    streams = ScriptedStreams(records=[boto_record(0)])
+    streams.errors = [code]
+    with pytest.raises(StreamError) as raised:
+        ShardReader(streams, "arn", "s1", after=None).read()
+    assert raised.value.retryable is retryable
