@@ -205,9 +205,9 @@ class StreamRuleAdmin(admin.ModelAdmin[StreamRule]):
         """Pause or resume: POST only, manage_streams, logged."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        _require(request, MANAGE)  # before anything else: an unknown action tells nothing either
         if action not in RULE_ACTIONS:
             raise Http404("unknown action")
-        _require(request, MANAGE)
         rule = get_object_or_404(StreamRule, pk=rule_id)
         try:
             rules.ACTIONS[action](rule=rule)

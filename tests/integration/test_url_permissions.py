@@ -22,7 +22,17 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SourceKind, SqlSource, TableSetting
+from bulkwrites.models import (
+    Item,
+    ItemStatus,
+    Job,
+    JobStatus,
+    SourceKind,
+    SqlSource,
+    StreamFailure,
+    StreamRule,
+    TableSetting,
+)
 from bulkwrites.services import tokens
 from demo.models import Customer, Order
 
@@ -41,6 +51,7 @@ VIEWER_MAY_READ = {
     "admin:bulkwrites_job_progress",  # the job page's live counts (the job page itself is readable)
     "bulkwrites_api:openapi-json",  # the API's schema and its docs page: for staff, like the admin
     "bulkwrites_api:openapi-view",
+    "admin:bulkwrites_streamrule_shards",  # the stream rule page's live shard table (likewise)
 }
 # Model admins whose read-only pages (list, object, history) a viewer may see. Not SQL sources:
 # they need manage_sources or use_sql_sources; not django-rq's dashboard: it needs run_job.
@@ -48,6 +59,8 @@ VIEWER_MAY_READ_MODELS = {
     "bulkwrites_job",
     "bulkwrites_item",
     "bulkwrites_tablesetting",
+    "bulkwrites_streamrule",
+    "bulkwrites_streamfailure",
     "demo_customer",
     "demo_order",
     "auth_user",
@@ -122,6 +135,11 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
                                status=ItemStatus.PENDING)  # fmt: skip
     source = SqlSource.objects.create(name="s", connection="demo", query="SELECT 1 AS pk")
     setting = TableSetting.objects.create(table_name="t", rate_limit_wcu=10)
+    rule = StreamRule.objects.create(
+        name="r", source_table="a", stream_arn="arn:aws:dynamodb:us-east-1:1:table/a/stream/x",
+        stream_view_type="KEYS_ONLY", target_table="b", events=["REMOVE"], operation="delete",
+    )  # fmt: skip
+    failure = StreamFailure.objects.create(rule=rule, shard_id="s", sequence_number="1", error_code="X")
     customer = Customer.objects.create(name="Ada", email="ada@example.com", country="GB")
     order = Order.objects.create(customer=customer, number="N-1", total=1, status="paid")
     group = Group.objects.create(name="g")
@@ -133,13 +151,17 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
         "bulkwrites.item": item,
         "bulkwrites.sqlsource": source,
         "bulkwrites.tablesetting": setting,
+        "bulkwrites.streamrule": rule,
+        "bulkwrites.streamfailure": failure,
         "demo.customer": customer,
         "demo.order": order,
         "auth.user": viewer,
         "auth.group": group,
         "bulkwrites.apitoken": tokens.token_create(user=viewer).token,
     }
-    return {"objects": objects, "job": job, "source": source, "viewer": viewer, "rq_job_id": rq_job.id}
+    return {
+        "objects": objects, "job": job, "source": source, "rule": rule, "viewer": viewer, "rq_job_id": rq_job.id,
+    }  # fmt: skip
 
 
 def routes(world: dict[str, Any]) -> list[Route]:
@@ -161,6 +183,7 @@ def routes(world: dict[str, Any]) -> list[Route]:
                 return world["job"].pk if converter == "int" else world["rq_job_id"]
             known: dict[str, Any] = {
                 "source_id": world["source"].pk,
+                "rule_id": world["rule"].pk,
                 "id": world["viewer"].pk,  # auth's user password form
                 "action": "start",
                 "status": "failed",
