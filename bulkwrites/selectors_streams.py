@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
-from bulkwrites.dynamo.ratelimit import JobRateLimiter
+from bulkwrites.dynamo.ratelimit import read_status
 from bulkwrites.models import StreamFailure, StreamFailureStatus, StreamRule, StreamRuleStatus, StreamShard
 from bulkwrites.services.dispatch import redis_connection
 from bulkwrites.services.streams.rules import rate_scope
@@ -112,15 +112,17 @@ def lags_by_rule(rule_ids: list[int]) -> dict[int, float | None]:
     return lags
 
 
-def capacity_rates(rule: StreamRule) -> dict[str, float | None]:
+def capacity_rates(rule: StreamRule) -> dict[str, Any]:
+    """The write rate allowed now, the rate consumed, and why (the limiter's last decision)."""
+    none = {"allowed_wcu": None, "observed_wcu": None, "rate_reason": ""}
     if rule.status != StreamRuleStatus.ACTIVE:
-        return {"allowed_wcu": None, "observed_wcu": None}
+        return none
     try:
-        limiter = JobRateLimiter(redis_connection(), rate_scope(rule.pk))
-        allowed, observed = limiter.current_rate(), limiter.observed_rate()
+        status = read_status(redis_connection(), rate_scope(rule.pk))
     except Exception:  # noqa: BLE001 - the page must render even when Redis is down
-        return {"allowed_wcu": None, "observed_wcu": None}
-    return {"allowed_wcu": None if allowed is None else round(allowed, 1), "observed_wcu": round(observed, 1)}
+        return {**none, "rate_reason": "unknown: Redis does not answer"}
+    allowed = None if status.allowed is None else round(status.allowed, 1)
+    return {"allowed_wcu": allowed, "observed_wcu": round(status.observed, 1), "rate_reason": status.reason}
 
 
 def recent_failures(rule: StreamRule, *, limit: int = 50) -> QuerySet[StreamFailure]:

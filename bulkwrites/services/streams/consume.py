@@ -56,7 +56,7 @@ from bulkwrites.models import (
     StreamStartPosition,
 )
 from bulkwrites.services import dispatch
-from bulkwrites.services.running import JOB_AIMD
+from bulkwrites.services.running import JOB_RATE_POLICY
 from bulkwrites.services.streams.rules import enqueue_consume, rate_scope, resolve_callable, rule_mapping
 
 logger = logging.getLogger(__name__)
@@ -510,8 +510,8 @@ def stream_rule_consume(
     redis = dispatch.redis_connection()
     scope = rate_scope(rule.pk)
     # The cap lives in Redis so every worker of the rule shares it; the rule row is the truth.
-    ratelimit.set_rate_cap(redis, scope, rule.rate_limit_wcu)
-    limiter = ratelimit.JobRateLimiter(redis, scope, sleep=sleep, policy=JOB_AIMD)
+    limiter = ratelimit.JobRateLimiter(redis, scope, sleep=sleep, policy=JOB_RATE_POLICY)
+    limiter.ensure_cap(rule.rate_limit_wcu)
     watch = RuleWatch(rule, worker, _lease())
     writer = BatchWriter(
         client or dynamo_client.make_client(for_writing=True, max_connections=CONCURRENCY),
@@ -570,7 +570,8 @@ def stream_failures_retry(rule_id: int, *, client: Any = None, sleep: Callable[[
     if rule is None:
         return f"stream rule {rule_id}: deleted"
     redis = dispatch.redis_connection()
-    limiter = ratelimit.JobRateLimiter(redis, rate_scope(rule.pk), sleep=sleep, policy=JOB_AIMD)
+    limiter = ratelimit.JobRateLimiter(redis, rate_scope(rule.pk), sleep=sleep, policy=JOB_RATE_POLICY)
+    limiter.ensure_cap(rule.rate_limit_wcu)
     writer = BatchWriter(
         client or dynamo_client.make_client(for_writing=True, max_connections=CONCURRENCY),
         rule.target_table,
