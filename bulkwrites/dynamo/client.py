@@ -124,7 +124,12 @@ def make_streams_client() -> Any:
     return boto3.session.Session().client("dynamodbstreams", config=config, endpoint_url=streams_endpoint_url())
 
 
-@lru_cache(maxsize=1)
 def reading_client() -> Any:
-    """A shared client for admin reads (DescribeTable, ListTables)."""
-    return make_client()
+    """A shared client for admin reads (DescribeTable, ListTables), one per endpoint and region:
+    a process whose environment points elsewhere later (a test's fault proxy) gets a new one."""
+    return _reading_client(endpoint_url(), region())
+
+
+@lru_cache(maxsize=4)
+def _reading_client(endpoint: str | None, region_name: str) -> Any:
+    return make_client(endpoint=endpoint)
