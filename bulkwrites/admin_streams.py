@@ -4,7 +4,8 @@ Thin, like ``bulkwrites.admin``: each view checks a permission, calls one servic
 happened. Who may do what:
 
 - ``bulkwrites.view_streamrule`` (and ``view_streamfailure``): see rules, shards and failures;
-- ``bulkwrites.manage_streams``: add, delete, pause, resume, set the rate, retry failed writes;
+- ``bulkwrites.manage_streams``: add, delete, pause, resume, set the rate, change the mapping,
+  retry failed writes;
 - ``bulkwrites.export_items``: export the failed-writes ledger (as for job items).
 
 Every control is POST-only and recorded in Django's admin log with the user.
@@ -27,7 +28,7 @@ from django.utils.html import format_html
 from import_export.admin import ExportActionMixin
 
 from bulkwrites import selectors, selectors_streams
-from bulkwrites.forms_streams import StreamRateForm, StreamRuleForm
+from bulkwrites.forms_streams import StreamMappingForm, StreamRateForm, StreamRuleForm
 from bulkwrites.models import StreamFailure, StreamFailureStatus, StreamRule
 from bulkwrites.resources import EXPORT_FORMATS, FORMATS_BY_NAME, StreamFailureExportResource, export_stream_failures
 from bulkwrites.services.errors import JobError
@@ -118,6 +119,7 @@ class StreamRuleAdmin(admin.ModelAdmin[StreamRule]):
             path("<int:rule_id>/shards/", wrap(self.shards_view), name="bulkwrites_streamrule_shards"),
             path("<int:rule_id>/action/<str:action>/", wrap(self.action_view), name="bulkwrites_streamrule_action"),
             path("<int:rule_id>/rate/", wrap(self.rate_view), name="bulkwrites_streamrule_rate"),
+            path("<int:rule_id>/mapping/", wrap(self.mapping_view), name="bulkwrites_streamrule_mapping"),
             path("<int:rule_id>/retry/", wrap(self.retry_view), name="bulkwrites_streamrule_retry"),
             path(
                 "<int:rule_id>/export/<str:status>.<str:fmt>",
@@ -232,6 +234,30 @@ class StreamRuleAdmin(admin.ModelAdmin[StreamRule]):
             log_rule(request, rule, message)
         else:
             messages.error(request, "The rate must be a positive number of WCU/s (empty: no cap).")
+        return HttpResponseRedirect(reverse("admin:bulkwrites_streamrule_change", args=[rule.pk]))
+
+    def mapping_view(self, request: HttpRequest, rule_id: int) -> HttpResponse:
+        """Change the rule's mapping and callable (POST, manage_streams, logged with the old one)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        _require(request, MANAGE)
+        rule = get_object_or_404(StreamRule, pk=rule_id)
+        form = StreamMappingForm(request.POST)
+        before = f"{rule.mapping!r} {rule.callable_path!r}"
+        if not form.is_valid():
+            messages.error(request, "The mapping could not be read.")
+        else:
+            try:
+                rules.stream_rule_set_mapping(
+                    rule=rule,
+                    mapping_text=form.cleaned_data["mapping"],
+                    callable_path=form.cleaned_data["callable_path"],
+                )
+            except JobError as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(request, f"Stream rule {rule.name}: mapping changed (workers take it within a slice).")
+                log_rule(request, rule, f"mapping changed from {before} to {rule.mapping!r} {rule.callable_path!r}")
         return HttpResponseRedirect(reverse("admin:bulkwrites_streamrule_change", args=[rule.pk]))
 
     def retry_view(self, request: HttpRequest, rule_id: int) -> HttpResponse:

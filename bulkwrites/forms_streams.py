@@ -57,3 +57,12 @@ class StreamRateForm(forms.ModelForm[StreamRule]):
     class Meta:
         model = StreamRule
         fields = ["rate_limit_wcu"]
+
+
+class StreamMappingForm(forms.ModelForm[StreamRule]):
+    """The rule page's mapping: the same fields as at creation."""
+
+    class Meta:
+        model = StreamRule
+        fields = ["mapping", "callable_path"]
+        widgets = {"mapping": forms.Textarea(attrs={"rows": 4, "cols": 60})}

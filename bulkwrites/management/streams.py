@@ -7,7 +7,8 @@
         [--start-position TRIM_HORIZON|LATEST] [--rate WCU] [--paused]
     bulkwrite stream run NAME --until-caught-up     # consume in the foreground; exit 0, 3 or 1
     bulkwrite stream list | status NAME | pause NAME | resume NAME | rate NAME WCU|none
-    bulkwrite stream retry NAME                     # send the failed writes again, here
+    bulkwrite stream mapping NAME --key ... [--map ...] [--callable ...]
+    bulkwrite stream retry NAME                     # send the failed writes again (mapped as now), here
     bulkwrite stream export NAME [--status failed] [--format csv] [-o FILE]
 
 ``run`` ends with ``stream NAME: <r> records, <s> writes succeeded, <f> failed`` and exits 0, 3
@@ -66,6 +67,11 @@ def add_stream_parser(sub: Any) -> None:
         ("retry", "send its failed writes again"),
     ):
         commands.add_parser(name, help=text).add_argument("name")
+    mapping = commands.add_parser("mapping", help="change what the records become (then `retry` the failed ones)")
+    mapping.add_argument("name")
+    mapping.add_argument("--key", default="", help="TARGET_ATTR=SOURCE_ATTR[,...]")
+    mapping.add_argument("--map", default="", help="TARGET_ATTR[:S|N]=SOURCE_ATTR[,...]")
+    mapping.add_argument("--callable", default="")
     rate = commands.add_parser("rate", help="set the rate cap (WCU/s, or 'none')")
     rate.add_argument("name")
     rate.add_argument("wcu")
@@ -169,6 +175,19 @@ class StreamCommands:
     def handle_resume(self, *, name: str, **options: Any) -> int:
         rules.stream_rule_resume(rule=self._rule(name))
         self.stdout.write(f"stream {name}: active")
+        return EXIT_OK
+
+    def handle_mapping(self, *, name: str, key: str, map: str, **options: Any) -> int:
+        lines = _pairs("--key", key) + _pairs("--map", map)
+        rule = self._rule(name)
+        rules.stream_rule_set_mapping(
+            rule=rule,
+            mapping_text="\n".join(f"{source} -> {target}" for target, source in lines),
+            callable_path=options["callable"],
+        )
+        self.stdout.write(
+            f"stream {name}: mapping {rule.mapping.replace(chr(10), '; ') or '(keys or image as they are)'}"
+        )
         return EXIT_OK
 
     def handle_rate(self, *, name: str, wcu: str, **options: Any) -> int:

@@ -147,6 +147,22 @@ def test_pause_resume_and_rate_are_post_only_logged_and_reach_the_rule(admin_cli
     page = admin_client_tx.get(reverse("admin:bulkwrites_streamrule_change", args=[rule.pk])).content.decode()
     assert "rate cap set to 50 WCU/s" in page  # the page shows who did what
 
+    refused = admin_client_tx.post(
+        reverse("admin:bulkwrites_streamrule_mapping", args=[rule.pk]),
+        {"mapping": "owner -> other", "callable_path": ""},
+    )
+    assert refused.status_code == 302
+    rule.refresh_from_db()
+    assert rule.mapping == "pk -> pk"  # nothing maps to the target's key: refused, unchanged
+    changed = admin_client_tx.post(
+        reverse("admin:bulkwrites_streamrule_mapping", args=[rule.pk]),
+        {"mapping": "Keys.pk -> pk", "callable_path": ""},
+    )
+    assert changed.status_code == 302
+    rule.refresh_from_db()
+    assert rule.mapping == "Keys.pk -> pk"
+    assert LogEntry.objects.filter(object_id=str(rule.pk), change_message__startswith="mapping changed").exists()
+
     retry = admin_client_tx.post(reverse("admin:bulkwrites_streamrule_retry", args=[rule.pk]))
     assert retry.status_code == 302
     assert StreamFailure.objects.get(rule=rule).status == "retrying"
@@ -175,6 +191,7 @@ def stream_urls(rule: StreamRule) -> dict[str, tuple[str, str]]:
         "pause": ("post", reverse("admin:bulkwrites_streamrule_action", args=[rule.pk, "pause"])),
         "resume": ("post", reverse("admin:bulkwrites_streamrule_action", args=[rule.pk, "resume"])),
         "rate": ("post", reverse("admin:bulkwrites_streamrule_rate", args=[rule.pk])),
+        "mapping": ("post", reverse("admin:bulkwrites_streamrule_mapping", args=[rule.pk])),
         "retry": ("post", reverse("admin:bulkwrites_streamrule_retry", args=[rule.pk])),
         "export": ("get", reverse("admin:bulkwrites_streamrule_export", args=[rule.pk, "failed", "csv"])),
         "failures": ("get", reverse("admin:bulkwrites_streamfailure_changelist")),
@@ -190,14 +207,21 @@ def test_a_view_only_user_sees_every_stream_page_and_can_change_nothing(client: 
     rule = a_rule()
     client.force_login(staff(django_user_model, "view_streamrule", "view_streamfailure"))
     for name, (method, url) in stream_urls(rule).items():
-        response = getattr(client, method)(url, {"rate_limit_wcu": "5"} if name == "rate" else {})
+        data = {"rate": {"rate_limit_wcu": "5"}, "mapping": {"mapping": "x -> pk"}}.get(name, {})
+        response = getattr(client, method)(url, data)
         expected = 200 if name in READABLE else 403
         assert response.status_code == expected, f"{name}: {method.upper()} {url} -> {response.status_code}"
     rule.refresh_from_db()
-    assert (rule.status, rule.rate_limit_wcu) == (StreamRuleStatus.ACTIVE, None)
+    assert (rule.status, rule.rate_limit_wcu, rule.mapping) == (StreamRuleStatus.ACTIVE, None, "pk -> pk")
     assert StreamFailure.objects.get(rule=rule).status == "failed"
     page = client.get(reverse("admin:bulkwrites_streamrule_change", args=[rule.pk])).content.decode()
-    for control in ('id="action-pause"', 'id="set-rate"', 'id="action-retry"', 'id="export-failed-csv"'):
+    for control in (
+        'id="action-pause"',
+        'id="set-rate"',
+        'id="set-mapping"',
+        'id="action-retry"',
+        'id="export-failed-csv"',
+    ):
         assert control not in page
 
 
@@ -212,7 +236,13 @@ def test_manage_streams_shows_and_allows_the_controls(client: Any, django_user_m
     rule = a_rule()
     client.force_login(staff(django_user_model, "view_streamrule", "manage_streams", "export_items"))
     page = client.get(reverse("admin:bulkwrites_streamrule_change", args=[rule.pk])).content.decode()
-    for control in ('id="action-pause"', 'id="set-rate"', 'id="action-retry"', 'id="export-failed-csv"'):
+    for control in (
+        'id="action-pause"',
+        'id="set-rate"',
+        'id="set-mapping"',
+        'id="action-retry"',
+        'id="export-failed-csv"',
+    ):
         assert control in page
     assert 'id="action-resume"' not in page  # only what the status allows
     assert client.post(reverse("admin:bulkwrites_streamrule_action", args=[rule.pk, "pause"])).status_code == 302

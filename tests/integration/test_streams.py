@@ -254,7 +254,7 @@ def test_a_poisoned_record_lands_in_the_ledger_with_its_reason_and_the_shard_mov
     source = make_stream_table()
     target = make_table(pk="id", pk_type="N")
     items = [{"pk": {"S": f"k{n}"}, "ref": {"N": str(n)}} for n in range(30)]
-    items[7] = {"pk": {"S": "k7"}, "ref": {"S": "oops"}}  # maps to a string key in a number-keyed table
+    items[7] = {"pk": {"S": "k7"}, "ref": {"S": "0007"}}  # maps to a string key in a number-keyed table
     batch_put(dynamodb, source, items)
     code, _, err = run_cli(
         "stream", "add", "copy-refs", "--source-table", source, "--target-table", target, "--on", "INSERT",
@@ -271,7 +271,7 @@ def test_a_poisoned_record_lands_in_the_ledger_with_its_reason_and_the_shard_mov
     assert failure.keys == {"pk": {"S": "k7"}}
     assert failure.error_code == "InvalidRequest"
     assert failure.error_message == "key attribute 'id' is S but the table's key is N"
-    assert failure.record["dynamodb"]["NewImage"]["ref"] == {"S": "oops"}
+    assert failure.record["dynamodb"]["NewImage"]["ref"] == {"S": "0007"}
     (shard,) = StreamShard.objects.filter(rule__name="copy-refs")
     assert failure.shard_id == shard.shard_id
     assert failure.sequence_number
@@ -282,13 +282,22 @@ def test_a_poisoned_record_lands_in_the_ledger_with_its_reason_and_the_shard_mov
     assert run_cli("stream", "export", "copy-refs", "-o", str(exported))[0] == 0
     (row,) = list(csv.DictReader(io.StringIO(exported.read_text())))
     assert (row["sequence_number"], row["error_code"]) == (failure.sequence_number, "InvalidRequest")
-    assert '"oops"' in row["record"]
+    assert '"0007"' in row["record"]
 
     # Retried with the same mapping it fails the same way, and its first outcome stays in history.
     code, out, _ = run_cli("stream", "retry", "copy-refs")
     assert code == 3
     failure.refresh_from_db()
     assert (failure.status, failure.attempts, len(failure.history)) == (StreamFailureStatus.FAILED, 2, 1)
+
+    # Fixed by the mapping (convert the value to a number), then retried: written.
+    code, out, err = run_cli("stream", "mapping", "copy-refs", "--key", "id:N=ref", "--map", "source_pk=pk")
+    assert code == 0, err
+    code, out, _ = run_cli("stream", "retry", "copy-refs")
+    assert code == 0, out
+    failure.refresh_from_db()
+    assert (failure.status, failure.attempts, len(failure.history)) == (StreamFailureStatus.RESOLVED, 3, 2)
+    assert 7 in {int(i["id"]["N"]) for i in scan(target)}
 
 
 def test_a_write_dynamodb_rejects_is_isolated_then_written_on_retry(

@@ -267,6 +267,29 @@ def stream_rule_set_rate(*, rule: StreamRule, wcu_per_second: float | None) -> N
     rule.refresh_from_db()
 
 
+def stream_rule_set_mapping(*, rule: StreamRule, mapping_text: str, callable_path: str = "") -> None:
+    """Change what the rule's records become (checked against the tables as the rule knows them).
+
+    Workers take the new mapping at their next time slice; **Retry failed writes** maps the
+    ledger's records with it, which is how a record the old mapping could not write is fixed.
+    """
+    mapping = check_mapping(
+        mapping_text,
+        operation=rule.operation,
+        events=rule.events,
+        view_type=rule.stream_view_type,
+        source_key=KeySchema.from_json(rule.source_key_schema),
+        target_key=KeySchema.from_json(rule.target_key_schema),
+        has_callable=bool(callable_path.strip()),
+    )
+    if callable_path.strip():
+        resolve_callable(callable_path.strip())
+    StreamRule.objects.filter(pk=rule.pk).update(
+        mapping=format_mapping(mapping.lines), callable_path=callable_path.strip()
+    )
+    rule.refresh_from_db(fields=["mapping", "callable_path"])
+
+
 def stream_rule_retry_failures(*, rule: StreamRule) -> int:
     """Queue the rule's failed records to be mapped (with the mapping as it is now) and written again."""
     with transaction.atomic():
