@@ -25,8 +25,8 @@ from django.utils import timezone
 
 from bulkwrites import selectors
 from bulkwrites.management.progress import ProgressBar
-from bulkwrites.models import DEFAULT_CONCURRENCY, ApiToken, DuplicatePolicy, Job, JobStatus, Operation
 from bulkwrites.management.streams import StreamCommands, add_stream_parser
+from bulkwrites.models import DEFAULT_CONCURRENCY, ApiToken, DuplicatePolicy, Job, JobStatus, Operation
 from bulkwrites.resources import FORMATS_BY_NAME, export_items
 from bulkwrites.services import audit, control, create, dispatch, notify, schema, sql, tokens, work
 from bulkwrites.services.demo import demo_setup
