@@ -46,6 +46,11 @@ class AppSettings:
     """Signs each webhook body (HMAC-SHA256) when set."""
     base_url: str = ""
     """The admin's address as users reach it, for links in notifications."""
+    stream_callable_prefixes: tuple[str, ...] = ()
+    """Modules a stream rule's callable may come from (empty: no callables): staff users pick the
+    path, so it must not reach arbitrary code."""
+    stream_records_per_read: int = 1000
+    """Records one GetRecords call asks for (DynamoDB Streams' maximum is 1,000)."""
 
 
 def app_settings() -> AppSettings:
@@ -67,4 +72,6 @@ def app_settings() -> AppSettings:
         webhook_attempts=max(1, int(values["WEBHOOK_ATTEMPTS"])),
         webhook_secret=str(values["WEBHOOK_SECRET"]),
         base_url=str(values["BASE_URL"]),
+        stream_callable_prefixes=tuple(str(p) for p in values.get("STREAM_CALLABLE_PREFIXES", ())),
+        stream_records_per_read=int(values.get("STREAM_RECORDS_PER_READ", 1000)),
     )

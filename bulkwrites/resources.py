@@ -14,7 +14,7 @@ from typing import Any
 from import_export import fields, resources
 from import_export.formats import base_formats
 
-from bulkwrites.models import Item
+from bulkwrites.models import Item, StreamFailure
 
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
 
@@ -92,4 +92,44 @@ def export_items(queryset: Any, format_name: str) -> tuple[bytes | str, str]:
     """Items in ``csv``, ``xlsx``, ``tsv`` or ``json``, and the content type (job page and CLI)."""
     file_format = FORMATS_BY_NAME[format_name]()
     dataset = ItemExportResource().export(queryset=queryset)
+    return file_format.export_data(dataset), file_format.get_content_type()
+
+
+# --- stream rules: the failed-writes ledger, exported with the same safe formats ------------
+
+
+class StreamFailureExportResource(resources.ModelResource):  # type: ignore[misc]
+    """One row per failed record: where it was in the stream, why it failed, the record itself."""
+
+    keys = JSONText(attribute="keys", column_name="keys")
+    record = JSONText(attribute="record", column_name="record")
+    history = JSONText(attribute="history", column_name="history")
+
+    class Meta:
+        model = StreamFailure
+        fields = (
+            "rule",
+            "shard_id",
+            "sequence_number",
+            "event_name",
+            "status",
+            "attempts",
+            "error_code",
+            "error_message",
+            "keys",
+            "record",
+            "history",
+            "created_at",
+            "updated_at",
+        )
+        export_order = fields
+
+    def dehydrate_rule(self, failure: StreamFailure) -> str:
+        return failure.rule.name
+
+
+def export_stream_failures(queryset: Any, format_name: str) -> tuple[bytes | str, str]:
+    """Failed records in ``csv``, ``xlsx``, ``tsv`` or ``json``, and the content type (rule page and CLI)."""
+    file_format = FORMATS_BY_NAME[format_name]()
+    dataset = StreamFailureExportResource().export(queryset=queryset.select_related("rule"))
     return file_format.export_data(dataset), file_format.get_content_type()

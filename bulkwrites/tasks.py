@@ -1,4 +1,4 @@
-"""RQ entry points: take an id, call a service, nothing else."""
+"""RQ entry points: take an id (a job, a verification, a stream rule), call a service, nothing else."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 from rq import get_current_job
 
 from bulkwrites.services import notify, verifying, work
+from bulkwrites.services.streams import consume
 
 
 def _worker_name() -> str:
@@ -25,3 +26,11 @@ def run_verification(verification_id: int) -> str:
 
 def notify_job_ended(job_id: int) -> str:
     return notify.send_job_notifications(job_id)
+
+
+def run_stream_rule(rule_id: int) -> str:
+    return consume.stream_rule_work(rule_id, worker=_worker_name())
+
+
+def retry_stream_failures(rule_id: int) -> str:
+    return consume.stream_failures_retry(rule_id)

@@ -2,7 +2,8 @@
 
 RQ notices a SIGKILLed worker only ~90 s after its last heartbeat, on a maintenance run
 that comes every 10 minutes by default (worst case ~11.5 minutes). Our jobs' truth is in
-PostgreSQL, so every worker also runs ``recover_stalled_jobs`` every
+PostgreSQL, so every worker also runs ``recover_stalled_jobs`` (and, for stream rules,
+``recover_stalled_stream_rules``) every
 ``BULKWRITES_SWEEP_SECONDS`` (20 by default), also while idle: the blocking dequeue is
 kept no longer than that interval.
 
@@ -29,6 +30,7 @@ from rq import worker_registration
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import MAX_DELAY, REDIS_DOWN
 from bulkwrites.services.schema import SchemaError, check_schema
+from bulkwrites.services.streams.consume import recover_stalled_stream_rules
 from bulkwrites.services.verifying import recover_stalled_verifications
 from bulkwrites.services.work import recover_stalled_jobs
 
@@ -157,6 +159,13 @@ class Worker(RQWorker):
                 logger.warning("started or re-enqueued verifications: %s", verifications)
         except Exception:  # a sweep must never kill the worker; the next one retries
             logger.exception("sweeping stalled jobs failed")
+        try:
+            rules = recover_stalled_stream_rules()
+        except Exception:  # likewise
+            logger.exception("sweeping stalled stream rules failed")
+        else:
+            if rules:
+                logger.warning("re-enqueued stream rules nobody consumed: %s", rules)
         finally:
             # The work horse is forked from this process: it must not inherit a live connection.
             connections.close_all()

@@ -202,6 +202,13 @@ BULKWRITES = {
     # The admin's address as users reach it (https://bulkwrites.example.com), for links in
     # notifications; empty: no link.
     "BASE_URL": os.environ.get("BULKWRITES_BASE_URL", "").rstrip("/"),
+    # Stream rules: the modules (dotted prefixes, comma-separated) a rule's callable may come from.
+    # Empty by default: a staff user must never be able to point a rule at arbitrary code.
+    "STREAM_CALLABLE_PREFIXES": tuple(
+        p.strip() for p in os.environ.get("BULKWRITES_STREAM_CALLABLE_PREFIXES", "").split(",") if p.strip()
+    ),
+    # Records one GetRecords call asks for (at most 1,000, DynamoDB Streams' own limit).
+    "STREAM_RECORDS_PER_READ": int(os.environ.get("BULKWRITES_STREAM_RECORDS_PER_READ", 1000)),
 }
 
 # Notifications go out through Django's mailers (MAILERS, new in Django 6.1; the EMAIL_* settings

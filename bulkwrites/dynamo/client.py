@@ -125,15 +125,32 @@ def _put_request_json(params: dict[str, Any], context: dict[str, Any], **_: Any)
     params["body"] = text.encode("utf-8")
 
 
-def reading_client() -> Any:
-    """A shared client for admin reads (DescribeTable, ListTables), one per endpoint.
+def streams_endpoint_url() -> str | None:
+    """DynamoDB Streams' endpoint: its own variable, else DynamoDB's (DynamoDB Local serves both)."""
+    return os.environ.get("AWS_ENDPOINT_URL_DYNAMODB_STREAMS") or endpoint_url()
 
-    Keyed by the endpoint in force: a client cached for another endpoint (a test's proxy that is
-    gone, say) would keep calling it.
+
+def make_streams_client() -> Any:
+    """A client of the ``dynamodbstreams`` API (DescribeStream, GetShardIterator, GetRecords).
+
+    Reads keep botocore's ``standard`` retries: a throttled GetRecords is simply read again.
     """
-    return _reading_client(endpoint_url())
+    config = Config(
+        region_name=region(),
+        retries={"mode": "standard", "total_max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=30,
+        tcp_keepalive=True,
+    )
+    return boto3.session.Session().client("dynamodbstreams", config=config, endpoint_url=streams_endpoint_url())
+
+
+def reading_client() -> Any:
+    """A shared client for admin reads (DescribeTable, ListTables), one per endpoint and region:
+    a process whose environment points elsewhere later (a test's fault proxy) gets a new one."""
+    return _reading_client(endpoint_url(), region())
 
 
 @lru_cache(maxsize=4)
-def _reading_client(endpoint: str | None) -> Any:
+def _reading_client(endpoint: str | None, region_name: str) -> Any:
     return make_client(endpoint=endpoint)

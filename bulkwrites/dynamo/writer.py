@@ -205,14 +205,26 @@ class BatchWriter:
 
     # --- one call's worth -------------------------------------------------------------
 
-    def write(self, requests: Sequence[WriteRequest]) -> BatchResult:
-        """Write at most 25 requests (one BatchWriteItem call), retrying as needed."""
+    def write(self, requests: Sequence[WriteRequest], *, stop_at_first_failure: bool = False) -> BatchResult:
+        """Write at most 25 requests (one BatchWriteItem call), retrying as needed.
+
+        With ``stop_at_first_failure`` (ordered event sources), isolating a rejected call stops at
+        the first request that fails: the requests after it in the call get no outcome (they were
+        never sent on their own). Requests DynamoDB already wrote in a shared call stay written.
+        """
         result = BatchResult()
         attempts: Counter[int] = Counter()
-        self._write(list(requests), attempts, result)
+        self._write(list(requests), attempts, result, stop_at_first_failure=stop_at_first_failure)
         return result
 
-    def _write(self, requests: list[WriteRequest], attempts: Counter[int], result: BatchResult) -> None:
+    def _write(
+        self,
+        requests: list[WriteRequest],
+        attempts: Counter[int],
+        result: BatchResult,
+        *,
+        stop_at_first_failure: bool = False,
+    ) -> None:
         pending = requests
         started = self.clock()
         retry = 0  # calls made for these requests so far
@@ -249,7 +261,7 @@ class BatchWriter:
                 result.fatal = error
                 return
             elif error.kind is ErrorKind.REJECTED:
-                self._isolate_rejected(pending, error, attempts, result)
+                self._isolate_rejected(pending, error, attempts, result, stop_at_first_failure=stop_at_first_failure)
                 return
             else:
                 stalled += 1
@@ -260,7 +272,13 @@ class BatchWriter:
                 return
 
     def _isolate_rejected(
-        self, requests: list[WriteRequest], error: ErrorInfo, attempts: Counter[int], result: BatchResult
+        self,
+        requests: list[WriteRequest],
+        error: ErrorInfo,
+        attempts: Counter[int],
+        result: BatchResult,
+        *,
+        stop_at_first_failure: bool = False,
     ) -> None:
         """DynamoDB rejected the call without naming an item: split until the culprits are alone."""
         if len(requests) == 1:
@@ -268,10 +286,13 @@ class BatchWriter:
             result.outcomes.append(Outcome(request.ref, False, attempts[request.ref], error.code, error.message))
             return
         middle = len(requests) // 2
+        known = len(result.outcomes)
         for half in (requests[:middle], requests[middle:]):
-            self._write(half, attempts, result)
+            self._write(half, attempts, result, stop_at_first_failure=stop_at_first_failure)
             if result.fatal or result.stopped:
                 return
+            if stop_at_first_failure and any(not o.succeeded for o in result.outcomes[known:]):
+                return  # the halves after a failed one are not sent: their requests get no outcome
 
     def _give_up(
         self,

@@ -30,6 +30,8 @@ from bulkwrites.models import (
     JobStatus,
     SourceKind,
     SqlSource,
+    StreamFailure,
+    StreamRule,
     TableSetting,
     Verification,
     VerificationStatus,
@@ -52,6 +54,7 @@ VIEWER_MAY_READ = {
     "admin:bulkwrites_job_progress",  # the job page's live counts (the job page itself is readable)
     "bulkwrites_api:openapi-json",  # the API's schema and its docs page: for staff, like the admin
     "bulkwrites_api:openapi-view",
+    "admin:bulkwrites_streamrule_shards",  # the stream rule page's live shard table (likewise)
 }
 # Model admins whose read-only pages (list, object, history) a viewer may see. Not SQL sources:
 # they need manage_sources or use_sql_sources; not django-rq's dashboard: it needs run_job.
@@ -61,6 +64,8 @@ VIEWER_MAY_READ_MODELS = {
     "bulkwrites_tablesetting",
     "bulkwrites_verification",  # a job's verifications and their checks are part of its ledger
     "bulkwrites_itemcheck",
+    "bulkwrites_streamrule",
+    "bulkwrites_streamfailure",
     "demo_customer",
     "demo_order",
     "auth_user",
@@ -137,6 +142,11 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
     check = ItemCheck.objects.create(verification=verification, item=item, position=1)
     source = SqlSource.objects.create(name="s", connection="demo", query="SELECT 1 AS pk")
     setting = TableSetting.objects.create(table_name="t", rate_limit_wcu=10)
+    rule = StreamRule.objects.create(
+        name="r", source_table="a", stream_arn="arn:aws:dynamodb:us-east-1:1:table/a/stream/x",
+        stream_view_type="KEYS_ONLY", target_table="b", events=["REMOVE"], operation="delete",
+    )  # fmt: skip
+    failure = StreamFailure.objects.create(rule=rule, shard_id="s", sequence_number="1", error_code="X")
     customer = Customer.objects.create(name="Ada", email="ada@example.com", country="GB")
     order = Order.objects.create(customer=customer, number="N-1", total=1, status="paid")
     group = Group.objects.create(name="g")
@@ -150,6 +160,8 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
         "bulkwrites.itemcheck": check,
         "bulkwrites.sqlsource": source,
         "bulkwrites.tablesetting": setting,
+        "bulkwrites.streamrule": rule,
+        "bulkwrites.streamfailure": failure,
         "demo.customer": customer,
         "demo.order": order,
         "auth.user": viewer,
@@ -161,6 +173,7 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
         "job": job,
         "verification": verification,
         "source": source,
+        "rule": rule,
         "viewer": viewer,
         "rq_job_id": rq_job.id,
     }
@@ -187,6 +200,7 @@ def routes(world: dict[str, Any]) -> list[Route]:
                 "source_id": world["source"].pk,
                 "verification_id": world["verification"].pk,
                 "verification_action": "resume",
+                "rule_id": world["rule"].pk,
                 "id": world["viewer"].pk,  # auth's user password form
                 "action": "start",
                 "status": "failed",

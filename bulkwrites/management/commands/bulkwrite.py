@@ -1,5 +1,6 @@
 """The operator CLI: ``python manage.py bulkwrite load|copy|status|export|wait|verify|repair|recover|demo``,
-the job page's controls (``cancel|pause|resume|retry-failed|rate``) and API tokens (``token``).
+the job page's controls (``cancel|pause|resume|retry-failed|rate``), API tokens (``token``) and
+stream rules (``stream``, in ``bulkwrites/management/streams.py``).
 
 Each subcommand parses its options and calls a service; what a job is and how it runs is
 decided there, exactly as for the admin. Control actions are recorded in Django's admin log,
@@ -25,6 +26,7 @@ from django.utils import timezone
 
 from bulkwrites import selectors
 from bulkwrites.management.progress import ProgressBar
+from bulkwrites.management.streams import StreamCommands, add_stream_parser
 from bulkwrites.models import (
     DEFAULT_CONCURRENCY,
     DEFAULT_SAMPLE_SIZE,
@@ -43,6 +45,7 @@ from bulkwrites.resources import FORMATS_BY_NAME, export_items
 from bulkwrites.services import audit, control, create, dispatch, notify, schema, sql, tokens, verifying, work
 from bulkwrites.services.demo import demo_setup
 from bulkwrites.services.errors import JobError
+from bulkwrites.services.streams.consume import recover_stalled_stream_rules
 from bulkwrites.sources import formats
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_JOB_FAILED = 0, 3, 1
@@ -198,6 +201,9 @@ class Command(BaseCommand):
         token_list = token_sub.add_parser("list", help="tokens (prefix, user, state); never their secrets")
         token_list.add_argument("user", nargs="?")
 
+        # DynamoDB Streams rules: their own block (bulkwrites/management/streams.py).
+        add_stream_parser(sub)
+
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             schema.check_schema()
@@ -208,6 +214,9 @@ class Command(BaseCommand):
         code = handler(**options)
         if code:
             sys.exit(code)
+
+    def handle_stream(self, **options: Any) -> int:
+        return StreamCommands(self.stdout, self.stderr).handle(options)
 
     # --- load ---------------------------------------------------------------------------
 
@@ -458,6 +467,9 @@ class Command(BaseCommand):
         self.stdout.write(f"re-enqueued {len(recovered)} stalled job(s) {recovered or ''}".rstrip())
         verifications = verifying.recover_stalled_verifications()
         self.stdout.write(f"started or re-enqueued {len(verifications)} verification(s) {verifications or ''}".rstrip())
+        rules = recover_stalled_stream_rules()
+        if rules:
+            self.stdout.write(f"re-enqueued {len(rules)} stream rule(s) nobody consumed {rules}")
         return EXIT_OK
 
     def handle_demo(self, **options: Any) -> int:

@@ -365,3 +365,13 @@ def test_write_batches_pulls_a_batch_only_when_a_call_slot_is_free() -> None:
 
     assert len(result.outcomes) == 20
     assert max(waiting_when_pulled) <= 3
+
+
+def test_stop_at_first_failure_sends_nothing_after_an_isolated_culprit() -> None:
+    client = FakeClient(*([reject_if_contains("k5")] * 50))
+    result = make_writer(client).write([put(n) for n in range(25)], stop_at_first_failure=True)
+    outcomes = by_ref(result)
+    assert sorted(outcomes) == [0, 1, 2, 3, 4, 5]  # the rest get no outcome: never sent on their own
+    assert not outcomes[5].succeeded
+    assert all(outcomes[n].succeeded for n in range(5))
+    assert all("k5" in client.sent_keys(c) for c in range(len(client.calls)) if "k6" in client.sent_keys(c))
