@@ -147,16 +147,19 @@ class JobAdmin(admin.ModelAdmin[Job]):
         form = FileJobForm(request.POST or None, request.FILES or None, tables=selectors.table_listing())
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]
+            common = {
+                "table_name": form.cleaned_data["table_name"],
+                "operation": form.cleaned_data["operation"],
+                "source_format": form.cleaned_data["source_format"] or None,
+                "encoding": form.cleaned_data["encoding"],
+                "created_by": request.user,
+                **form.job_settings(),
+            }
             try:
-                job = create.job_create_from_file(
-                    upload=upload.file,
-                    file_name=upload.name,
-                    table_name=form.cleaned_data["table_name"],
-                    operation=form.cleaned_data["operation"],
-                    source_format=form.cleaned_data["source_format"] or None,
-                    created_by=request.user,
-                    **form.job_settings(),
-                )
+                if upload:
+                    job = create.job_create_from_file(upload=upload.file, file_name=upload.name, **common)
+                else:
+                    job = create.job_create_from_s3(url=form.cleaned_data["s3_url"].strip(), **common)
             except JobError as exc:
                 form.add_error(None, str(exc))
             else:

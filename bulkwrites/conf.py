@@ -46,6 +46,8 @@ class AppSettings:
     """Signs each webhook body (HMAC-SHA256) when set."""
     base_url: str = ""
     """The admin's address as users reach it, for links in notifications."""
+    s3_allowed: tuple[str, ...] = ()
+    """Buckets (``bucket``) and prefixes (``bucket/prefix``) S3 sources may read; empty: S3 sources off."""
 
 
 def app_settings() -> AppSettings:
@@ -67,4 +69,5 @@ def app_settings() -> AppSettings:
         webhook_attempts=max(1, int(values["WEBHOOK_ATTEMPTS"])),
         webhook_secret=str(values["WEBHOOK_SECRET"]),
         base_url=str(values["BASE_URL"]),
+        s3_allowed=tuple(values.get("S3_ALLOWED") or ()),
     )

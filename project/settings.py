@@ -202,6 +202,11 @@ BULKWRITES = {
     # The admin's address as users reach it (https://bulkwrites.example.com), for links in
     # notifications; empty: no link.
     "BASE_URL": os.environ.get("BULKWRITES_BASE_URL", "").rstrip("/"),
+    # What a gzip or zstd file may decompress to (read as a stream; unset: 10 GiB).
+    "MAX_DECOMPRESSED_BYTES": env_int("BULKWRITES_MAX_DECOMPRESSED_BYTES"),
+    # Buckets ("bucket") and prefixes ("bucket/prefix") S3 sources may read, comma-separated; empty
+    # (the default) switches S3 sources off (README, "Security model").
+    "S3_ALLOWED": [entry.strip() for entry in os.environ.get("BULKWRITES_S3_ALLOWED", "").split(",") if entry.strip()],
 }
 
 # Notifications go out through Django's mailers (MAILERS, new in Django 6.1; the EMAIL_* settings

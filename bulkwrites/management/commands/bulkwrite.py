@@ -76,10 +76,18 @@ class Command(BaseCommand):
             "--as", dest="as_user", metavar="USER", help="the Django user the admin log records (default: the OS user)"
         )
 
-        load = sub.add_parser("load", help="create a job from a file (and wait for it with --wait)", parents=[actor])
-        load.add_argument("file")
+        load = sub.add_parser(
+            "load", help="create a job from a file or an S3 object (and wait for it with --wait)", parents=[actor]
+        )
+        load.add_argument("file", help="a local file, or s3://bucket/key (gzip and zstd are read as they are)")
         load.add_argument("--table", required=True)
         load.add_argument("--format", choices=sorted(formats.FORMATS), dest="source_format")
+        load.add_argument(
+            "--encoding",
+            default=formats.UTF8,
+            help=f"text encoding of the file: {', '.join(formats.ENCODINGS)} (default utf-8; a UTF-16 BOM is "
+            "recognised)",
+        )
         load.add_argument("--operation", choices=Operation.values, default=Operation.PUT)
         load.add_argument("--duplicates", choices=DuplicatePolicy.values, default=DuplicatePolicy.LAST)
         load.add_argument("--concurrency", type=int, help=f"calls in flight per worker (default {DEFAULT_CONCURRENCY})")
@@ -159,11 +167,12 @@ class Command(BaseCommand):
     # --- load ---------------------------------------------------------------------------
 
     def handle_load(self, *, file: str, table: str, dry_run: bool, wait: bool, **options: Any) -> int:
+        is_s3 = file.startswith("s3://")
         path = Path(file)
-        if not path.is_file():
+        if not is_s3 and not path.is_file():
             raise CommandError(f"{file}: no such file")
         if dry_run:
-            return self._dry_run(path, table, options)
+            return self._dry_run(file, table, options)
         job_settings = {
             "duplicate_policy": options["duplicates"],
             "concurrency": options["concurrency"],
@@ -173,17 +182,20 @@ class Command(BaseCommand):
             "webhook_url": options["webhook"],
         }
         user, person = self._actor(options)
+        common = {
+            "table_name": table,
+            "operation": options["operation"],
+            "source_format": options["source_format"],
+            "encoding": options["encoding"],
+            "created_by": user if person else None,
+            **job_settings,
+        }
         try:
-            with path.open("rb") as upload:
-                job = create.job_create_from_file(
-                    upload=upload,
-                    file_name=path.name,
-                    table_name=table,
-                    operation=options["operation"],
-                    source_format=options["source_format"],
-                    created_by=user if person else None,
-                    **job_settings,
-                )
+            if is_s3:
+                job = create.job_create_from_s3(url=file, **common)
+            else:
+                with path.open("rb") as upload:
+                    job = create.job_create_from_file(upload=upload, file_name=path.name, **common)
         except JobError as exc:
             raise CommandError(str(exc)) from None
         return self._start(job, wait=wait, user=user)
@@ -199,16 +211,20 @@ class Command(BaseCommand):
         self.stdout.flush()
         return self._wait(job.pk) if wait else EXIT_OK
 
-    def _dry_run(self, path: Path, table: str, options: dict[str, Any]) -> int:
+    def _dry_run(self, file: str, table: str, options: dict[str, Any]) -> int:
+        common = {
+            "table_name": table,
+            "operation": options["operation"],
+            "source_format": options["source_format"],
+            "encoding": options["encoding"],
+        }
         try:
-            with path.open("rb") as stream:
-                preview = create.preview_file(
-                    stream,
-                    file_name=path.name,
-                    table_name=table,
-                    operation=options["operation"],
-                    source_format=options["source_format"],
-                )
+            if file.startswith("s3://"):
+                preview = create.preview_s3(url=file, **common)
+            else:
+                path = Path(file)
+                with path.open("rb") as stream:
+                    preview = create.preview_file(stream, file_name=path.name, **common)
         except JobError as exc:
             raise CommandError(str(exc)) from None
         for problem in preview.problems:
