@@ -120,6 +120,26 @@ class FileJobForm(TargetForm):
         return data
 
 
+class TableCopyForm(TargetForm):
+    """A job copying another DynamoDB table: parallel Scan segments, an optional attribute mapping."""
+
+    source_table = forms.CharField(max_length=255, help_text="the table to read (on the same endpoint)")
+    source_region = forms.CharField(
+        max_length=64, required=False, help_text="its region, if not the one jobs write to (empty: the same)"
+    )
+    segments = forms.IntegerField(
+        min_value=1, max_value=64, initial=4, help_text="parallel Scan segments (more: faster, more read capacity)"
+    )
+    mapping = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 60}),
+        required=False,
+        help_text="One `source -> target` per line (a name alone keeps it; `*` keeps every other attribute). "
+        "Empty: every attribute as it is. Types are kept.",
+    )
+
+    field_order = ["source_table", "source_region", "segments", "mapping", "table_name", "operation"]
+
+
 class CopyRecordsForm(TargetForm):
     mapping = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 8, "cols": 60}),

@@ -8,6 +8,7 @@ picked in the admin are read and staged at once, in the request that picked them
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sys
 from collections.abc import Mapping
 from typing import IO, Any
@@ -25,8 +26,8 @@ from bulkwrites.models import Job, Operation, SourceKind, TableSetting
 from bulkwrites.services import notify, sql, staging
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.source_rows import file_limits, job_source_rows, s3_rows
-from bulkwrites.services.tables import key_schema_for_job
-from bulkwrites.sources import formats, querysets, s3
+from bulkwrites.services.tables import TableError, describe_key_schema, key_schema_for_job
+from bulkwrites.sources import dynamodb_table, formats, querysets, s3
 from bulkwrites.sources.postgres import redact_dsn
 
 # --- what every job records ------------------------------------------------------------
@@ -238,6 +239,67 @@ def preview_s3(
         raise JobError(str(exc)) from None
 
 
+# --- from another DynamoDB table --------------------------------------------------------------
+
+# A draft's preview scans at most this many items of a source table (a web request); staging reads all.
+TABLE_PREVIEW_ITEMS = 1000
+
+
+def job_create_from_table(
+    *,
+    source_table: str,
+    table_name: str,
+    segments: int = dynamodb_table.DEFAULT_SEGMENTS,
+    mapping_text: str = "",
+    source_region: str = "",
+    operation: str = Operation.PUT,
+    created_by: Any = None,
+    **job_settings: Any,
+) -> Job:
+    """A draft job copying table ``source_table`` (parallel Scans, ``segments`` of them) into ``table_name``.
+
+    The source is read by the preview (its first items) and by the worker when it stages the job.
+    """
+    if not 1 <= segments <= dynamodb_table.MAX_SEGMENTS:
+        raise JobError(f"Segments must be between 1 and {dynamodb_table.MAX_SEGMENTS}.")
+    region = source_region.strip() or dynamo_client.region()
+    if source_table == table_name and region == dynamo_client.region():
+        raise JobError("The source and the target are the same table.")
+    try:
+        mapping = dynamodb_table.AttributeMapping.parse(mapping_text)
+    except dynamodb_table.MappingError as exc:
+        raise JobError(str(exc)) from None
+    key_schema = key_schema_for_job(table_name)
+    targets = mapping.targets()
+    missing = [key.name for key in key_schema.attributes if targets is not None and key.name not in targets]
+    if missing:
+        raise JobError(
+            f"No attribute is mapped to the key attribute {missing[0]!r} of {table_name!r}; add a line such as "
+            f"`id -> {missing[0]}`, or `*` to keep the other attributes as they are."
+        )
+    source_key = _source_table_key(source_table, region)
+    source = dynamodb_table.TableSource(source_table, region, segments, mapping.describe())
+    where = f"{source_table} ({region})" if region != dynamo_client.region() else source_table
+    detail = f"table {where}, key {source_key}, {segments} scan segments"
+    return Job.objects.create(
+        **new_job_fields(table_name, operation, key_schema, created_by, job_settings),
+        source_kind=SourceKind.DYNAMODB_TABLE,
+        source_name=f"DynamoDB table {where}"[:255],
+        source_format="ddbjson",
+        source_detail=detail + (f"\nmapping:\n{source.mapping}" if source.mapping else ""),
+        source_spec=source.to_json(),
+    )
+
+
+def _source_table_key(table: str, region: str) -> str:
+    if region != dynamo_client.region():
+        return "(in another region)"  # DescribeTable there is the worker's first Scan's job
+    try:
+        return describe_key_schema(table).describe()
+    except TableError as exc:
+        raise JobError(f"Source table: {exc.message}") from None
+
+
 # --- from admin records ------------------------------------------------------------------
 
 
@@ -335,7 +397,9 @@ def job_preview(job: Job, **kwargs: Any) -> staging.Preview:
         return staging.preview_from_ledger(job)
     try:
         with job_source_rows(job) as (rows, dynamodb_json):
-            return staging.preview_rows(
+            if job.source_kind == SourceKind.DYNAMODB_TABLE:  # a whole table is for the worker, not a request
+                rows = itertools.islice(rows, TABLE_PREVIEW_ITEMS)
+            preview = staging.preview_rows(
                 rows,
                 KeySchema.from_json(job.key_schema),
                 operation=job.operation,
@@ -344,6 +408,9 @@ def job_preview(job: Job, **kwargs: Any) -> staging.Preview:
             )
     except formats.SourceError as exc:
         raise JobError(str(exc)) from None
+    if job.source_kind == SourceKind.DYNAMODB_TABLE and preview.rows >= TABLE_PREVIEW_ITEMS:
+        preview.note = f"Only the first {TABLE_PREVIEW_ITEMS:,} items of the source table were read for this preview."
+    return preview
 
 
 def preview_file(

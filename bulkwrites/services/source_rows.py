@@ -12,13 +12,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
+from django.db.models import F
 
 from bulkwrites.conf import app_settings
+from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo import s3_client
 from bulkwrites.models import Job, SourceKind
 from bulkwrites.services import sql
 from bulkwrites.services.errors import JobError
-from bulkwrites.sources import formats, s3
+from bulkwrites.sources import dynamodb_table, formats, s3
 
 
 @contextmanager
@@ -35,6 +37,13 @@ def job_source_rows(job: Job) -> Iterator[tuple[Iterator[formats.SourceRow], boo
         with s3_rows(s3_client.make_s3_client(), location, obj, job.source_format, job.source_encoding) as rows:
             yield rows, job.source_format in formats.ROWS_ARE_DYNAMODB_JSON
         return
+    if job.source_kind == SourceKind.DYNAMODB_TABLE:
+        scan = table_scan(dynamodb_table.TableSource.from_json(job.source_spec))
+        try:
+            yield scan.rows(), True
+        finally:  # what reading cost, also when a preview stops early
+            Job.objects.filter(pk=job.pk).update(source_read_units=F("source_read_units") + scan.consumed_read_units)
+        return
     if job.source_kind != SourceKind.FILE:
         raise JobError(f"jobs from {job.get_source_kind_display()} are staged when they are created")
     if not job.source_file:
@@ -49,6 +58,13 @@ def job_source_rows(job: Job) -> Iterator[tuple[Iterator[formats.SourceRow], boo
             encoding=job.source_encoding or formats.UTF8,
         )
         yield rows, job.source_format in formats.ROWS_ARE_DYNAMODB_JSON
+
+
+def table_scan(source: dynamodb_table.TableSource) -> dynamodb_table.TableScan:
+    """A parallel scan of a source table, in its region, on the environment's endpoint."""
+    client = dynamo_client.make_client(max_connections=source.segments, region_name=source.region or None)
+    mapping = dynamodb_table.AttributeMapping.parse(source.mapping)
+    return dynamodb_table.TableScan(client, source.table, source.segments, mapping)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The operator CLI: ``python manage.py bulkwrite load|copy|status|export|wait|recover|demo``,
+"""The operator CLI: ``python manage.py bulkwrite load|copy|copy-table|status|export|wait|recover|demo``,
 the job page's controls (``cancel|pause|resume|retry-failed|rate``) and API tokens (``token``).
 
 Each subcommand parses its options and calls a service; what a job is and how it runs is
@@ -117,6 +117,28 @@ class Command(BaseCommand):
         copy.add_argument("--webhook", help="URL POSTed a JSON summary when the job ends or fails")
         copy.add_argument("--wait", action="store_true")
 
+        copy_table = sub.add_parser(
+            "copy-table", help="create a job copying another DynamoDB table (parallel Scan)", parents=[actor]
+        )
+        copy_table.add_argument("--source-table", required=True, help="the table to read")
+        copy_table.add_argument("--source-region", default="", help="its region, if not AWS_REGION")
+        copy_table.add_argument("--segments", type=int, default=4, help="parallel Scan segments (1-64, default 4)")
+        copy_table.add_argument(
+            "--map",
+            action="append",
+            default=[],
+            dest="mapping",
+            help="`source -> target` (repeat it; a name alone keeps it; `*` keeps the other attributes)",
+        )
+        copy_table.add_argument("--table", required=True, help="the table to write")
+        copy_table.add_argument("--operation", choices=Operation.values, default=Operation.PUT)
+        copy_table.add_argument("--duplicates", choices=DuplicatePolicy.values, default=DuplicatePolicy.LAST)
+        copy_table.add_argument("--concurrency", type=int)
+        copy_table.add_argument("--workers", type=int)
+        copy_table.add_argument("--rate", type=float, help="rate cap in WCU/s for the whole job (writes to the target)")
+        copy_table.add_argument("--webhook", help="URL POSTed a JSON summary when the job ends or fails")
+        copy_table.add_argument("--wait", action="store_true")
+
         status = sub.add_parser("status", help="print a job's status and counts")
         status.add_argument("job", type=int)
 
@@ -159,7 +181,7 @@ class Command(BaseCommand):
         except schema.SchemaError as exc:
             raise CommandError(str(exc)) from None
         subcommand = options["subcommand"]
-        handler = self.handle_control if subcommand in CONTROL_COMMANDS else getattr(self, f"handle_{subcommand}")
+        handler = self.handle_control if subcommand in CONTROL_COMMANDS else getattr(self, f"handle_{subcommand.replace('-', '_')}")
         code = handler(**options)
         if code:
             sys.exit(code)
@@ -261,6 +283,29 @@ class Command(BaseCommand):
                 job = create.job_create_from_dsn(
                     dsn=dsn, spec=spec, table_name=table, operation=options["operation"], **job_settings
                 )
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
+        return self._start(job, wait=wait, user=user)
+
+    # --- copy another DynamoDB table ------------------------------------------------------
+
+    def handle_copy_table(self, *, source_table: str, table: str, wait: bool, **options: Any) -> int:
+        user, person = self._actor(options)
+        try:
+            job = create.job_create_from_table(
+                source_table=source_table,
+                table_name=table,
+                segments=options["segments"],
+                mapping_text="\n".join(options["mapping"]),
+                source_region=options["source_region"],
+                operation=options["operation"],
+                duplicate_policy=options["duplicates"],
+                concurrency=options["concurrency"],
+                workers=options["workers"],
+                rate_limit_wcu=options["rate"],
+                webhook_url=options["webhook"],
+                created_by=user if person else None,
+            )
         except JobError as exc:
             raise CommandError(str(exc)) from None
         return self._start(job, wait=wait, user=user)

@@ -52,6 +52,7 @@ from bulkwrites.sources.formats.detection import detect_format
 from bulkwrites.sources.formats.encodings import (
     ENCODINGS,
     UTF8,
+    UTF16_SNIFF_BYTES,
     TranscodingReader,
     check_encoding,
     effective_encoding,
@@ -129,7 +130,7 @@ def read_rows(
 
 def _as_utf8(content: Any, encoding: str) -> ByteSource:
     peek = PeekReader(content)
-    encoding = effective_encoding(encoding, peek.peek(2))
+    encoding = effective_encoding(encoding, peek.peek(UTF16_SNIFF_BYTES))
     return peek if encoding == UTF8 else TranscodingReader(peek, encoding)
 
 

@@ -2,9 +2,9 @@
 
 The encoding is the operator's choice (the form's Encoding field, ``--encoding``), recorded on the
 job and used by the preview and staging alike; UTF-8 is the default. One thing is detected rather
-than chosen: a file that starts with a UTF-16 byte-order mark is UTF-16 (Excel's "Unicode Text"),
-whatever was chosen, since those two bytes can open neither a UTF-8 nor a single-byte text file
-that a reader would accept. XLSX declares its own encoding in its XML and ignores this.
+than chosen: with UTF-8 chosen, a file that starts with a UTF-16 byte-order mark and decodes as
+lines of UTF-16 text is UTF-16 (Excel's "Unicode Text"), since those two bytes can never start a
+UTF-8 file. XLSX declares its own encoding in its XML and ignores this.
 
 A byte the encoding cannot decode stops reading with a message naming the byte, its offset in the
 file and its line, and what to choose instead. ISO-8859-1 decodes every byte, so a wrong choice
@@ -29,6 +29,7 @@ ENCODINGS: dict[str, str] = {
     "utf-16-be": "UTF-16 BE (no BOM)",
 }
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+UTF16_SNIFF_BYTES = 4096  # of the head, to tell UTF-16 text behind a BOM
 WRONG_ENCODING_ADVICE = (
     "Choose the file's encoding in the form's Encoding field (or `--encoding` in the CLI; Excel on Windows "
     "often saves Windows-1252), or save it as UTF-8."
@@ -45,10 +46,19 @@ def check_encoding(encoding: str) -> str:
 
 
 def effective_encoding(encoding: str, head: bytes) -> str:
-    """The encoding to read with: the one chosen, or UTF-16 when the content starts with its BOM."""
-    if head.startswith(_UTF16_BOMS) and encoding in (UTF8, "utf-16"):
-        return "utf-16"
-    return encoding
+    """The encoding to read with: the one chosen, or UTF-16 when the content is UTF-16 text with a BOM.
+
+    With UTF-8 chosen (the default), a BOM alone is not enough: the head must also decode as UTF-16
+    into lines of text (a line break, no control characters but tab, CR and LF), so that binary
+    garbage that happens to start with ``FF FE`` is still refused as not UTF-8.
+    """
+    if not head.startswith(_UTF16_BOMS) or encoding not in (UTF8, "utf-16"):
+        return encoding
+    if encoding == "utf-16":
+        return encoding
+    text = codecs.getincrementaldecoder("utf-16")("replace").decode(head[:UTF16_SNIFF_BYTES], False)
+    controls = any(ord(char) < 32 and char not in "\t\r\n" for char in text)
+    return "utf-16" if "\n" in text and "\ufffd" not in text and not controls else encoding
 
 
 def encoding_error(name: str, exc: UnicodeDecodeError, offset: int, line: int) -> SourceError:
