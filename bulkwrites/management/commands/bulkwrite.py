@@ -181,7 +181,11 @@ class Command(BaseCommand):
         except schema.SchemaError as exc:
             raise CommandError(str(exc)) from None
         subcommand = options["subcommand"]
-        handler = self.handle_control if subcommand in CONTROL_COMMANDS else getattr(self, f"handle_{subcommand.replace('-', '_')}")
+        handler = (
+            self.handle_control
+            if subcommand in CONTROL_COMMANDS
+            else getattr(self, f"handle_{subcommand.replace('-', '_')}")
+        )
         code = handler(**options)
         if code:
             sys.exit(code)
