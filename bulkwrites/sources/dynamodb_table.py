@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,7 +126,7 @@ class TableScan:
     consumed_read_units: float = 0.0
     scanned: int = 0
 
-    def rows(self) -> Iterator[SourceRow]:
+    def rows(self) -> Generator[SourceRow]:
         """One row per item, positions in the order read (segments interleave). Closing it stops the scans."""
         pages: queue.Queue[tuple[str, Any, float]] = queue.Queue(maxsize=PAGES_PER_SEGMENT * self.segments)
         stop = threading.Event()

@@ -4,7 +4,8 @@ A job from S3 records the object's size and ETag when it is created; the preview
 it again with ``GetObject`` and ``If-Match: <ETag>``, so an object replaced in between is refused
 by S3 itself (412) rather than silently staging other data than was previewed. The body is read as
 a stream (botocore's ``StreamingBody``), never whole; a connection that breaks off mid-object is
-resumed with a ranged ``GetObject`` from where it stopped, under the same ETag.
+resumed with a ranged ``GetObject`` from where it stopped, under the same ETag (given up after
+:data:`RESUME_ATTEMPTS` resumes in a row that read nothing).
 
 Who may read what: the app's AWS credentials may reach more buckets than operators should, so
 only the buckets and prefixes of an allow-list (``BULKWRITES_S3_ALLOWED``) are read; an empty list
@@ -138,7 +139,8 @@ class ObjectReader:
         self._object = obj
         self._body = _get(client, location, obj)
         self.offset = 0
-        self._resumed = 0
+        self._resumed = 0  # resumes in a row without a byte read in between
+        self._resumed_at = -1
 
     def read(self, size: int = CHUNK_SIZE) -> bytes:
         if size is None or size < 0:
@@ -156,7 +158,8 @@ class ObjectReader:
             return data
 
     def _resume(self, exc: BaseException | None) -> None:
-        self._resumed += 1
+        self._resumed = 1 if self.offset > self._resumed_at else self._resumed + 1
+        self._resumed_at = self.offset
         if self._resumed > RESUME_ATTEMPTS:
             raise _broken(self._location, self.offset, exc)
         logger.warning("%s: reading broke off at byte %s (%s); resuming", self._location.url, self.offset, exc)
