@@ -596,10 +596,10 @@ print_env() {
 	fi
 	# The ports in use, read from the URLs above (a URL set by hand wins over *_PORT), so a later
 	# `make run` or `make worker` in the same shell finds the same services.
-	printf 'export PG_PORT=%s REDIS_PORT=%s DYNAMODB_PORT=%s WEB_PORT=%s\n' \
+	printf 'export PG_PORT=%s REDIS_PORT=%s DYNAMODB_PORT=%s WEB_PORT=%s S3_PORT=%s\n' \
 		"$(url_port "${DATABASE_URL:-$LOCAL_DATABASE_URL}" 5432)" \
 		"$(url_port "${REDIS_URL:-$LOCAL_REDIS_URL}" 6379)" \
-		"$(url_port "$ddb" 443)" "$WEB_PORT"
+		"$(url_port "$ddb" 443)" "$WEB_PORT" "$(url_port "$s3" 443)"
 	return 0
 }
 
