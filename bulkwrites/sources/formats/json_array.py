@@ -121,11 +121,15 @@ TOO_DEEP = _TooDeep()
 class _Builder:
     """Elements of the top-level array, built from ijson's basic events (depth 1 is the array).
 
-    With ``base=0`` the whole document is the one element (built like any element).
+    With ``base=0`` the whole document is the one element (built like any element). With
+    ``stop_when_closed``, :meth:`feed` stops at the event that closes the array and sets
+    ``closed_after`` to the number of events it used (for an array inside a document).
     """
 
-    def __init__(self, base: int = 1) -> None:
+    def __init__(self, base: int = 1, *, stop_when_closed: bool = False) -> None:
         self.base = base
+        self.stop_when_closed = stop_when_closed
+        self.closed_after: int | None = None
         self.depth = 0
         self.stack: list[Any] = []  # containers being built
         self.keys: list[Any] = []  # the pending key of each container on the stack (maps)
@@ -135,7 +139,7 @@ class _Builder:
         done: list[Any] = []
         stack, keys = self.stack, self.keys
         depth, base = self.depth, self.base
-        for event, value in events:
+        for index, (event, value) in enumerate(events):
             if self.skip_from:
                 if event in ("start_map", "start_array"):
                     depth += 1
@@ -163,6 +167,9 @@ class _Builder:
             if event == "end_map" or event == "end_array":
                 depth -= 1
                 if depth < base:
+                    if self.stop_when_closed:
+                        self.closed_after = index + 1
+                        break
                     continue
                 value = stack.pop()
                 keys.pop()
@@ -186,7 +193,7 @@ class _DocumentBuilder:
         self.items = _Builder()  # elements of the array (top level, or the value of "Items")
         self.whole = _Builder(base=0)  # the top-level object, with "Items" left out
         self.depth = 0  # of the top-level object, outside "Items"
-        self.items_depth = 0  # inside "Items" (0: not in it)
+        self.in_items = False  # events go to the "Items" array's builder
         self.items_key = False  # the last key at depth 1 was "Items"
         self.streamed_items = False
 
@@ -198,23 +205,26 @@ class _DocumentBuilder:
         if self.mode == "array":
             return self.items.feed(events)
         done: list[Any] = []
-        inner: list[tuple[str, Any]] = []
         outer: list[tuple[str, Any]] = []
-        for event, value in events:
-            if self.items_depth:
-                inner.append((event, value))
-                if event in ("start_map", "start_array"):
-                    self.items_depth += 1
-                elif event in ("end_map", "end_array"):
-                    self.items_depth -= 1
-                    if not self.items_depth:
-                        outer.append(("null", None))  # the object keeps the key, without its elements
+        at = 0
+        while at < len(events):
+            if self.in_items:  # the bulk of a scan's output: handed to the array builder whole
+                rest = events[at:] if at else events
+                done.extend(self.items.feed(rest))
+                if self.items.closed_after is None:
+                    break
+                at += self.items.closed_after
+                self.in_items = False
+                outer.append(("null", None))  # the object keeps the key, without its elements
                 continue
+            event, value = events[at]
+            at += 1
             if event == "start_array" and self.items_key and self.depth == 1:
                 self.items_key = False
-                self.items_depth = 1
+                self.in_items = True
                 self.streamed_items = True
-                inner.append((event, value))
+                self.items = _Builder(stop_when_closed=True)
+                self.items.feed([(event, value)])
                 continue
             self.items_key = event == "map_key" and value == "Items" and self.depth == 1
             if event in ("start_map", "start_array"):
@@ -222,9 +232,6 @@ class _DocumentBuilder:
             elif event in ("end_map", "end_array"):
                 self.depth -= 1
             outer.append((event, value))
-        # Each builder gets its own events in order; the two never share a container.
-        if inner:
-            done.extend(self.items.feed(inner))
         if outer:
             whole = self.whole.feed(outer)
             if whole and not self.streamed_items:
