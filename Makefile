@@ -1,11 +1,11 @@
 # bulkwrites developer entry points. The logic lives in scripts/services.sh.
 #
-#   eval "$$(make -s services)"   start Postgres, Redis, DynamoDB Local; export their env
+#   eval "$$(make -s services)"   start Postgres, Redis, DynamoDB Local, S3 (moto); export their env
 #   make run                      migrate, demo data, web server + worker (http://127.0.0.1:8000/admin/)
 #   make test                     lint + pytest (PYTEST_ARGS="-k foo" to narrow)
 #   make lint | typecheck-baseline | worker | bench | stop | clean | venv | env
 #
-# Ports: PG_PORT=54329 REDIS_PORT=63799 DYNAMODB_PORT=8770 WEB_PORT=8000
+# Ports: PG_PORT=54329 REDIS_PORT=63799 DYNAMODB_PORT=8770 WEB_PORT=8000 S3_PORT=8790
 
 SHELL := /bin/bash
 SERVICES := ./scripts/services.sh

@@ -28,7 +28,7 @@ from bulkwrites import (
     selectors,
 )
 from bulkwrites.conf import app_settings
-from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TargetForm, VerifyForm
+from bulkwrites.forms import FileJobForm, RateForm, SqlSourceForm, TableCopyForm, TargetForm, VerifyForm
 from bulkwrites.models import (
     CheckOutcome,
     EstimatedCountQuerySet,
@@ -137,6 +137,7 @@ class JobAdmin(admin.ModelAdmin[Job]):
         wrap = self.admin_site.admin_view
         return [
             path("new-from-file/", wrap(self.new_from_file_view), name="bulkwrites_job_new_from_file"),
+            path("new-from-table/", wrap(self.new_from_table_view), name="bulkwrites_job_new_from_table"),
             path("<int:job_id>/preview/", wrap(self.preview_view), name="bulkwrites_job_preview"),
             path("<int:job_id>/progress.json", wrap(self.progress_view), name="bulkwrites_job_progress"),
             path("<int:job_id>/action/<str:action>/", wrap(self.action_view), name="bulkwrites_job_action"),
@@ -183,16 +184,19 @@ class JobAdmin(admin.ModelAdmin[Job]):
         form = FileJobForm(request.POST or None, request.FILES or None, tables=selectors.table_listing())
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]
+            common = {
+                "table_name": form.cleaned_data["table_name"],
+                "operation": form.cleaned_data["operation"],
+                "source_format": form.cleaned_data["source_format"] or None,
+                "encoding": form.cleaned_data["encoding"],
+                "created_by": request.user,
+                **form.job_settings(),
+            }
             try:
-                job = create.job_create_from_file(
-                    upload=upload.file,
-                    file_name=upload.name,
-                    table_name=form.cleaned_data["table_name"],
-                    operation=form.cleaned_data["operation"],
-                    source_format=form.cleaned_data["source_format"] or None,
-                    created_by=request.user,
-                    **form.job_settings(),
-                )
+                if upload:
+                    job = create.job_create_from_file(upload=upload.file, file_name=upload.name, **common)
+                else:
+                    job = create.job_create_from_s3(url=form.cleaned_data["s3_url"].strip(), **common)
             except JobError as exc:
                 form.add_error(None, str(exc))
             else:
@@ -200,6 +204,30 @@ class JobAdmin(admin.ModelAdmin[Job]):
         return TemplateResponse(
             request, "admin/bulkwrites/job/new_from_file.html", self._context(request, "New job from a file", form=form)
         )
+
+    def new_from_table_view(self, request: HttpRequest) -> HttpResponse:
+        """A job copying another DynamoDB table; then the same preview as files (its first items)."""
+        self._require(request, "bulkwrites.run_job")
+        form = TableCopyForm(request.POST or None, tables=selectors.table_listing())
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                job = create.job_create_from_table(
+                    source_table=data["source_table"].strip(),
+                    source_region=data["source_region"] or "",
+                    segments=data["segments"],
+                    mapping_text=data["mapping"],
+                    table_name=data["table_name"],
+                    operation=data["operation"],
+                    created_by=request.user,
+                    **form.job_settings(),
+                )
+            except JobError as exc:
+                form.add_error(None, str(exc))
+            else:
+                return HttpResponseRedirect(reverse("admin:bulkwrites_job_preview", args=[job.pk]))
+        context = self._context(request, "New job from a DynamoDB table", form=form)
+        return TemplateResponse(request, "admin/bulkwrites/job/new_from_table.html", context)
 
     def preview_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         self._require(request, "bulkwrites.run_job")

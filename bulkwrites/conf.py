@@ -51,6 +51,8 @@ class AppSettings:
     path, so it must not reach arbitrary code."""
     stream_records_per_read: int = 1000
     """Records one GetRecords call asks for (DynamoDB Streams' maximum is 1,000)."""
+    s3_allowed: tuple[str, ...] = ()
+    """Buckets (``bucket``) and prefixes (``bucket/prefix``) S3 sources may read; empty: S3 sources off."""
 
 
 def app_settings() -> AppSettings:
@@ -74,4 +76,5 @@ def app_settings() -> AppSettings:
         base_url=str(values["BASE_URL"]),
         stream_callable_prefixes=tuple(str(p) for p in values.get("STREAM_CALLABLE_PREFIXES", ())),
         stream_records_per_read=int(values.get("STREAM_RECORDS_PER_READ", 1000)),
+        s3_allowed=tuple(values.get("S3_ALLOWED") or ()),
     )

@@ -17,7 +17,7 @@ from bulkwrites.selectors import SourceCatalog, TableListing
 from bulkwrites.services import sql
 from bulkwrites.services.create import upload_too_large
 from bulkwrites.sources import postgres
-from bulkwrites.sources.formats import FORMATS
+from bulkwrites.sources.formats import ENCODINGS, FORMATS
 
 
 def _setting_field(model_field: Any, **kwargs: Any) -> Any:
@@ -105,18 +105,63 @@ class TargetForm(JobSettingsForm):
 
 
 class FileJobForm(TargetForm):
-    file = forms.FileField(help_text="CSV, TSV, JSON, JSON Lines, XLSX or DynamoDB JSON lines")
+    file = forms.FileField(
+        required=False,
+        help_text="CSV, TSV, JSON, JSON Lines, XLSX or DynamoDB JSON (export lines, a scan's output, items); "
+        "gzip or zstd compressed too",
+    )
+    s3_url = forms.CharField(
+        required=False,
+        label="or an S3 object",
+        max_length=1100,
+        widget=forms.TextInput(attrs={"size": 60, "placeholder": "s3://bucket/path/export.json.gz"}),
+        help_text="read by the workers from S3 (buckets and prefixes allowed by BULKWRITES_S3_ALLOWED)",
+    )
     source_format = forms.ChoiceField(
         choices=[("", "detect from the file"), *FORMATS.items()], required=False, label="Format"
     )
+    encoding = forms.ChoiceField(
+        choices=list(ENCODINGS.items()),
+        initial="utf-8",
+        required=False,
+        help_text="of a text file (not XLSX); a UTF-16 byte-order mark is recognised whatever is chosen",
+    )
 
-    field_order = ["file", "source_format", "table_name", "operation"]
+    field_order = ["file", "s3_url", "source_format", "encoding", "table_name", "operation"]
 
     def clean_file(self) -> Any:
         upload = self.cleaned_data["file"]
-        if upload.size > app_settings().max_upload_bytes:
+        if upload and upload.size > app_settings().max_upload_bytes:
             raise forms.ValidationError(upload_too_large(upload.size))
         return upload
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        has_file, has_url = bool(data.get("file")), bool((data.get("s3_url") or "").strip())
+        if has_file == has_url and not self.errors.get("file"):
+            raise forms.ValidationError("Upload a file, or give an S3 URL — one of the two.")
+        data["encoding"] = data.get("encoding") or "utf-8"
+        return data
+
+
+class TableCopyForm(TargetForm):
+    """A job copying another DynamoDB table: parallel Scan segments, an optional attribute mapping."""
+
+    source_table = forms.CharField(max_length=255, help_text="the table to read (on the same endpoint)")
+    source_region = forms.CharField(
+        max_length=64, required=False, help_text="its region, if not the one jobs write to (empty: the same)"
+    )
+    segments = forms.IntegerField(
+        min_value=1, max_value=64, initial=4, help_text="parallel Scan segments (more: faster, more read capacity)"
+    )
+    mapping = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 60}),
+        required=False,
+        help_text="One `source -> target` per line (a name alone keeps it; `*` keeps every other attribute). "
+        "Empty: every attribute as it is. Types are kept.",
+    )
+
+    field_order = ["source_table", "source_region", "segments", "mapping", "table_name", "operation"]
 
 
 class CopyRecordsForm(TargetForm):

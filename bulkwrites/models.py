@@ -181,6 +181,10 @@ class SourceKind(models.TextChoices):
     FILE = "file", "uploaded file"
     QUERYSET = "queryset", "admin records"
     SQL = "sql", "PostgreSQL query"
+    S3 = "s3", "S3 object"
+    """A file read from S3 (``source_spec``: bucket, key, ETag, size), re-checked when staged."""
+    DYNAMODB_TABLE = "dynamodb_table", "DynamoDB table"
+    """Another table, read with parallel Scan segments (``source_spec``: table, region, segments, mapping)."""
 
 
 class DuplicatePolicy(models.TextChoices):
@@ -221,6 +225,16 @@ class Job(models.Model):
     source_detail = models.TextField(blank=True, help_text="query text, or model and filter")
     source_spec = models.JSONField(
         default=dict, blank=True, help_text="how to read the source again (SQL: connection name and query); no secrets"
+    )
+    source_encoding = models.CharField(
+        max_length=32, default="utf-8", blank=True, help_text="text encoding the file is read with"
+    )
+    source_compression = models.CharField(max_length=16, blank=True, help_text="gzip or zstd, when compressed")
+    source_etag = models.CharField(
+        max_length=128, blank=True, help_text="S3 object: its ETag when the job was created (checked when staged)"
+    )
+    source_read_units = models.FloatField(
+        default=0.0, help_text="read capacity consumed reading the source (DynamoDB table copies)"
     )
 
     created_by = models.ForeignKey(

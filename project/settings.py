@@ -209,6 +209,11 @@ BULKWRITES = {
     ),
     # Records one GetRecords call asks for (at most 1,000, DynamoDB Streams' own limit).
     "STREAM_RECORDS_PER_READ": int(os.environ.get("BULKWRITES_STREAM_RECORDS_PER_READ", 1000)),
+    # What a gzip or zstd file may decompress to (read as a stream; unset: 10 GiB).
+    "MAX_DECOMPRESSED_BYTES": env_int("BULKWRITES_MAX_DECOMPRESSED_BYTES"),
+    # Buckets ("bucket") and prefixes ("bucket/prefix") S3 sources may read, comma-separated; empty
+    # (the default) switches S3 sources off (README, "Security model").
+    "S3_ALLOWED": [entry.strip() for entry in os.environ.get("BULKWRITES_S3_ALLOWED", "").split(",") if entry.strip()],
 }
 
 # Notifications go out through Django's mailers (MAILERS, new in Django 6.1; the EMAIL_* settings

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Local infrastructure for bulkwrites: Python venv, PostgreSQL, Redis and
-# DynamoDB Local, all kept under .local/ in the repository (gitignored).
+# Local infrastructure for bulkwrites: Python venv, PostgreSQL, Redis,
+# DynamoDB Local and an S3 server (moto), all kept under .local/ in the repository (gitignored).
 #
 # Usage: scripts/services.sh COMMAND [ARGS...]   (normally through the Makefile)
 #   services  install what is missing, start Postgres, Redis and DynamoDB Local
@@ -19,11 +19,11 @@
 #             stop the local server, wait SECONDS (default 0), start it again
 #             (fault tests and the chaos bench use these)
 #   bench     python bench/run.py
-#   stop      stop web, worker, DynamoDB Local, Redis and Postgres
+#   stop      stop web, worker, S3 (moto), DynamoDB Local, Redis and Postgres
 #   clean     stop, then remove .local/
 #
 # Ports (override with the environment): PG_PORT=54329 REDIS_PORT=63799
-# DYNAMODB_PORT=8770 WEB_PORT=8000. Every variable printed by `env` keeps a value
+# DYNAMODB_PORT=8770 WEB_PORT=8000 S3_PORT=8790. Every variable printed by `env` keeps a value
 # already set in the environment; a service whose URL variable points somewhere
 # else than the local default is not started (e.g. real AWS for DynamoDB).
 set -euo pipefail
@@ -39,6 +39,7 @@ PG_PORT="${PG_PORT:-54329}"
 REDIS_PORT="${REDIS_PORT:-63799}"
 DYNAMODB_PORT="${DYNAMODB_PORT:-8770}"
 WEB_PORT="${WEB_PORT:-8000}"
+S3_PORT="${S3_PORT:-8790}"
 
 PGDATA_DIR="$LOCAL/pg"
 PG_SOCKET_DIR="/tmp" # short and reachable by the postgres user; clients use TCP anyway
@@ -53,6 +54,9 @@ DDB_EMULATOR="$DDB_DIR/package/emulator"
 LOCAL_DATABASE_URL="postgres://bulkwrites@127.0.0.1:${PG_PORT}/bulkwrites"
 LOCAL_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
 LOCAL_DYNAMODB_URL="http://127.0.0.1:${DYNAMODB_PORT}"
+LOCAL_S3_URL="http://127.0.0.1:${S3_PORT}"
+S3_VENV="$LOCAL/s3/venv"
+S3_REQUIREMENTS="$ROOT/scripts/s3-requirements.txt"
 
 # ---------------------------------------------------------------- helpers
 
@@ -516,6 +520,48 @@ start_dynamodb() {
 	die "DynamoDB Local did not answer on port $DYNAMODB_PORT (see .local/log/dynamodb.log)"
 }
 
+# ---------------------------------------------------------------- s3 (moto)
+
+# moto's server mode stands in for S3 locally (S3 sources: README, "Sources elsewhere"). It lives in
+# its own virtualenv under .local/s3, so its many dependencies never meet the app's.
+ensure_s3_venv() {
+	if [ ! -x "$S3_VENV/bin/python" ]; then
+		local base
+		base="$(ensure_python)"
+		mkdir -p "$LOCAL/s3"
+		log "s3: creating .local/s3/venv for moto's server"
+		"$base" -m venv "$S3_VENV" >&2
+	fi
+	if [ ! -f "$S3_VENV/.installed" ] || [ "$S3_REQUIREMENTS" -nt "$S3_VENV/.installed" ]; then
+		log "s3: installing scripts/s3-requirements.txt (moto[server], pinned)"
+		"$S3_VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q \
+			-r "$S3_REQUIREMENTS" >&2
+		touch "$S3_VENV/.installed"
+	fi
+}
+
+start_s3() {
+	if [ "${AWS_ENDPOINT_URL_S3:-$LOCAL_S3_URL}" != "$LOCAL_S3_URL" ]; then
+		log "s3: AWS_ENDPOINT_URL_S3 points elsewhere; not starting moto"
+		return 0
+	fi
+	if http_answers "$LOCAL_S3_URL"; then
+		log "s3: already up on 127.0.0.1:$S3_PORT"
+		return 0
+	fi
+	ensure_s3_venv
+	log "s3: starting moto's S3 server on port $S3_PORT (in memory)"
+	start_bg s3 moto_server "$S3_VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+	local i
+	for ((i = 0; i < 600; i++)); do
+		http_answers "$LOCAL_S3_URL" && return 0
+		pid_alive "$RUN_DIR/s3.pid" moto_server || break
+		sleep 0.1
+	done
+	show_log_tail "$LOG_DIR/s3.log"
+	die "moto's S3 server did not answer on port $S3_PORT (see .local/log/s3.log)"
+}
+
 # ---------------------------------------------------------------- environment
 
 is_local_endpoint() {
@@ -528,11 +574,13 @@ is_local_endpoint() {
 # The environment the app reads. Values already set are kept.
 print_env() {
 	local ddb="${AWS_ENDPOINT_URL_DYNAMODB:-$LOCAL_DYNAMODB_URL}"
+	local s3="${AWS_ENDPOINT_URL_S3:-$LOCAL_S3_URL}"
 	local region="${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}"
 	printf 'export %s=%q\n' \
 		DATABASE_URL "${DATABASE_URL:-$LOCAL_DATABASE_URL}" \
 		REDIS_URL "${REDIS_URL:-$LOCAL_REDIS_URL}" \
 		AWS_ENDPOINT_URL_DYNAMODB "$ddb" \
+		AWS_ENDPOINT_URL_S3 "$s3" \
 		AWS_REGION "$region" \
 		AWS_DEFAULT_REGION "${AWS_DEFAULT_REGION:-$region}"
 	# The demo shop's reader role (created by `make run`), as the SQL-source connection `demo`.
@@ -541,17 +589,17 @@ print_env() {
 			"${BULKWRITES_SQL_DEMO:-postgres://bulkwrites_demo_reader@127.0.0.1:${PG_PORT}/bulkwrites}"
 	fi
 	# botocore reads AWS_DEFAULT_REGION, not AWS_REGION, hence both above.
-	# DynamoDB Local wants some credentials but never checks them.
-	if is_local_endpoint "$ddb"; then
+	# DynamoDB Local and moto want some credentials but never check them.
+	if is_local_endpoint "$ddb" || is_local_endpoint "$s3"; then
 		[ -n "${AWS_ACCESS_KEY_ID:-}" ] || printf 'export AWS_ACCESS_KEY_ID=local\n'
 		[ -n "${AWS_SECRET_ACCESS_KEY:-}" ] || printf 'export AWS_SECRET_ACCESS_KEY=local\n'
 	fi
 	# The ports in use, read from the URLs above (a URL set by hand wins over *_PORT), so a later
 	# `make run` or `make worker` in the same shell finds the same services.
-	printf 'export PG_PORT=%s REDIS_PORT=%s DYNAMODB_PORT=%s WEB_PORT=%s\n' \
+	printf 'export PG_PORT=%s REDIS_PORT=%s DYNAMODB_PORT=%s WEB_PORT=%s S3_PORT=%s\n' \
 		"$(url_port "${DATABASE_URL:-$LOCAL_DATABASE_URL}" 5432)" \
 		"$(url_port "${REDIS_URL:-$LOCAL_REDIS_URL}" 6379)" \
-		"$(url_port "$ddb" 443)" "$WEB_PORT"
+		"$(url_port "$ddb" 443)" "$WEB_PORT" "$(url_port "$s3" 443)"
 	return 0
 }
 
@@ -573,6 +621,7 @@ start_services() {
 	start_postgres
 	start_redis
 	start_dynamodb
+	start_s3
 }
 
 # Start the services and export their environment into this process.
@@ -637,6 +686,7 @@ stop_all() {
 	stop_pid web runserver
 	stop_pid worker-supervisor supervise-worker
 	stop_pid worker rqworker
+	stop_pid s3 moto_server
 	stop_pid dynamodb DynamoDBLocal.jar
 	stop_pid redis redis-server
 	stop_postgres
@@ -648,7 +698,9 @@ cmd_services() {
 	# Only the export lines may reach stdout.
 	exec 3>&1 1>&2
 	local t0=$SECONDS
-	start_services
+	# Servers started here must not inherit fd 3: `eval "$(make -s services)"` waits until every
+	# holder of that stdout has closed it, i.e. until the servers stop.
+	start_services 3>&-
 	print_env >&3
 	log "services ready ($((SECONDS - t0)) s); logs in .local/log/"
 }

@@ -41,10 +41,15 @@ def endpoint_label() -> str:
     return endpoint_url() or f"AWS DynamoDB ({region()})"
 
 
-def make_client(*, for_writing: bool = False, max_connections: int = 10, endpoint: str | None = None) -> Any:
-    """A new DynamoDB client. boto3 clients are thread-safe: share one per job run."""
+def make_client(
+    *, for_writing: bool = False, max_connections: int = 10, endpoint: str | None = None, region_name: str | None = None
+) -> Any:
+    """A new DynamoDB client. boto3 clients are thread-safe: share one per job run.
+
+    ``region_name``: another region than the environment's (a source table elsewhere).
+    """
     config = Config(
-        region_name=region(),
+        region_name=region_name or region(),
         retries={"mode": "standard", "total_max_attempts": 1 if for_writing else 3},
         connect_timeout=5,
         read_timeout=30,

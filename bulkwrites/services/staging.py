@@ -54,6 +54,7 @@ class Preview:
     samples: list[dict[str, Any]] = field(default_factory=list)
     problems: list[RowProblem] = field(default_factory=list)
     problems_truncated: bool = False
+    note: str = ""  # what the operator should know about how far the preview read
 
     @property
     def ok(self) -> bool:

@@ -1,4 +1,4 @@
-"""The operator CLI: ``python manage.py bulkwrite load|copy|status|export|wait|verify|repair|recover|demo``,
+"""The operator CLI: ``python manage.py bulkwrite load|copy|copy-table|status|export|wait|verify|repair|recover|demo``,
 the job page's controls (``cancel|pause|resume|retry-failed|rate``), API tokens (``token``) and
 stream rules (``stream``, in ``bulkwrites/management/streams.py``).
 
@@ -103,10 +103,18 @@ class Command(BaseCommand):
             "--as", dest="as_user", metavar="USER", help="the Django user the admin log records (default: the OS user)"
         )
 
-        load = sub.add_parser("load", help="create a job from a file (and wait for it with --wait)", parents=[actor])
-        load.add_argument("file")
+        load = sub.add_parser(
+            "load", help="create a job from a file or an S3 object (and wait for it with --wait)", parents=[actor]
+        )
+        load.add_argument("file", help="a local file, or s3://bucket/key (gzip and zstd are read as they are)")
         load.add_argument("--table", required=True)
         load.add_argument("--format", choices=sorted(formats.FORMATS), dest="source_format")
+        load.add_argument(
+            "--encoding",
+            default=formats.UTF8,
+            help=f"text encoding of the file: {', '.join(formats.ENCODINGS)} (default utf-8; a UTF-16 BOM is "
+            "recognised)",
+        )
         load.add_argument("--operation", choices=Operation.values, default=Operation.PUT)
         load.add_argument("--duplicates", choices=DuplicatePolicy.values, default=DuplicatePolicy.LAST)
         load.add_argument("--concurrency", type=int, help=f"calls in flight per worker (default {DEFAULT_CONCURRENCY})")
@@ -137,6 +145,28 @@ class Command(BaseCommand):
         copy.add_argument("--webhook", help="URL POSTed a JSON summary when the job ends or fails")
         copy.add_argument("--wait", action="store_true")
         copy.add_argument("--verify", action="store_true", help="read every item back once the job has ended")
+
+        copy_table = sub.add_parser(
+            "copy-table", help="create a job copying another DynamoDB table (parallel Scan)", parents=[actor]
+        )
+        copy_table.add_argument("--source-table", required=True, help="the table to read")
+        copy_table.add_argument("--source-region", default="", help="its region, if not AWS_REGION")
+        copy_table.add_argument("--segments", type=int, default=4, help="parallel Scan segments (1-64, default 4)")
+        copy_table.add_argument(
+            "--map",
+            action="append",
+            default=[],
+            dest="mapping",
+            help="`source -> target` (repeat it; a name alone keeps it; `*` keeps the other attributes)",
+        )
+        copy_table.add_argument("--table", required=True, help="the table to write")
+        copy_table.add_argument("--operation", choices=Operation.values, default=Operation.PUT)
+        copy_table.add_argument("--duplicates", choices=DuplicatePolicy.values, default=DuplicatePolicy.LAST)
+        copy_table.add_argument("--concurrency", type=int)
+        copy_table.add_argument("--workers", type=int)
+        copy_table.add_argument("--rate", type=float, help="rate cap in WCU/s for the whole job (writes to the target)")
+        copy_table.add_argument("--webhook", help="URL POSTed a JSON summary when the job ends or fails")
+        copy_table.add_argument("--wait", action="store_true")
 
         status = sub.add_parser("status", help="print a job's status and counts")
         status.add_argument("job", type=int)
@@ -210,7 +240,11 @@ class Command(BaseCommand):
         except schema.SchemaError as exc:
             raise CommandError(str(exc)) from None
         subcommand = options["subcommand"]
-        handler = self.handle_control if subcommand in CONTROL_COMMANDS else getattr(self, f"handle_{subcommand}")
+        handler = (
+            self.handle_control
+            if subcommand in CONTROL_COMMANDS
+            else getattr(self, f"handle_{subcommand.replace('-', '_')}")
+        )
         code = handler(**options)
         if code:
             sys.exit(code)
@@ -221,11 +255,12 @@ class Command(BaseCommand):
     # --- load ---------------------------------------------------------------------------
 
     def handle_load(self, *, file: str, table: str, dry_run: bool, wait: bool, **options: Any) -> int:
+        is_s3 = file.startswith("s3://")
         path = Path(file)
-        if not path.is_file():
+        if not is_s3 and not path.is_file():
             raise CommandError(f"{file}: no such file")
         if dry_run:
-            return self._dry_run(path, table, options)
+            return self._dry_run(file, table, options)
         job_settings = {
             "duplicate_policy": options["duplicates"],
             "concurrency": options["concurrency"],
@@ -236,17 +271,20 @@ class Command(BaseCommand):
             "verify_when_done": options["verify"] or None,
         }
         user, person = self._actor(options)
+        common = {
+            "table_name": table,
+            "operation": options["operation"],
+            "source_format": options["source_format"],
+            "encoding": options["encoding"],
+            "created_by": user if person else None,
+            **job_settings,
+        }
         try:
-            with path.open("rb") as upload:
-                job = create.job_create_from_file(
-                    upload=upload,
-                    file_name=path.name,
-                    table_name=table,
-                    operation=options["operation"],
-                    source_format=options["source_format"],
-                    created_by=user if person else None,
-                    **job_settings,
-                )
+            if is_s3:
+                job = create.job_create_from_s3(url=file, **common)
+            else:
+                with path.open("rb") as upload:
+                    job = create.job_create_from_file(upload=upload, file_name=path.name, **common)
         except JobError as exc:
             raise CommandError(str(exc)) from None
         return self._start(job, wait=wait, user=user)
@@ -262,16 +300,20 @@ class Command(BaseCommand):
         self.stdout.flush()
         return self._wait(job.pk) if wait else EXIT_OK
 
-    def _dry_run(self, path: Path, table: str, options: dict[str, Any]) -> int:
+    def _dry_run(self, file: str, table: str, options: dict[str, Any]) -> int:
+        common = {
+            "table_name": table,
+            "operation": options["operation"],
+            "source_format": options["source_format"],
+            "encoding": options["encoding"],
+        }
         try:
-            with path.open("rb") as stream:
-                preview = create.preview_file(
-                    stream,
-                    file_name=path.name,
-                    table_name=table,
-                    operation=options["operation"],
-                    source_format=options["source_format"],
-                )
+            if file.startswith("s3://"):
+                preview = create.preview_s3(url=file, **common)
+            else:
+                path = Path(file)
+                with path.open("rb") as stream:
+                    preview = create.preview_file(stream, file_name=path.name, **common)
         except JobError as exc:
             raise CommandError(str(exc)) from None
         for problem in preview.problems:
@@ -309,6 +351,29 @@ class Command(BaseCommand):
                 job = create.job_create_from_dsn(
                     dsn=dsn, spec=spec, table_name=table, operation=options["operation"], **job_settings
                 )
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
+        return self._start(job, wait=wait, user=user)
+
+    # --- copy another DynamoDB table ------------------------------------------------------
+
+    def handle_copy_table(self, *, source_table: str, table: str, wait: bool, **options: Any) -> int:
+        user, person = self._actor(options)
+        try:
+            job = create.job_create_from_table(
+                source_table=source_table,
+                table_name=table,
+                segments=options["segments"],
+                mapping_text="\n".join(options["mapping"]),
+                source_region=options["source_region"],
+                operation=options["operation"],
+                duplicate_policy=options["duplicates"],
+                concurrency=options["concurrency"],
+                workers=options["workers"],
+                rate_limit_wcu=options["rate"],
+                webhook_url=options["webhook"],
+                created_by=user if person else None,
+            )
         except JobError as exc:
             raise CommandError(str(exc)) from None
         return self._start(job, wait=wait, user=user)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any, Protocol
 
 from bulkwrites.sources.formats.limits import Limits
 
@@ -19,6 +19,12 @@ class SourceError(Exception):
     """The whole file cannot be read; the message is shown to the operator."""
 
 
+class ByteSource(Protocol):
+    """What the text readers read from: ``read(size)`` returns at most ``size`` bytes, ``b""`` only at the end."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 def line_too_long(label: str, line: int, limit: int, seen: int) -> SourceError:
     return SourceError(
         f"{label} file: line {line:,} is longer than {limit:,} characters ({seen:,} read so far; the limit is "
@@ -29,7 +35,7 @@ def line_too_long(label: str, line: int, limit: int, seen: int) -> SourceError:
 class CountingReader:
     """Reads a binary stream, counting bytes and enforcing max_bytes."""
 
-    def __init__(self, stream: IO[bytes], max_bytes: int | None) -> None:
+    def __init__(self, stream: IO[bytes] | Any, max_bytes: int | None) -> None:
         self._stream = stream
         self._max_bytes = max_bytes
         self.count = 0
@@ -64,7 +70,8 @@ def utf8_error(exc: UnicodeDecodeError, offset: int, line: int) -> SourceError:
     what = f"byte 0x{bad[0]:02x}" if bad else "an incomplete character"
     return SourceError(
         f"The file is not valid UTF-8 ({what} at offset {offset}, line {line}). "
-        "Save it with UTF-8 encoding and upload it again."
+        "If it was saved in another encoding, choose it in the Encoding field (`--encoding` in the CLI; Excel on "
+        "Windows often saves Windows-1252); or save it as UTF-8 and upload it again."
     )
 
 
@@ -75,7 +82,7 @@ def count_breaks(text: str, universal: bool) -> int:
 
 
 def line_batches(
-    source: CountingReader, *, universal: bool, max_line_chars: int | None = None, label: str = ""
+    source: ByteSource, *, universal: bool, max_line_chars: int | None = None, label: str = ""
 ) -> Iterator[list[str]]:
     """Decode UTF-8 (dropping a leading BOM) and yield the complete lines of each chunk read.
 

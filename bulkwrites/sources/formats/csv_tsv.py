@@ -12,7 +12,7 @@ import collections
 import csv
 from collections.abc import Iterator
 
-from bulkwrites.sources.formats.common import LABELS, CountingReader, SourceError, check_header, line_batches
+from bulkwrites.sources.formats.common import LABELS, ByteSource, SourceError, check_header, line_batches
 from bulkwrites.sources.formats.limits import Limits
 from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 
@@ -68,7 +68,7 @@ class _RecordText:
         return "".join(pieces).rstrip("\r\n")
 
 
-def read_delimited(source: CountingReader, limits: Limits, *, fmt: str) -> Iterator[SourceRow]:
+def read_delimited(source: ByteSource, limits: Limits, *, fmt: str) -> Iterator[SourceRow]:
     label = LABELS[fmt]
     # Process-wide in the csv module; every read sets the configured limit (the same in production).
     csv.field_size_limit(limits.max_cell_chars)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bulkwrites.sources.formats.common import CountingReader, SourceError, line_batches, line_too_long
+from bulkwrites.sources.formats.common import ByteSource, SourceError, line_batches, line_too_long
 from bulkwrites.sources.formats.jsonvalues import JSON_SPACE, kind, parse_json
 from bulkwrites.sources.formats.limits import Limits
 from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
@@ -13,7 +13,7 @@ from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 ItemOf = Callable[[dict[str, Any]], tuple[Any, str | None]]
 
 
-def read(source: CountingReader, limits: Limits) -> Iterator[SourceRow]:
+def read(source: ByteSource, limits: Limits) -> Iterator[SourceRow]:
     return read_json_lines(source, limits, label="JSON Lines")
 
 
@@ -21,9 +21,7 @@ def _plain(obj: dict[str, Any]) -> tuple[Any, str | None]:
     return obj, None
 
 
-def read_json_lines(
-    source: CountingReader, limits: Limits, *, label: str, item_of: ItemOf = _plain
-) -> Iterator[SourceRow]:
+def read_json_lines(source: ByteSource, limits: Limits, *, label: str, item_of: ItemOf = _plain) -> Iterator[SourceRow]:
     number = 0
     seen_data = False
     batches = line_batches(source, universal=False, max_line_chars=limits.max_row_bytes, label=label)

@@ -21,12 +21,16 @@ DEFAULT_MAX_ROW_CELLS = 16_384
 # One part of an XLSX (a sheet, the shared strings) unpacked; zipfile never unpacks past the
 # size a part declares, so this is checked before anything is unpacked.
 DEFAULT_MAX_XLSX_PART_BYTES = 256 * 1024 * 1024
+# What a gzip or zstd file may decompress to, counted while reading: 10x the default upload cap.
+# Memory never holds more than a chunk of it; this bounds the time a compression bomb can take.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 10 * 1024 * 1024 * 1024
 
 SETTING_NAMES = {
     "max_cell_chars": "MAX_CELL_CHARS",
     "max_row_bytes": "MAX_ROW_BYTES",
     "max_row_cells": "MAX_ROW_CELLS",
     "max_xlsx_part_bytes": "MAX_XLSX_PART_BYTES",
+    "max_decompressed_bytes": "MAX_DECOMPRESSED_BYTES",
 }
 
 
@@ -36,6 +40,7 @@ class Limits:
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES  # characters for text formats, bytes of a JSON array element
     max_row_cells: int = DEFAULT_MAX_ROW_CELLS
     max_xlsx_part_bytes: int = DEFAULT_MAX_XLSX_PART_BYTES
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> Limits:
