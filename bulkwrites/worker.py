@@ -29,7 +29,7 @@ from rq import worker_registration
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import MAX_DELAY, REDIS_DOWN
 from bulkwrites.services.schema import SchemaError, check_schema
-from bulkwrites.services.work import recover_stalled_jobs
+from bulkwrites.services.work import delete_expired_drafts, recover_stalled_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -148,15 +148,25 @@ class Worker(RQWorker):
             self._lost_redis("cleaning registries", exc)
         close_old_connections()
         try:
+            self._sweep()
+        finally:
+            # The work horse is forked from this process: it must not inherit a live connection.
+            connections.close_all()
+
+    def _sweep(self) -> None:
+        """The ledger's chores: re-enqueue stalled jobs, delete expired drafts. Never raises:
+        a sweep must never kill the worker; the next one retries."""
+        try:
             recovered = recover_stalled_jobs()
-        except Exception:  # a sweep must never kill the worker; the next one retries
+        except Exception:
             logger.exception("sweeping stalled jobs failed")
         else:
             if recovered:
                 logger.warning("re-enqueued stalled jobs: %s", recovered)
-        finally:
-            # The work horse is forked from this process: it must not inherit a live connection.
-            connections.close_all()
+        try:
+            delete_expired_drafts()
+        except Exception:
+            logger.exception("deleting expired drafts failed")
 
     def execute_job(self, job: Any, queue: Any) -> Any:
         connections.close_all()

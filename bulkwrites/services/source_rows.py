@@ -6,7 +6,7 @@ are staged when the job is created, so they have no source to read again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -19,8 +19,14 @@ from bulkwrites.sources import formats
 
 
 @contextmanager
-def job_source_rows(job: Job) -> Iterator[tuple[Iterator[formats.SourceRow], bool]]:
-    """The job's source rows, streamed, and whether they are DynamoDB JSON already."""
+def job_source_rows(
+    job: Job, *, track_bytes: Callable[[Callable[[], int], int | None], None] | None = None
+) -> Iterator[tuple[Iterator[formats.SourceRow], bool]]:
+    """The job's source rows, streamed, and whether they are DynamoDB JSON already.
+
+    ``track_bytes`` is handed how to ask how many bytes of the file were read so far, and the
+    file's size, when the file is read from start to end (not XLSX, a zip read out of order).
+    """
     if job.source_kind == SourceKind.SQL:
         yield sql.rows_for(sql.SqlSpec.from_json(job.source_spec)), False
         return
@@ -29,6 +35,8 @@ def job_source_rows(job: Job) -> Iterator[tuple[Iterator[formats.SourceRow], boo
     if not job.source_file:
         raise JobError("The job's source file is missing.")
     with job.source_file.open("rb") as stream:
+        if track_bytes is not None and job.source_format != "xlsx":
+            track_bytes(stream.tell, job.source_size)
         limits = file_limits()
         rows = formats.read_rows(stream, job.source_format, max_bytes=app_settings().max_upload_bytes, limits=limits)
         yield rows, job.source_format in formats.ROWS_ARE_DYNAMODB_JSON

@@ -315,6 +315,9 @@ class Command(BaseCommand):
     def handle_recover(self, **options: Any) -> int:
         recovered = work.recover_stalled_jobs()
         self.stdout.write(f"re-enqueued {len(recovered)} stalled job(s) {recovered or ''}".rstrip())
+        expired = work.delete_expired_drafts()
+        if expired:
+            self.stdout.write(f"deleted {len(expired)} expired draft(s) {expired}")
         return EXIT_OK
 
     def handle_demo(self, **options: Any) -> int:
