@@ -187,6 +187,10 @@ class JobQuerySet(models.QuerySet["Job"]):
                 [started_at, rows_read, rows_estimate, job_id],
             )
 
+    def key_schemas(self) -> list[list[dict[str, str]]]:
+        """The distinct key schemas jobs have: a handful, however many jobs."""
+        return [schema for schema in self.order_by().values_list("key_schema", flat=True).distinct() if schema]
+
     def expired_drafts(self, *, older_than: timedelta) -> JobQuerySet:
         """Drafts nobody started or discarded within ``older_than`` of their creation."""
         return self.filter(status=JobStatus.DRAFT, created_at__lt=timezone.now() - older_than)
@@ -515,38 +519,51 @@ class ItemQuerySet(models.QuerySet["Item"]):
 
         In SQL, so a million keys never sit in Python memory. ``last`` and ``first`` keep one
         row per key and mark the others ``skipped`` with ``code``; ``reject`` fails every copy.
+
+        Rows are grouped by (``key_hash``, ``key``): sorting a million bigints is much cheaper
+        than sorting a million jsonb keys, and the key itself still decides (a hash collision
+        never merges two keys). The statement runs inside the staging transaction, right after
+        the COPY, so the planner's statistics have never seen these rows: it estimates one row
+        and, given a nested loop, re-runs the whole window per item (measured: a 1M-row staging
+        into an empty ledger did not finish in 8 minutes). A nested loop is never right here.
         """
         table = Item._meta.db_table
         if policy == DuplicatePolicy.REJECT:
             sql = f"""
                 WITH ranked AS (
-                    SELECT id, count(*) OVER (PARTITION BY key) AS copies
+                    SELECT id, count(*) OVER (PARTITION BY key_hash, key) AS copies
                     FROM {table} WHERE job_id = %s AND status = %s
                 )
                 UPDATE {table} AS i
                 SET status = %s, error_code = %s,
                     error_message = 'the key appears ' || r.copies || ' times in the source (duplicate policy: reject)'
-                FROM ranked AS r WHERE i.id = r.id AND r.copies > 1
+                FROM ranked AS r WHERE i.id = r.id AND i.job_id = %s AND r.copies > 1
             """
-            with connection.cursor() as cursor:
-                cursor.execute(sql, [job_id, ItemStatus.PENDING, ItemStatus.FAILED, code])
-                return 0, cursor.rowcount
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL enable_nestloop = off")
+                cursor.execute(sql, [job_id, ItemStatus.PENDING, ItemStatus.FAILED, code, job_id])
+                rejected = cursor.rowcount
+                cursor.execute("SET LOCAL enable_nestloop = DEFAULT")
+                return 0, rejected
         order, winner = ("DESC", "last") if policy == DuplicatePolicy.LAST else ("ASC", "first")
         sql = f"""
             WITH ranked AS (
                 SELECT id,
-                       row_number() OVER (PARTITION BY key ORDER BY position {order}) AS rank,
-                       first_value(position) OVER (PARTITION BY key ORDER BY position {order}) AS winner
+                       row_number() OVER (PARTITION BY key_hash, key ORDER BY position {order}) AS rank,
+                       first_value(position) OVER (PARTITION BY key_hash, key ORDER BY position {order}) AS winner
                 FROM {table} WHERE job_id = %s AND status = %s
             )
             UPDATE {table} AS i
             SET status = %s, error_code = %s,
                 error_message = 'superseded by row ' || r.winner || ' with the same key ({winner} row wins)'
-            FROM ranked AS r WHERE i.id = r.id AND r.rank > 1
+            FROM ranked AS r WHERE i.id = r.id AND i.job_id = %s AND r.rank > 1
         """
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [job_id, ItemStatus.PENDING, ItemStatus.SKIPPED, code])
-            return cursor.rowcount, 0
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_nestloop = off")
+            cursor.execute(sql, [job_id, ItemStatus.PENDING, ItemStatus.SKIPPED, code, job_id])
+            superseded = cursor.rowcount
+            cursor.execute("SET LOCAL enable_nestloop = DEFAULT")
+            return superseded, 0
 
     def record_outcomes(self, job_id: int, outcomes: Sequence[Outcome], stats: CallStats) -> None:
         """One statement: update the items still pending, and add what changed to the job's counters.
@@ -700,9 +717,10 @@ class Item(models.Model):
         indexes = [
             models.Index(fields=["job", "status", "position"], name="item_job_status"),
             models.Index(fields=["job", "error_code"], name="item_job_failed_code", condition=Q(status="failed")),
-            # One index serves a key looked up across jobs (its prefix) and within a job (both
-            # columns): a key recurs in few jobs, so no second index on (job, key_hash) is needed.
-            models.Index(fields=["key_hash", "job"], name="item_key_hash", condition=Q(key_hash__isnull=False)),
+            # An item found by its key: one probe per job (selectors.search_items_by_key). Job first,
+            # so a job's staging inserts only into its own part of the index (a global index on
+            # key_hash took every page of it in turn: 1M rows staged 3.5 s slower, 0 s this way).
+            models.Index(fields=["job", "key_hash"], name="item_job_key_hash", condition=Q(key_hash__isnull=False)),
         ]
 
     def __str__(self) -> str:

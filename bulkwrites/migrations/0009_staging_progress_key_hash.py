@@ -46,7 +46,7 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="item",
             index=models.Index(
-                condition=models.Q(("key_hash__isnull", False)), fields=["key_hash", "job"], name="item_key_hash"
+                condition=models.Q(("key_hash__isnull", False)), fields=["job", "key_hash"], name="item_job_key_hash"
             ),
         ),
     ]

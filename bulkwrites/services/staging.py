@@ -251,6 +251,8 @@ def stage_items(
                         )  # fmt: skip
             if progress is not None:
                 progress.tick()
+        if progress is not None:
+            progress.tick(force=True)  # every row read: what is left is the duplicate policy and slices
         result.superseded, result.rejected_duplicates = Item.objects.apply_duplicate_policy(
             job.pk,
             job.duplicate_policy,
