@@ -19,7 +19,8 @@
     return [t, items, wcu, throttled];
   }
 
-  function width() { return Math.max(320, Math.min(960, el.parentNode.clientWidth - 8)); }
+  // The chart's own box (a block as wide as the content allows, at most 980 px wide in CSS).
+  function width() { return Math.max(320, Math.min(960, Math.floor(el.getBoundingClientRect().width))); }
 
   function options() {
     var fixed = function (digits) { return function (u, v) { return v == null ? "—" : v.toFixed(digits); }; };
@@ -63,8 +64,17 @@
   }
 
   // draw: the poller's way in; data: what is drawn, as [times, items/s, WCU/s, throttled %] (tests read it).
-  window.bulkwritesChart = {draw: draw, data: function () { return plot ? plot.data : null; }};
-  window.addEventListener("resize", function () { if (plot) plot.setSize({width: width(), height: 240}); });
+  // ticks: the labels uPlot drew under the time axis (on the canvas, so not in the DOM).
+  window.bulkwritesChart = {
+    draw: draw,
+    data: function () { return plot ? plot.data : null; },
+    ticks: function () { return plot && plot.axes[0]._values ? plot.axes[0]._values.slice() : []; },
+  };
+  // The admin's sidebar settles after this script runs, and windows resize: follow the box.
+  function fit() { if (plot && Math.abs(plot.width - width()) > 1) plot.setSize({width: width(), height: 240}); }
+  if (typeof ResizeObserver !== "undefined") { new ResizeObserver(fit).observe(el); }
+  window.addEventListener("resize", fit);
+  window.addEventListener("load", fit);
   draw(JSON.parse(document.getElementById("history-data").textContent),
        JSON.parse(document.getElementById("history-started-at").textContent));
 })();
