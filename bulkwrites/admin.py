@@ -6,7 +6,7 @@ the operator what happened. Nothing here talks to boto3 or to RQ.
 
 from __future__ import annotations
 
-import json
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -21,6 +21,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.timezone import localtime
 from import_export.admin import ExportActionMixin
 
 from bulkwrites import (
@@ -47,9 +48,15 @@ from bulkwrites.services import control, create, verifying
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.sql import SqlSpec
 
+# The job list's bar: one segment per outcome, so a job with failures is never one red block and a
+# job that wrote nothing shows no bar at all (progress_cell).
 PROGRESS_BAR = (
-    '<div class="bw-progress" title="{pct}%"><div class="bw-bar bw-{status}" style="width:{pct}%"></div></div>'
-    '<span class="bw-pct">{pct}%</span>'
+    '<div class="bw-nowrap"><div class="bw-progress" title="{title}">'
+    '<div class="bw-seg bw-seg-succeeded" style="width:{succeeded}%"></div>'
+    '<div class="bw-seg bw-seg-failed" style="width:{failed}%"></div>'
+    '<div class="bw-seg bw-seg-skipped" style="width:{skipped}%"></div></div>'
+    '<span class="bw-pct">{pct}%</span></div>'
+    '<div class="bw-sub bw-counts-line">{succeeded_count} / {failed_count} / {skipped_count} of {total}</div>'
 )
 
 # The job page's buttons: operator transitions of Job (models.JOB_TRANSITIONS), each with the
@@ -85,6 +92,10 @@ VERIFICATION_ACTIONS: dict[str, tuple[str, Any, str]] = {
 }
 
 
+# Actions whose button asks for confirmation on a page of its own before anything happens.
+CONFIRMED_ACTIONS = frozenset({"cancel"})
+
+
 def _declared_length(request: HttpRequest) -> int:
     try:
         return int(request.META.get("CONTENT_LENGTH") or 0)
@@ -92,14 +103,82 @@ def _declared_length(request: HttpRequest) -> int:
         return 0
 
 
-def progress_bar(job: Job) -> str:
-    return format_html(PROGRESS_BAR, pct=job.progress_percent, status=job.status)
+def progress_cell(job: Job) -> str:
+    """The job list's progress: outcome segments, or in words what a job without items is at."""
+    total = job.total_items
+    if not total:
+        return format_html('<span class="bw-nothing">{}</span>', _without_items(job))
+
+    def share(count: int) -> str:
+        return f"{100.0 * count / total:.2f}"
+
+    return format_html(
+        PROGRESS_BAR,
+        title=f"{job.succeeded_items:,} succeeded, {job.failed_items:,} failed, {job.skipped_items:,} skipped, "
+        f"{job.pending_items:,} pending of {total:,}",
+        succeeded=share(job.succeeded_items),
+        failed=share(job.failed_items),
+        skipped=share(job.skipped_items),
+        pct=job.progress_percent,
+        succeeded_count=f"{job.succeeded_items:,}",
+        failed_count=f"{job.failed_items:,}",
+        skipped_count=f"{job.skipped_items:,}",
+        total=f"{total:,}",
+    )
+
+
+def _without_items(job: Job) -> str:
+    if job.status in JobStatus.active():
+        if job.staging_started_at is not None:
+            return f"staging: {job.staging_rows_read:,} rows read"
+        return "waiting to be staged"
+    if job.status == JobStatus.DRAFT:
+        return "draft: nothing sent"
+    if job.status == JobStatus.CANCELLED and job.started_at is None:
+        return "discarded: nothing sent"
+    return "nothing written"
+
+
+class DraftExpiryFilter(admin.SimpleListFilter):
+    """Expired drafts (BULKWRITES_DRAFT_TTL_HOURS) are hidden unless asked for; the sweeper deletes them."""
+
+    title = "drafts"
+    parameter_name = "drafts"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("all", "include expired drafts"), ("expired", "expired drafts only")]
+
+    def choices(self, changelist: Any) -> Any:
+        yield {
+            "selected": self.value() is None,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "hide expired drafts",
+        }
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
+        hours = app_settings().draft_ttl_hours
+        if self.value() == "all":
+            return queryset
+        if hours <= 0:  # drafts never expire
+            return queryset.none() if self.value() == "expired" else queryset
+        expired = Job.objects.expired_drafts(older_than=timedelta(hours=hours)).values("pk")
+        if self.value() == "expired":
+            return queryset.filter(pk__in=expired)
+        return queryset.exclude(pk__in=expired)
 
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin[Job]):
-    list_display = ("id", "table_name", "op", "source", "status", "progress", "counts", "created_at")
-    list_filter = ("status", "operation", "source_kind", "table_name")
+    # Few, narrow columns: with the navigation and the filters beside it the list has ~620 px at
+    # 1280 px, and a column past that edge is cut off (the counts were).
+    list_display = ("id", "target", "source", "status", "progress", "created")
+    list_filter = (DraftExpiryFilter, "status", "operation", "source_kind", "table_name")
     search_fields = ("table_name", "source_name", "source_sha256")
     list_per_page = 50
     show_full_result_count = False
@@ -107,21 +186,26 @@ class JobAdmin(admin.ModelAdmin[Job]):
     class Media:
         css = {"all": ["bulkwrites/admin.css"]}
 
-    @admin.display(description="operation", ordering="operation")
-    def op(self, job: Job) -> str:
-        return job.operation
+    @admin.display(description="created", ordering="created_at")
+    def created(self, job: Job) -> str:
+        moment = localtime(job.created_at)
+        return format_html(
+            "<div class='bw-nowrap'>{}</div><div class='bw-sub'>{}</div>",
+            moment.strftime("%Y-%m-%d"),
+            moment.strftime("%H:%M:%S"),
+        )
+
+    @admin.display(description="table", ordering="table_name")
+    def target(self, job: Job) -> str:
+        return format_html('{}<div class="bw-sub">{}</div>', job.table_name, job.operation)
 
     @admin.display(description="source")
     def source(self, job: Job) -> str:
         return f"{job.get_source_kind_display()}: {job.source_name}"
 
-    @admin.display(description="progress")
+    @admin.display(description="progress: succeeded / failed / skipped of total")
     def progress(self, job: Job) -> str:
-        return progress_bar(job)
-
-    @admin.display(description="succeeded / failed / skipped / total")
-    def counts(self, job: Job) -> str:
-        return f"{job.succeeded_items:,} / {job.failed_items:,} / {job.skipped_items:,} / {job.total_items:,}"
+        return progress_cell(job)
 
     # Jobs are created through the upload flow and never edited: the ledger is an audit trail.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -248,7 +332,8 @@ class JobAdmin(admin.ModelAdmin[Job]):
                 job=job,
                 preview=preview,
                 error=error,
-                samples_json=[json.dumps(item, ensure_ascii=False) for item in (preview.samples if preview else [])],
+                table=selectors.preview_table(preview.samples, job.key_schema) if preview else None,
+                estimate=selectors.preview_estimate(job, preview.write_units) if preview and preview.valid else None,
             ),
         )
 
@@ -270,7 +355,11 @@ class JobAdmin(admin.ModelAdmin[Job]):
             progress=selectors.job_progress(job),
             failed_items=selectors.failed_items(job)[:50],
             failures_by_code=selectors.failures_by_code(job),
-            actions=[{"name": a, "label": JOB_ACTIONS[a][1]} for a in job.available_actions() if a in allowed],
+            actions=[
+                {"name": a, "label": JOB_ACTIONS[a][1], "confirm": a in CONFIRMED_ACTIONS}
+                for a in job.available_actions()
+                if a in allowed
+            ],
             can_export=user.has_perm("bulkwrites.export_items"),
             can_set_rate=user.has_perm("bulkwrites.run_job") and not job.is_finished,
             runs=selectors.run_totals(job),
@@ -300,7 +389,11 @@ class JobAdmin(admin.ModelAdmin[Job]):
         return JsonResponse(selectors.job_progress(job))
 
     def action_view(self, request: HttpRequest, job_id: int, action: str) -> HttpResponse:
-        """Start, pause, resume, cancel or retry: POST only, permission-checked, logged."""
+        """Start, pause, resume, cancel or retry: POST only, permission-checked, logged.
+
+        Cancel asks first: its button posts without ``confirmed`` and gets a page saying what
+        cancelling will do, whose own button posts again with ``confirmed=yes``.
+        """
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         if action not in JOB_ACTIONS:
@@ -308,6 +401,12 @@ class JobAdmin(admin.ModelAdmin[Job]):
         permission, _, message = JOB_ACTIONS[action]
         self._require(request, permission)
         job = get_object_or_404(Job, pk=job_id)
+        if action in CONFIRMED_ACTIONS and request.POST.get("confirmed") != "yes" and job.can(action):
+            return TemplateResponse(
+                request,
+                "admin/bulkwrites/job/confirm_cancel.html",
+                self._context(request, f"Cancel job {job.pk}?", job=job, progress=selectors.job_progress(job)),
+            )
         try:
             control.ACTIONS[action](job=job)
         except JobError as exc:
@@ -407,13 +506,18 @@ class EstimatedCountPaginator(Paginator[Any]):
     """Exact counts up to what PostgreSQL counts in 200 ms, the planner's estimate beyond.
 
     COUNT(*) over a million-item job takes seconds; a page of 100 rows takes milliseconds.
+    ``count_is_estimate`` tells the item list's templates to say "about N", never "N results".
     """
+
+    count_is_estimate = False
 
     @cached_property
     def count(self) -> int:
         rows = self.object_list
         if isinstance(rows, EstimatedCountQuerySet):
-            return rows.estimated_count()
+            count, exact = rows.count_or_estimate()
+            self.count_is_estimate = not exact
+            return count
         # The admin pages other lists with the same paginator (an item's history: LogEntry rows).
         return rows.count() if isinstance(rows, QuerySet) else len(rows)
 
@@ -427,7 +531,8 @@ class ItemAdmin(ExportActionMixin, admin.ModelAdmin[Item]):  # type: ignore[misc
     export_formats = EXPORT_FORMATS
     list_display = ("position", "job_link", "key_text", "status", "attempts", "error_code", "short_error", "updated_at")
     list_filter = ("status", FailedErrorCodeFilter)
-    search_fields = ("key__icontains",)
+    search_fields = ("key",)  # searched by get_search_results: exact keys through the key-hash index
+    search_help_text = "An exact key: its value (pk value), or every key attribute as the list shows it: pk=a, sk=1."
     list_select_related = False
     list_per_page = 100
     show_full_result_count = False
@@ -442,7 +547,10 @@ class ItemAdmin(ExportActionMixin, admin.ModelAdmin[Item]):  # type: ignore[misc
             return queryset, False
         job_id = request.GET.get("job__id__exact", "")
         job = Job.objects.filter(pk=job_id).first() if job_id.isdigit() else None
-        return selectors.search_items_by_key(queryset, search_term.strip(), job=job), False
+        search = selectors.search_items_by_key(queryset, search_term.strip(), job=job)
+        if search.note:
+            messages.info(request, search.note)
+        return search.items, False
 
     @admin.display(description="job", ordering="job")
     def job_link(self, item: Item) -> str:

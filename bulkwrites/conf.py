@@ -53,6 +53,14 @@ class AppSettings:
     """Records one GetRecords call asks for (DynamoDB Streams' maximum is 1,000)."""
     s3_allowed: tuple[str, ...] = ()
     """Buckets (``bucket``) and prefixes (``bucket/prefix``) S3 sources may read; empty: S3 sources off."""
+    draft_ttl_hours: float = 24.0
+    """A draft older than this expires: hidden from the job list, then deleted by the sweeper (0: never)."""
+    price_on_demand_per_million_writes: float = 0.625
+    """USD per million write request units of an on-demand table (us-east-1, Standard class)."""
+    price_provisioned_wcu_hour: float = 0.00065
+    """USD per provisioned WCU-hour (us-east-1, Standard class)."""
+    on_demand_assumed_wcu: float = 4000.0
+    """WCU/s the preview's duration assumes for an on-demand table with neither a cap nor warm throughput."""
 
 
 def app_settings() -> AppSettings:
@@ -77,4 +85,8 @@ def app_settings() -> AppSettings:
         stream_callable_prefixes=tuple(str(p) for p in values.get("STREAM_CALLABLE_PREFIXES", ())),
         stream_records_per_read=int(values.get("STREAM_RECORDS_PER_READ", 1000)),
         s3_allowed=tuple(values.get("S3_ALLOWED") or ()),
+        draft_ttl_hours=float(values.get("DRAFT_TTL_HOURS", 24)),
+        price_on_demand_per_million_writes=float(values.get("PRICE_ON_DEMAND_PER_MILLION_WRITES", 0.625)),
+        price_provisioned_wcu_hour=float(values.get("PRICE_PROVISIONED_WCU_HOUR", 0.00065)),
+        on_demand_assumed_wcu=float(values.get("ON_DEMAND_ASSUMED_WCU", 4000)),
     )

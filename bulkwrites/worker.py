@@ -32,7 +32,7 @@ from bulkwrites.dependencies import MAX_DELAY, REDIS_DOWN
 from bulkwrites.services.schema import SchemaError, check_schema
 from bulkwrites.services.streams.consume import recover_stalled_stream_rules
 from bulkwrites.services.verifying import recover_stalled_verifications
-from bulkwrites.services.work import recover_stalled_jobs
+from bulkwrites.services.work import delete_expired_drafts, recover_stalled_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,16 @@ class Worker(RQWorker):
             self._lost_redis("cleaning registries", exc)
         close_old_connections()
         try:
+            self._sweep()
+        finally:
+            # The work horse is forked from this process: it must not inherit a live connection.
+            connections.close_all()
+
+    def _sweep(self) -> None:
+        """The ledger's chores: re-enqueue stalled jobs, verifications and stream rules, delete
+        expired drafts. Never raises:
+        a sweep must never kill the worker; the next one retries."""
+        try:
             recovered = recover_stalled_jobs()
             if recovered:
                 logger.warning("re-enqueued stalled jobs: %s", recovered)
@@ -166,9 +176,10 @@ class Worker(RQWorker):
         else:
             if rules:
                 logger.warning("re-enqueued stream rules nobody consumed: %s", rules)
-        finally:
-            # The work horse is forked from this process: it must not inherit a live connection.
-            connections.close_all()
+        try:
+            delete_expired_drafts()
+        except Exception:  # likewise
+            logger.exception("deleting expired drafts failed")
 
     def execute_job(self, job: Any, queue: Any) -> Any:
         connections.close_all()

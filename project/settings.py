@@ -214,6 +214,18 @@ BULKWRITES = {
     # Buckets ("bucket") and prefixes ("bucket/prefix") S3 sources may read, comma-separated; empty
     # (the default) switches S3 sources off (README, "Security model").
     "S3_ALLOWED": [entry.strip() for entry in os.environ.get("BULKWRITES_S3_ALLOWED", "").split(",") if entry.strip()],
+    # --- pages (README: "Operator's guide") ------------------------------------------------
+    # A draft nobody started or discarded expires after this many hours: hidden from the job
+    # list by default, then deleted with its stored file by the workers' sweeper. 0: never.
+    "DRAFT_TTL_HOURS": float(os.environ.get("BULKWRITES_DRAFT_TTL_HOURS", 24)),
+    # The preview's cost estimate. Prices differ by region and change: the defaults are AWS's
+    # us-east-1 prices for the Standard table class (checked 2025: on-demand $0.625 per million
+    # write request units since the November 2024 cut; provisioned $0.00065 per WCU-hour).
+    "PRICE_ON_DEMAND_PER_MILLION_WRITES": float(os.environ.get("BULKWRITES_PRICE_ON_DEMAND_PER_MILLION_WRITES", 0.625)),
+    "PRICE_PROVISIONED_WCU_HOUR": float(os.environ.get("BULKWRITES_PRICE_PROVISIONED_WCU_HOUR", 0.00065)),
+    # The write rate the estimate assumes for an on-demand table without a cap, when DescribeTable
+    # gives no warm throughput: what a new on-demand table serves at once (4,000 WRU/s).
+    "ON_DEMAND_ASSUMED_WCU": float(os.environ.get("BULKWRITES_ON_DEMAND_ASSUMED_WCU", 4000)),
 }
 
 # Notifications go out through Django's mailers (MAILERS, new in Django 6.1; the EMAIL_* settings

@@ -126,8 +126,19 @@ class JobOut(Schema):
     allowed_wcu: float | None = Field(description="the rate the shared limiter allows now (active jobs)")
     observed_wcu: float | None = Field(description="WCU/s consumed lately (active jobs)")
     rate_reason: str = Field(default="", description="why the allowed rate is what it is (the limiter's last decision)")
-    history: list[list[float]] = Field(description="[seconds since start, items/s] per time bucket")
+    history: list[list[float]] = Field(
+        description="[seconds since start, items/s, WCU/s, throttled share of calls] per time bucket"
+    )
     verification: VerificationOut | None = Field(description="the latest read-back verification; null: never verified")
+    state: str = Field(
+        default="", description="what the job is doing, in words (e.g. staging: 12,000 of ~60,000 rows read)"
+    )
+    live_workers: int | None = Field(default=None, description="workers listening on the queue (active jobs)")
+    worker_warning: str = Field(default="", description="set when no worker serves the job's queue")
+    staging_rows_read: int = Field(default=0, description="source rows read so far while the job is staged")
+    staging_rows_estimate: int | None = Field(
+        default=None, description="rows the source holds, estimated while staging"
+    )
     created_at: datetime
     created_by: str | None
     table: str

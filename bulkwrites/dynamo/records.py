@@ -19,7 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple, TypeVar
 
-from .items import KeySchema, prepare_item
+from .items import KeySchema, key_hash, prepare_item
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Record(NamedTuple):
     size: int
     wire_bytes: int
     error: str | None  # None: valid
+    key_hash: int | None = None  # items.key_hash of the key: the ledger's index to find an item by key
 
     @property
     def is_valid(self) -> bool:
@@ -56,17 +57,32 @@ def convert_rows(rows: Iterable[RowInput], key_schema: KeySchema, *, delete: boo
             continue
         prepared = prepare_item(position, values, key_schema, delete=delete, dynamodb_json=dynamodb_json)
         if not prepared.is_valid:
-            records.append(Record(position, None, None, 0, 0, prepared.error))
+            # A row with a sound key keeps it (found by key in the ledger), though it is never sent.
+            key = prepared.key
+            records.append(
+                Record(
+                    position,
+                    None if key is None else _encode_sorted(key),
+                    None,
+                    0,
+                    0,
+                    prepared.error,
+                    None if key is None else key_hash(key),
+                )
+            )
             continue
         item_json = _encode(prepared.item)
+        key = prepared.key
+        assert key is not None  # a valid row has its key
         records.append(
             Record(
                 position,
-                _encode_sorted(prepared.key),
+                _encode_sorted(key),
                 item_json,
                 prepared.size,
                 len(item_json.encode("utf-8")),
                 None,
+                key_hash(key),
             )
         )
     return records

@@ -13,7 +13,6 @@ from typing import Any
 from django.db import transaction
 
 from bulkwrites.dynamo import ratelimit
-from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY
 from bulkwrites.models import JOB_TRANSITIONS, Item, Job, JobStatus, Slice
 from bulkwrites.services import dispatch, notify, verifying
 from bulkwrites.services.create import checked_settings
@@ -63,7 +62,7 @@ def job_retry_failed(*, job: Job) -> int:
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if not JOB_TRANSITIONS["retry_failed"].allows(locked.status):
             raise JobError(_refused(locked, "retry failed items once it has finished"))
-        positions = Item.objects.reopen_failed(job.pk, except_code=CODE_DUPLICATE_KEY)
+        positions = Item.objects.reopen_failed(job.pk)
         if not positions:
             raise JobError(f"Job {job.pk} has no failed items that can be sent again.")
         Slice.objects.reopen_positions(job.pk, positions)

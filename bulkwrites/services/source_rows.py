@@ -7,7 +7,7 @@ only if it is still allowed and still the object the job was created from (its E
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,8 +24,14 @@ from bulkwrites.sources import dynamodb_table, formats, s3
 
 
 @contextmanager
-def job_source_rows(job: Job) -> Iterator[tuple[Iterator[formats.SourceRow], bool]]:
-    """The job's source rows, streamed, and whether they are DynamoDB JSON already."""
+def job_source_rows(
+    job: Job, *, track_bytes: Callable[[Callable[[], int], int | None], None] | None = None
+) -> Iterator[tuple[Iterator[formats.SourceRow], bool]]:
+    """The job's source rows, streamed, and whether they are DynamoDB JSON already.
+
+    ``track_bytes`` is handed how to ask how many bytes of the file were read so far, and the
+    file's size, when the file is read from start to end (not XLSX, a zip read out of order).
+    """
     if job.source_kind == SourceKind.SQL:
         yield sql.rows_for(sql.SqlSpec.from_json(job.source_spec)), False
         return
@@ -49,6 +55,8 @@ def job_source_rows(job: Job) -> Iterator[tuple[Iterator[formats.SourceRow], boo
     if not job.source_file:
         raise JobError("The job's source file is missing.")
     with job.source_file.open("rb") as stream:
+        if track_bytes is not None and job.source_format != "xlsx":
+            track_bytes(stream.tell, job.source_size)
         limits = file_limits()
         rows = formats.read_rows(
             stream,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo.errors import classify
+from bulkwrites.dynamo.estimates import TableCapacity
 from bulkwrites.dynamo.items import KeySchema
 from bulkwrites.services.errors import JobError
 
@@ -19,12 +22,22 @@ class TableError(Exception):
         self.message = message
 
 
-def describe_key_schema(table_name: str) -> KeySchema:
+def _describe(table_name: str) -> dict[str, Any]:
     try:
-        table = dynamo_client.reading_client().describe_table(TableName=table_name)["Table"]
+        table: dict[str, Any] = dynamo_client.reading_client().describe_table(TableName=table_name)["Table"]
     except (ClientError, BotoCoreError, ConnectionError) as exc:
         error = classify(exc, table=table_name, endpoint=dynamo_client.endpoint_label())
         raise TableError(error.code, error.message) from None
+    return table
+
+
+def describe_capacity(table_name: str) -> TableCapacity:
+    """The table's billing mode and write throughput, for the preview's estimate."""
+    return TableCapacity.from_describe_table(_describe(table_name))
+
+
+def describe_key_schema(table_name: str) -> KeySchema:
+    table = _describe(table_name)
     if table.get("TableStatus") not in (None, "ACTIVE", "UPDATING"):
         raise TableError("TableNotActive", f"table {table_name!r} is {table['TableStatus']}, not ACTIVE")
     return KeySchema.from_describe_table(table)

@@ -7,9 +7,11 @@ from PostgreSQL, so a lost RQ job or a flushed Redis costs time, never items.
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 
+from django.core.files.storage import Storage
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -56,13 +58,16 @@ def job_stage(job: Job) -> bool:
         job.refresh_from_db(fields=["staged_at"])
         if job.staged_at is not None:
             return True
+        progress = staging.StagingProgress(job.pk)
         try:
-            with job_source_rows(job) as (rows, dynamodb_json):
-                staging.stage_job(job, rows, dynamodb_json=dynamodb_json)
+            with job_source_rows(job, track_bytes=progress.track_bytes) as (rows, dynamodb_json):
+                staging.stage_job(job, rows, dynamodb_json=dynamodb_json, progress=progress)
         except (formats.SourceError, JobError) as exc:
             if job.fail(CODE_SOURCE_UNREADABLE, str(exc)):
                 notify.job_ended(job)  # enqueued once this transaction commits
             return False
+        finally:
+            progress.close()
     return True
 
 
@@ -89,3 +94,47 @@ def recover_stalled_jobs() -> list[int]:
             dispatch.enqueue_run(job.pk, copies=job.workers)
             recovered.append(job.pk)
     return recovered
+
+
+EXPIRED_DRAFTS_PER_SWEEP = 100
+
+
+def delete_expired_drafts(*, limit: int = EXPIRED_DRAFTS_PER_SWEEP) -> list[int]:
+    """Delete drafts older than ``DRAFT_TTL_HOURS`` with their items and stored file; their ids.
+
+    An abandoned preview holds an uploaded file (up to the upload cap) and, for records or a
+    query, its staged items. A draft an operator starts meanwhile is left alone: each one is
+    locked and checked again before it goes, and its file is removed only once the deletion
+    has committed.
+    """
+    hours = app_settings().draft_ttl_hours
+    if hours <= 0:
+        return []
+    deleted = []
+    candidates = Job.objects.expired_drafts(older_than=timedelta(hours=hours)).order_by("pk")
+    for job_id in candidates.values_list("pk", flat=True)[:limit]:
+        with transaction.atomic():
+            job = (
+                Job.objects.select_for_update(skip_locked=True)
+                .filter(pk=job_id, status=JobStatus.DRAFT)
+                .only("pk", "source_file")
+                .first()
+            )
+            if job is None:
+                continue
+            stored = job.source_file
+            name, storage = stored.name, stored.storage
+            job.delete()
+            if name:
+                transaction.on_commit(functools.partial(_remove_stored_file, storage, name))
+        deleted.append(job_id)
+    if deleted:
+        logger.info("deleted %s expired draft(s): %s", len(deleted), deleted)
+    return deleted
+
+
+def _remove_stored_file(storage: Storage, name: str) -> None:
+    try:
+        storage.delete(name)
+    except OSError:  # the draft is gone either way; a leftover file is only disk
+        logger.warning("could not delete %s of an expired draft", name, exc_info=True)

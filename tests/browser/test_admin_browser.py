@@ -232,10 +232,15 @@ def test_staff_without_permission_cannot_see_or_use_actions(
     django_user_model: Any,
     make_table: Any,
     run_worker: Any,
+    fault_proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     base = live_server.url
     table = make_table()
-    content = b"pk,n:N\na,1\nb,oops\nc,3\n"
+    # Row b is refused by DynamoDB (the proxy poisons it): a failure "Retry failed items" would send again.
+    fault_proxy.configure(poison_attribute="flag", poison_value="poison")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", fault_proxy.url)
+    content = b"pk,n:N,flag\na,1,ok\nb,2,poison\nc,3,ok\n"
     job = create.job_create_from_file(upload=io.BytesIO(content), file_name="small.csv", table_name=table)
     control.job_start(job=job)
     run_worker()
@@ -348,8 +353,23 @@ def test_job_page_screenshot_while_running(
     values = [float(t.rstrip("%")) for t in seen]
     assert values == sorted(values), f"the percent went backwards: {seen}"
 
-    # Then the operator cancels from the page; the worker stops and the page shows what it wrote.
+    # Then the operator cancels from the page. Cancel asks first, saying what it will do; "No" changes nothing.
+    cancel = page.locator("#action-cancel")
+    expect(cancel).to_have_value("Cancel…")
+    cancel.click()
+    confirmation = page.locator("#confirm-cancel")
+    expect(confirmation).to_contain_text(f"Job {job.pk} (big.csv → {table}) is running")
+    expect(confirmation).to_contain_text("not sent yet")
+    expect(confirmation).to_contain_text("A cancelled job can be resumed later")
+    page.screenshot(path=str(screenshot_dir / "cancel-confirmation.png"), full_page=True)
+    assert Job.objects.status_of(job.pk) == JobStatus.RUNNING
+    page.locator("#confirm-cancel-no").click()
+    page.wait_for_url(f"{base}{reverse('admin:bulkwrites_job_change', args=[job.pk])}")
+    expect(page.locator("#job-status")).to_have_text("running")
+    assert Job.objects.status_of(job.pk) == JobStatus.RUNNING
     page.locator("#action-cancel").click()
+    page.locator("#confirm-cancel-yes").click()
+    # The worker stops and the page shows what it wrote.
     expect(page.locator("ul.messagelist")).to_contain_text(f"Job {job.pk} cancelled.")
     expect(page.locator("#job-status")).to_have_text("cancelled")
     expect(page.locator("#job-page")).to_have_attribute("data-finished", "1")

@@ -11,11 +11,15 @@ from collections.abc import Callable
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
+from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW
 from bulkwrites.models import (
     JOB_TRANSITIONS,
     OPERATOR_ACTIONS,
     VERIFICATION_TRANSITIONS,
+    Item,
+    ItemStatus,
     Job,
     JobStatus,
     SourceKind,
@@ -114,7 +118,9 @@ def test_a_second_claim_keeps_the_first_start_time() -> None:
     ],
 )
 def test_the_actions_offered_come_from_the_table(status: str, pending: int, failed: int, offered: list[str]) -> None:
-    job = Job(status=status, total_items=10, succeeded_items=10 - pending - failed, failed_items=failed)
+    job = Job.objects.create(status=status, total_items=10, succeeded_items=10 - pending - failed, failed_items=failed)
+    if failed:
+        failed_item(job, 1, "ThrottlingException")  # one a retry would send again
     assert job.available_actions() == [a for a in OPERATOR_ACTIONS if a in offered]
 
 
@@ -165,6 +171,46 @@ def test_each_verification_transition_moves_only_from_its_sources(name: str, sta
         assert (stored.error_code, stored.error_message) == ("Code", "the reason")
     if moved and name == "resume":
         assert (stored.error_code, stored.finished_at) == ("", None)
+
+
+def failed_item(job: Job, position: int, code: str, *, payload: bool = True) -> Item:
+    key = {"pk": {"S": f"k{position}"}}
+    return Item.objects.create(
+        job=job,
+        position=position,
+        key=key,
+        payload=key if payload else None,
+        status=ItemStatus.FAILED,
+        error_code=code,
+        error_message="why",
+    )
+
+
+# Failures of every kind, by code: sorted around the codes never retried (DuplicateKey, InvalidRow),
+# so every range the index probes of has_retryable_failures cover is tried, and both ends.
+RETRYABLE = ["", "AccessDeniedException", "EndpointUnreachable", "ThrottlingException", "ValidationException"]
+NOT_RETRIED = [(CODE_INVALID_ROW, False), (CODE_DUPLICATE_KEY, True), ("ThrottlingException", False)]
+
+
+@pytest.mark.parametrize("retryable", [None, *RETRYABLE])
+def test_retry_failed_is_offered_only_when_a_retry_would_reopen_something(retryable: str | None) -> None:
+    """Finding: "Retry failed items" showed when every failure was an invalid row or a rejected duplicate."""
+    job = Job.objects.create(status=JobStatus.COMPLETED_WITH_FAILURES, total_items=10, succeeded_items=5)
+    for position, (code, payload) in enumerate(NOT_RETRIED, start=1):
+        failed_item(job, position, code, payload=payload)  # the last: a failure whose row never had a payload
+    if retryable is not None:
+        failed_item(job, 9, retryable)
+    Job.objects.filter(pk=job.pk).update(failed_items=Item.objects.filter(job=job).count())
+    job.refresh_from_db()
+
+    offered = "retry_failed" in job.available_actions()
+
+    assert offered == (retryable is not None)
+    with transaction.atomic():
+        reopened = Item.objects.reopen_failed(job.pk)  # what control.job_retry_failed would do
+        transaction.set_rollback(True)
+    assert offered == bool(reopened)
+    assert reopened == ([] if retryable is None else [9])
 
 
 def test_a_job_cancelled_while_staging_stays_cancelled_when_its_source_fails() -> None:

@@ -535,6 +535,9 @@ class Command(BaseCommand):
         rules = recover_stalled_stream_rules()
         if rules:
             self.stdout.write(f"re-enqueued {len(rules)} stream rule(s) nobody consumed {rules}")
+        expired = work.delete_expired_drafts()
+        if expired:
+            self.stdout.write(f"deleted {len(expired)} expired draft(s) {expired}")
         return EXIT_OK
 
     def handle_demo(self, **options: Any) -> int:

@@ -884,3 +884,53 @@ def test_dynamodb_json_null_must_be_true(value: object) -> None:
 def test_binary_set_members_are_compared_as_bytes() -> None:
     with pytest.raises(ItemError, match="duplicate"):
         parse_dynamodb_json({"b": {"BS": ["YQ==", "YR=="]}})  # both decode to b"a"
+
+
+# --- key hashes and key search -----------------------------------------------------------------
+
+
+def test_key_hash_follows_the_key_identity() -> None:
+    from bulkwrites.dynamo.items import key_hash, key_identity
+
+    # Keys as conversion makes them (canonical): every way of writing 1.5 is one key, one hash.
+    same = [{"pk": to_attribute(text, "N")} for text in ("1.5", "1.50", "15E-1", " +1.500 ")]
+    assert len({key_identity(k) for k in same}) == 1
+    assert len({key_hash(k) for k in same}) == 1
+    assert key_hash({"pk": to_attribute("AAEC", "B")}) == key_hash({"pk": to_attribute(b"\x00\x01\x02", "B")})
+    different = [{"pk": {"N": "1.5"}}, {"pk": {"S": "1.5"}}, {"other": {"N": "1.5"}}, {"pk": {"N": "1.6"}}]
+    assert len({key_hash(k) for k in different}) == len(different)
+    composite = {"pk": {"S": "a"}, "sk": {"N": "1"}}
+    assert key_hash(composite) == key_hash({"sk": {"N": "1"}, "pk": {"S": "a"}})  # order of attributes
+    assert -(2**63) <= key_hash(composite) < 2**63
+
+
+def test_key_search_reads_a_bare_value_or_every_key_attribute() -> None:
+    from bulkwrites.dynamo.items import KeySearch, key_search
+
+    pk_n = KeySchema((KeyAttribute("id", "N", "HASH"),))
+    assert key_search(" 7.0 ", pk_n) == KeySearch(({"id": {"N": "7"}},))
+    assert key_search("id=7", pk_n) == KeySearch(({"id": {"N": "7"}},))
+    assert key_search("seven", pk_n) == KeySearch()
+    pk_s = KeySchema((KeyAttribute("pk", "S", "HASH"),))
+    # A string key holding "=" or "," is still found by its bare value.
+    assert key_search("pk=a", pk_s) == KeySearch(({"pk": {"S": "pk=a"}}, {"pk": {"S": "a"}}))
+    assert key_search("x, y", pk_s) == KeySearch(({"pk": {"S": "x, y"}},))
+    assert key_search("", pk_s) == KeySearch()
+    # As the admin prints a composite key; a partition key alone is partial.
+    assert key_search("pk=a, sk=1.50", PK_S_SK_N) == KeySearch(({"pk": {"S": "a"}, "sk": {"N": "1.5"}},))
+    assert key_search("a", PK_S_SK_N) == KeySearch(partial={"pk": {"S": "a"}})
+    assert key_search("sk=2", PK_S_SK_N) == KeySearch(partial={"sk": {"N": "2"}})
+    assert key_search("pk=a, sk=x", PK_S_SK_N) == KeySearch()  # not a number
+    assert key_search("pk=a, colour=red", PK_S_SK_N) == KeySearch()
+
+
+def test_an_invalid_row_keeps_its_key_when_the_key_itself_is_sound() -> None:
+    prepared = prepare_item(4, {"pk": "a", "sk": "2.50", "price:N": "abc"}, PK_S_SK_N)
+    assert not prepared.is_valid
+    assert prepared.key == {"pk": {"S": "a"}, "sk": {"N": "2.5"}}
+    assert prepared.item is None
+    oversized = prepare_item(5, {"pk": "a", "sk": "1", "blob": "x" * 500_000}, PK_S_SK_N)
+    assert "409,600" in (oversized.error or "")
+    assert oversized.key == {"pk": {"S": "a"}, "sk": {"N": "1"}}
+    json_row = prepare_item(6, {"pk": {"S": "a"}, "sk": {"N": "3"}, "n": {"N": "x"}}, PK_S_SK_N, dynamodb_json=True)
+    assert json_row.key == {"pk": {"S": "a"}, "sk": {"N": "3"}}

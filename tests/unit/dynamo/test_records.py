@@ -85,3 +85,22 @@ def test_rows_are_still_converted_when_a_worker_process_dies(caplog: pytest.LogC
     assert json.loads(survivor.item_json)["cell"] == {"S": "survivor"}
     assert sum(1 for record, _ in out if record.is_valid) == 599
     assert "conversion processes failed" in caplog.text
+
+
+def test_records_carry_the_key_hash_also_for_rows_that_cannot_be_sent() -> None:
+    from bulkwrites.dynamo.items import key_hash
+
+    valid, bad_price, no_key = convert_rows(
+        [row(1), (2, {"pk": "k2", "sk": "2", "price:N": "abc"}, None), (3, {"sk": "3"}, None)],
+        SCHEMA,
+        delete=False,
+        dynamodb_json=False,
+    )
+    assert valid.key_json is not None
+    assert valid.key_hash == key_hash(json.loads(valid.key_json))
+    assert not bad_price.is_valid
+    assert bad_price.item_json is None
+    assert bad_price.key_json is not None
+    assert json.loads(bad_price.key_json) == {"pk": {"S": "k2"}, "sk": {"N": "2"}}
+    assert bad_price.key_hash == key_hash({"pk": {"S": "k2"}, "sk": {"N": "2"}})
+    assert (no_key.key_json, no_key.key_hash) == (None, None)
