@@ -893,7 +893,7 @@ def test_key_hash_follows_the_key_identity() -> None:
     from bulkwrites.dynamo.items import key_hash, key_identity
 
     # Keys as conversion makes them (canonical): every way of writing 1.5 is one key, one hash.
-    same = [{"pk": to_attribute(text, "N")} for text in ("1.5", "1.50", "15E-1", " +1.500 ")]
+    same = [{"pk": to_attribute(text, "N")} for text in ("1.5", "1.50", "15E-1", "0001.500")]
     assert len({key_identity(k) for k in same}) == 1
     assert len({key_hash(k) for k in same}) == 1
     assert key_hash({"pk": to_attribute("AAEC", "B")}) == key_hash({"pk": to_attribute(b"\x00\x01\x02", "B")})
