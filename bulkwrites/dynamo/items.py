@@ -21,6 +21,8 @@ from decimal import Context, Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 from typing import Any
 
+from .text import quoted
+
 MAX_ITEM_BYTES = 409_600  # 400 KB, DynamoDB's hard limit per item
 MAX_PARTITION_KEY_BYTES = 2048
 MAX_SORT_KEY_BYTES = 1024
@@ -156,20 +158,20 @@ def normalize_number(value: Any) -> str:
         return "0"
     digits = _significant_digits(number)
     if digits > MAX_NUMBER_DIGITS:
-        raise ItemError(f"{_short(value)} has {digits} significant digits; DynamoDB keeps at most 38")
+        raise ItemError(f"{quoted(value)} has {digits} significant digits; DynamoDB keeps at most 38")
     exponent = number.adjusted()
     if exponent < MIN_NUMBER_EXPONENT or exponent > MAX_NUMBER_EXPONENT:
-        raise ItemError(f"{_short(value)} is out of DynamoDB's range (magnitude 1E-130 to below 1E+126)")
+        raise ItemError(f"{quoted(value)} is out of DynamoDB's range (magnitude 1E-130 to below 1E+126)")
     with localcontext(Context(prec=MAX_NUMBER_DIGITS + 2)):
         return format(number.normalize(), "f")
 
 
 def _not_a_number(text: str) -> str:
     if text != text.strip() and _NUMBER_SYNTAX.fullmatch(text.strip()):
-        return f"{_short(text)} is not a number: DynamoDB refuses spaces around a number"
+        return f"{quoted(text)} is not a number: DynamoDB refuses spaces around a number"
     if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity", "snan"):
-        return f"{_short(text)} is not a number DynamoDB accepts (no NaN or Infinity)"
-    return f"{_short(text)} is not a number"
+        return f"{quoted(text)} is not a number DynamoDB accepts (no NaN or Infinity)"
+    return f"{quoted(text)} is not a number"
 
 
 def _significant_digits(number: Decimal) -> int:
@@ -184,7 +186,7 @@ def decode_binary(value: Any) -> bytes:
     try:
         return base64.b64decode(str(value).strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise ItemError(f"{_short(value)} is not valid base64") from None
+        raise ItemError(f"{quoted(value)} is not valid base64") from None
 
 
 def _binary(value: Any) -> str:
@@ -203,7 +205,7 @@ def _bool(value: Any) -> bool:
             return True
         if text in _FALSE_TEXT:
             return False
-    raise ItemError(f"{_short(value)} is not a boolean: DynamoDB takes true or false")
+    raise ItemError(f"{quoted(value)} is not a boolean: DynamoDB takes true or false")
 
 
 def _null(value: Any, *, allow_none: bool) -> bool:
@@ -217,10 +219,10 @@ def _null(value: Any, *, allow_none: bool) -> bool:
         if value.strip() in _TRUE_TEXT:
             return True
         if value.strip() not in _FALSE_TEXT:
-            raise ItemError(f"{_short(value)} is not a NULL value: DynamoDB's NULL can only be true")
+            raise ItemError(f"{quoted(value)} is not a NULL value: DynamoDB's NULL can only be true")
     elif value is not False:
-        raise ItemError(f"{_short(value)} is not a NULL value: DynamoDB's NULL can only be true")
-    raise ItemError(f"{_short(value)} is not a NULL value: DynamoDB's NULL can only be true, never false")
+        raise ItemError(f"{quoted(value)} is not a NULL value: DynamoDB's NULL can only be true")
+    raise ItemError(f"{quoted(value)} is not a NULL value: DynamoDB's NULL can only be true, never false")
 
 
 def _json_value(value: Any, expected: type, type_name: str) -> Any:
@@ -228,9 +230,9 @@ def _json_value(value: Any, expected: type, type_name: str) -> Any:
         try:
             value = json.loads(value, parse_float=Decimal)
         except json.JSONDecodeError:
-            raise ItemError(f"{_short(value)} is not valid JSON for a {type_name}") from None
+            raise ItemError(f"{quoted(value)} is not valid JSON for a {type_name}") from None
     if not isinstance(value, expected):
-        raise ItemError(f"{_short(value)} is not a JSON {expected.__name__} for a {type_name}")
+        raise ItemError(f"{quoted(value)} is not a JSON {expected.__name__} for a {type_name}")
     return value
 
 
@@ -335,9 +337,9 @@ def row_to_item(row: Mapping[str, Any], key_schema: KeySchema) -> Item:
         try:
             attribute = to_attribute(value, type_name) if type_name else from_python(value)
         except ItemError as exc:
-            raise ItemError(f"column {_short(name, 80)}: {exc}") from None
+            raise ItemError(f"column {quoted(name, 80)}: {exc}") from None
         if name in item:
-            raise ItemError(f"attribute {_short(name, 80)} appears twice in the row")
+            raise ItemError(f"attribute {quoted(name, 80)} appears twice in the row")
         item[name] = attribute
     return item
 
@@ -355,10 +357,10 @@ class _LocatedItemError(ItemError):
 
 def _check_attribute(name: str, value: Any, depth: int = 0) -> dict[str, Any]:
     if not isinstance(value, Mapping) or len(value) != 1:
-        raise _LocatedItemError(f'attribute {_short(name, 80)} is not a DynamoDB JSON value like {{"S": "x"}}')
+        raise _LocatedItemError(f'attribute {quoted(name, 80)} is not a DynamoDB JSON value like {{"S": "x"}}')
     ((type_name, inner),) = value.items()
     if type_name not in ALL_TYPES:
-        raise _LocatedItemError(f"attribute {_short(name, 80)} has unknown type {_short(type_name)}")
+        raise _LocatedItemError(f"attribute {quoted(name, 80)} has unknown type {quoted(type_name)}")
     try:
         if type_name == "L":
             if depth >= MAX_NESTED_DOCUMENTS:
@@ -378,11 +380,11 @@ def _check_attribute(name: str, value: Any, depth: int = 0) -> dict[str, Any]:
             raise ItemError(f"malformed {type_name} value: a set must be a list of members")
         return to_attribute(inner, type_name)
     except (TypeError, AttributeError):
-        raise _LocatedItemError(f"attribute {_short(name, 80)}: malformed {type_name} value") from None
+        raise _LocatedItemError(f"attribute {quoted(name, 80)}: malformed {type_name} value") from None
     except _LocatedItemError:
         raise
     except ItemError as exc:
-        raise _LocatedItemError(f"attribute {_short(name, 80)}: {exc}") from None
+        raise _LocatedItemError(f"attribute {quoted(name, 80)}: {exc}") from None
 
 
 # --- keys, size and validation ---------------------------------------------------------
@@ -532,11 +534,11 @@ class _BadName(ItemError):
         super().__init__()
 
     def __str__(self) -> str:
-        where = "an attribute name" if not self.maps else f"a key of map {_short('.'.join(self.maps))}"
+        where = "an attribute name" if not self.maps else f"a key of map {quoted('.'.join(self.maps))}"
         rule = f"DynamoDB names must be 1 to {MAX_NAME_BYTES:,} bytes"
         if self.size == 0:
             return f"{where} is empty; {rule}"
-        return f"{where} ({_short(self.name)}) is {self.size:,} bytes; {rule}"
+        return f"{where} ({quoted(self.name)}) is {self.size:,} bytes; {rule}"
 
 
 def _value_size(value: Mapping[str, Any]) -> int:
@@ -667,11 +669,6 @@ def from_wire(item: Mapping[str, Mapping[str, Any]]) -> Item:
         else:
             out[name] = dict(value)
     return out
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = str(value) if isinstance(value, Decimal) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- from a source row to what the ledger stores --------------------------------------

@@ -57,6 +57,7 @@ from .items import (
     parse_dynamodb_json,
     validate_item,
 )
+from .text import quoted
 from .writer import BatchResult, BatchWriter, CallStats, Outcome, WriteRequest
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def parse_request(raw: Any, key: TargetKey) -> _Planned:
     if not isinstance(raw, Mapping) or len(raw) != 1:
         raise ItemError(
             'a write request is {"PutRequest": {"Item": {...}}} or {"DeleteRequest": {"Key": {...}}}, '
-            f"not {_short(raw)}"
+            f"not {quoted(raw, 80)}"
         )
     ((kind, body),) = raw.items()
     if kind == "PutRequest":
@@ -374,8 +375,3 @@ def _after_failure(
     return RecordOutcome(
         index, False, produced, CODE_NOT_ATTEMPTED, f"not written: {first} failed before it", settled=False
     )
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from typing import IO, Any, Protocol
 
+from bulkwrites.dynamo.text import shorten
 from bulkwrites.sources.formats.limits import Limits
 
 CHUNK_SIZE = 64 * 1024
@@ -157,7 +158,7 @@ def check_header(cells: list[str], label: str, *, letters: bool = False) -> list
             raise SourceError(f"{label} file: {column} of the header row is blank; every column needs a name.")
         if key in seen:
             raise SourceError(
-                f'{label} file: the header row names "{short(key)}" twice (columns {seen[key]} and {number}).'
+                f'{label} file: the header row names "{shorten(key, 60)}" twice (columns {seen[key]} and {number}).'
             )
         seen[key] = number
     return names
@@ -169,7 +170,3 @@ def column_letter(number: int) -> str:
         number, remainder = divmod(number - 1, 26)
         letters = chr(65 + remainder) + letters
     return letters
-
-
-def short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

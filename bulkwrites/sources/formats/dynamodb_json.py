@@ -23,8 +23,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from bulkwrites.dynamo.text import shorten
 from bulkwrites.sources.formats import json_array
-from bulkwrites.sources.formats.common import CHUNK_SIZE, ByteSource, short
+from bulkwrites.sources.formats.common import CHUNK_SIZE, ByteSource
 from bulkwrites.sources.formats.json_lines import read_json_lines
 from bulkwrites.sources.formats.jsonvalues import DECODER, JSON_SPACE, json_text
 from bulkwrites.sources.formats.limits import Limits
@@ -134,7 +135,7 @@ def ddb_item(obj: dict[str, Any]) -> tuple[Any, str | None]:
         return None, "the item has no attributes"
     name = untyped_attribute(item)
     if name is not None:
-        return None, f'attribute "{short(name)}" is not in DynamoDB JSON form (like {{"S": "text"}})'
+        return None, f'attribute "{shorten(name, 60)}" is not in DynamoDB JSON form (like {{"S": "text"}})'
     return item, None
 
 

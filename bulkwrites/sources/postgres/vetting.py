@@ -9,6 +9,7 @@ from sqlparse import tokens as T
 from sqlparse.engine import FilterStack
 from sqlparse.exceptions import SQLParseError
 
+from bulkwrites.dynamo.text import shorten
 from bulkwrites.sources.postgres.errors import QueryError, one_line
 from bulkwrites.sources.postgres.policy import forbidden_message, is_forbidden_name
 
@@ -50,7 +51,8 @@ def check_select(query: str) -> str:
     first_word = first.normalized.upper() if first.is_keyword else first.value
     if not first.is_keyword or first_word not in READ_KEYWORDS:
         raise QueryError(
-            f"only a read-only query (SELECT, WITH ... SELECT, VALUES or TABLE) is allowed, not {_short(first_word)}"
+            "only a read-only query (SELECT, WITH ... SELECT, VALUES or TABLE) is allowed, "
+            f"not {shorten(one_line(first_word), 30)!r}"
         )
     called = sorted(
         {_unquoted(t.value) for t, after in itertools.pairwise(words) if after.value == "(" and t.ttype in _NAMES}
@@ -90,11 +92,6 @@ def _lock_clause(following: list[Any]) -> str | None:
         if words[: len(clause)] == clause:
             return " ".join(["FOR", *clause])
     return None
-
-
-def _short(text: str, limit: int = 30) -> str:
-    text = one_line(text)
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def table_query(table: str, columns: list[str] | None, schema: str | None = None) -> sql.Composed:
