@@ -61,6 +61,13 @@ settings (fields of :class:`FaultConfig`):
     Reject the whole call with ``ValidationException`` when any put item or delete key has an
     attribute of that name (and, if ``poison_value`` is set, whose scalar value - the string of
     an ``S``, ``N`` or ``BOOL`` - equals it). Nothing of the call is forwarded.
+``sink`` (default False)
+    Answer every ``BatchWriteItem`` that would be forwarded at once, as fully written (``200``,
+    empty ``UnprocessedItems``, ``ConsumedCapacity`` from the item sizes when asked), sending nothing
+    upstream: a DynamoDB of unbounded speed, so a bench measures the client and its ledger without
+    DynamoDB Local's single writer thread in the way. The other faults still apply first (requests
+    held back are returned unprocessed); other operations are forwarded as usual, so tables can
+    be created and described.
 ``all_operations`` (default False)
     Faults target only the two batch operations, ``BatchWriteItem`` and ``BatchGetItem``; every
     other operation (CreateTable, Scan, GetItem, ...) passes untouched. With
@@ -79,9 +86,10 @@ in BatchGetItem bodies the proxy parsed), ``throttled_calls`` (throttling codes,
 outage rejections with such a code), ``server_errors`` (synthesized 5xx), ``outage_rejections``,
 ``poisoned_calls``, ``dropped``, ``unprocessed_items_returned`` (requests in the
 ``UnprocessedItems`` of responses the proxy built or rewrote), ``items_forwarded`` (write requests
-sent upstream in BatchWriteItem bodies), ``wcu_charged`` (WCU of forwarded requests upstream
-accepted; counted only while ``capacity_wcu`` is set), ``upstream_errors`` (upstream unreachable:
-the client connection is closed, as a network failure would).
+sent upstream in BatchWriteItem bodies, or answered as written by a ``sink``), ``wcu_charged`` (WCU
+of forwarded requests upstream accepted; counted only while ``capacity_wcu`` is set),
+``upstream_errors`` (upstream unreachable: the client connection is closed, as a network failure
+would).
 
 ``items_forwarded`` is exact for calls whose body the proxy parsed (whenever a body-level fault -
 unprocessed share, capacity, poison - is on); otherwise it is counted from the raw body's
@@ -245,6 +253,7 @@ class FaultConfig:
     poison_attribute: str | None = None
     poison_value: str | None = None
     all_operations: bool = False
+    sink: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -389,6 +398,7 @@ class _Plan:
     wcu: int = 0
     answer_without_upstream: bool = False
     return_capacity: bool = False
+    sink: bool = False  # answer as written, without upstream (FaultConfig.sink)
 
 
 class FaultProxy:
@@ -557,6 +567,7 @@ class FaultProxy:
                 self._plan_batch_get(config, body, plan)
             if plan.reject is None and config.drop_after_write_share and not plan.answer_without_upstream:
                 plan.drop = rng.random() < config.drop_after_write_share
+            plan.sink = is_batch and config.sink and plan.reject is None and not plan.answer_without_upstream
             if plan.reject is not None:
                 status = ERRORS[plan.reject][0]
                 if plan.reject in THROTTLE_CODES:
@@ -703,6 +714,9 @@ class FaultProxy:
             self._count("unprocessed_keys_returned" if is_read else "unprocessed_items_returned", plan.held_back_count)
             handler.respond(*_json_response(answer))
             return
+        if plan.sink:
+            self._answer_as_written(handler, plan.body if plan.body is not None else body, plan)
+            return
         try:
             status, headers, response_body = handler.forward(plan.body if plan.body is not None else body)
         except (OSError, ValueError) as exc:
@@ -725,6 +739,28 @@ class FaultProxy:
             headers, response_body, unprocessed = _merge_unprocessed(headers, response_body, plan.held_back)
             self._count("unprocessed_items_returned", unprocessed)
         handler.respond(status, headers, response_body)
+
+    def _answer_as_written(self, handler: _Handler, body: bytes, plan: _Plan) -> None:
+        """Sink mode: answer a BatchWriteItem as if every forwarded request was written."""
+        if plan.drop:  # "written", then the connection is lost, as with drop_after_write upstream
+            self._count("dropped")
+            handler.drop()
+            return
+        answer: dict[str, Any] = {"UnprocessedItems": plan.held_back or {}}
+        if plan.held_back:
+            self._count("unprocessed_items_returned", plan.held_back_count)
+        if b'"ReturnConsumedCapacity"' in body:
+            try:
+                request = json.loads(body)
+                if request.get("ReturnConsumedCapacity", "NONE") != "NONE":
+                    answer["ConsumedCapacity"] = [
+                        {"TableName": table, "CapacityUnits": float(sum(request_wcu(wr) for wr in requests))}
+                        for table, requests in request["RequestItems"].items()
+                    ]
+            except (ValueError, TypeError, KeyError, AttributeError):
+                handler.respond(*error_response("ValidationException", "malformed BatchWriteItem body"))
+                return
+        handler.respond(*_json_response(answer))
 
     def control(self, handler: _Handler, body: bytes) -> None:
         """Serve a request to the control path."""

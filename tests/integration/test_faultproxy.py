@@ -169,6 +169,36 @@ def test_an_unprocessed_share_of_one_holds_back_the_whole_call(
     assert proxy.stats()["items_forwarded"] == 0
 
 
+def test_a_sink_answers_writes_as_written_without_writing(
+    proxy: FaultProxy, client: Any, direct: Any, table: str
+) -> None:
+    requests = [_put(_key(i), payload=2000) for i in range(20)] + [_delete(_key(100 + i)) for i in range(5)]
+    proxy.configure(sink=True)
+
+    response = client.batch_write_item(RequestItems={table: requests}, ReturnConsumedCapacity="TOTAL")
+
+    assert response["UnprocessedItems"] == {}
+    assert response["ConsumedCapacity"] == [{"TableName": table, "CapacityUnits": 20 * 2.0 + 5 * 1.0}]
+    assert _keys_in(direct, table) == set()  # nothing went upstream
+    client.put_item(TableName=table, Item={"pk": {"S": "other"}})  # other operations still do
+    assert _keys_in(direct, table) == {"other"}
+    assert proxy.stats()["items_forwarded"] == 25
+
+
+def test_a_sink_still_applies_the_other_faults_first(proxy: FaultProxy, client: Any, table: str) -> None:
+    requests = [_put(_key(i)) for i in range(25)]
+    proxy.configure(sink=True, unprocessed_share=0.4)
+
+    response = client.batch_write_item(RequestItems={table: requests})
+
+    assert len(response["UnprocessedItems"][table]) == 10
+    assert "ConsumedCapacity" not in response
+    proxy.configure(sink=True, throttle_share=1.0)
+    assert _error_code(lambda: client.batch_write_item(RequestItems={table: requests}))[0] == (
+        "ProvisionedThroughputExceededException"
+    )
+
+
 def _get_keys(table: str, keys: list[str]) -> dict[str, Any]:
     return {table: {"Keys": [{"pk": {"S": key}} for key in keys], "ConsistentRead": True}}
 
