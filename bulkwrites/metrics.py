@@ -7,15 +7,14 @@ the truth is the ledger. Items are never counted.
 Protected like the API: ``Authorization: Bearer <token>`` of an active staff user who has
 ``bulkwrites.view_metrics`` (README: "Automation").
 
-Extension point: another part of the app (DynamoDB Streams rules, for their lag) adds its
-families with :func:`register_source`, a callable yielding ``prometheus_client`` metric
-families, called at each scrape.
+Stream rules report their lag and counters from their shards' rows
+(``selectors_streams.totals_by_rule``), read the same way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -24,8 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bulkwrites import selectors
-from bulkwrites.models import JobStatus
+from bulkwrites import selectors, selectors_streams
+from bulkwrites.models import JobStatus, StreamRuleStatus
 from bulkwrites.services import dispatch, tokens
 
 logger = logging.getLogger(__name__)
@@ -33,14 +32,6 @@ logger = logging.getLogger(__name__)
 METRICS_PERMISSION = "bulkwrites.view_metrics"
 # Statuses whose pending items are waiting to be written (not given up on).
 _WAITING = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
-
-_SOURCES: list[Callable[[], Iterable[Metric]]] = []
-
-
-def register_source(source: Callable[[], Iterable[Metric]]) -> None:
-    """Add metric families to every scrape (e.g. stream lag); ``source`` is called per scrape."""
-    if source not in _SOURCES:
-        _SOURCES.append(source)
 
 
 class LedgerCollector(Collector):
@@ -78,11 +69,7 @@ class LedgerCollector(Collector):
             yield family
 
         yield from _worker_families()
-        for source in list(_SOURCES):
-            try:
-                yield from source()
-            except Exception:  # one broken source must not hide the ledger's metrics
-                logger.exception("metrics source %r failed", source)
+        yield from _stream_families()
 
 
 _FIELDS = ("succeeded", "failed", "skipped", "pending", "calls", "throttled_calls", "unprocessed", "consumed_wcu")
@@ -106,6 +93,39 @@ _FAMILIES: tuple[tuple[str, str, str, str], ...] = (
     ),
     ("bulkwrites_consumed_wcu", "consumed_wcu", "Write capacity units consumed.", "counter"),
 )
+
+
+_STREAM_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("bulkwrites_stream_records_read", "records_read", "Stream records read by the rule's workers."),
+    ("bulkwrites_stream_writes_succeeded", "writes_succeeded", "Writes to the target table DynamoDB accepted."),
+    ("bulkwrites_stream_writes_failed", "writes_failed", "Writes to the target table given up on."),
+    ("bulkwrites_stream_records_failed", "records_failed", "Records kept in the failed-writes ledger."),
+)
+
+
+def _stream_families() -> Iterator[Metric]:
+    """Per stream rule: its lag (the oldest unread change, across its open shards) and counters."""
+    rules = selectors_streams.totals_by_rule()
+    labels = ["rule", "source_table", "target_table"]
+    lag = GaugeMetricFamily(
+        "bulkwrites_stream_lag_seconds",
+        "Age of the last record read, largest over the rule's open shards (0: caught up).",
+        labels=labels,
+    )
+    active = GaugeMetricFamily("bulkwrites_stream_rule_active", "1 while the rule is active.", labels=labels)
+    counters = {
+        field: CounterMetricFamily(name, help_text, labels=labels) for name, field, help_text in _STREAM_FAMILIES
+    }
+    for rule in rules:
+        values = [rule["name"], rule["source_table"], rule["target_table"]]
+        if rule["lag_seconds"] is not None:  # nothing read yet: no lag to report, rather than a false 0
+            lag.add_metric(values, rule["lag_seconds"])
+        active.add_metric(values, 1 if rule["status"] == StreamRuleStatus.ACTIVE else 0)
+        for field, family in counters.items():
+            family.add_metric(values, rule[field])
+    yield lag
+    yield active
+    yield from counters.values()
 
 
 def _worker_families() -> Iterator[Metric]:

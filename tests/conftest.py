@@ -124,6 +124,27 @@ def make_table(dynamodb: Any) -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture
+def s3() -> Any:
+    """A client of the S3-compatible server `make test` starts (moto)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3")
+    if not endpoint:
+        pytest.fail("AWS_ENDPOINT_URL_S3 is not set: run the tests with `make test` (it starts moto's S3)")
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+
+
+@pytest.fixture
+def bucket(s3: Any) -> Iterator[str]:
+    """A fresh bucket, emptied and deleted after the test."""
+    name = f"bw-test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    yield name
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket=name, Key=obj["Key"])
+    s3.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
 def scan(dynamodb: Any) -> Callable[[str], list[dict[str, Any]]]:
     """Every item really in a table, in DynamoDB JSON (what was written, not what we believe)."""
     from bulkwrites.dynamo.items import from_wire

@@ -151,8 +151,8 @@ class JobOut(Schema):
 
 class JobCreateIn(Schema):
     source: str = Field(
-        description="absolute path of a file on the server, inside BULKWRITES_API_SOURCE_DIRS "
-        "(s3://bucket/key: not available in this version)"
+        description="absolute path of a file on the server, inside BULKWRITES_API_SOURCE_DIRS, "
+        "or s3://bucket/key of an object inside BULKWRITES_S3_ALLOWED (streamed by the workers, never copied)"
     )
     table: str = Field(description="the DynamoDB table")
     format: str | None = Field(default=None, description="csv, tsv, json, jsonl, xlsx, dynamodb; default: detected")

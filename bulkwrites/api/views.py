@@ -169,7 +169,7 @@ def job_status(request: HttpRequest, job_id: int) -> dict[str, Any]:
     "/jobs",
     response={201: JobOut, 400: ErrorOut, **ERRORS},
     auth=TokenAuth(RUN),
-    summary="Create a job from a server-side file",
+    summary="Create a job from a server-side file or an S3 object",
 )
 def create_job(request: HttpRequest, payload: JobCreateIn) -> Status[dict[str, Any]]:
     if payload.format and payload.format not in formats.FORMATS:

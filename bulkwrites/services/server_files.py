@@ -1,4 +1,4 @@
-"""Jobs from files already on the server, named by the JSON API: only inside allowed directories.
+"""Jobs from files already on the server, or S3 objects, named by the JSON API: only where allowed.
 
 A token that may create jobs must not become a way to read the server's files (``/etc/passwd``,
 the app's settings, other jobs' uploads): a job's preview and exports show what it read. So a
@@ -21,22 +21,14 @@ from bulkwrites.models import Job
 from bulkwrites.services import create
 from bulkwrites.services.errors import JobError
 
-S3_UNAVAILABLE = "S3 sources are not available in this version."
-
-
-class SourceUnavailable(JobError):
-    """A kind of source this version cannot read (an ``s3://`` URL)."""
-
 
 def job_create_from_location(*, location: str, created_by: Any = None, **kwargs: Any) -> Job:
-    """A draft job from a server-side path (or, once S3 sources exist, an ``s3://`` URL).
+    """A draft job from a server-side path, or from an ``s3://`` URL inside ``BULKWRITES_S3_ALLOWED``.
 
     ``kwargs`` are those of :func:`create.job_create_from_file` (target, format, settings).
     """
     if location.strip().lower().startswith("s3://"):
-        # The extension point for S3: when a reader of s3:// objects exists in sources/, call its
-        # job-creating service here instead.
-        raise SourceUnavailable(S3_UNAVAILABLE)
+        return create.job_create_from_s3(url=location.strip(), created_by=created_by, **kwargs)
     path = allowed_path(location)
     with open_allowed(path) as upload:
         return create.job_create_from_file(upload=upload, file_name=path.name, created_by=created_by, **kwargs)

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from bulkwrites import metrics
-from bulkwrites.models import JobStatus
+from bulkwrites.models import JobStatus, StreamRule, StreamRuleStatus, StreamShard
 from tests.api_helpers import api_client, ledger_job, staff_user, token_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,23 +70,40 @@ def test_the_counters_are_the_ledgers(rq_queue: Any) -> None:
     assert again[("bulkwrites_items_written_total", orders)] == 109  # read afresh at each scrape
 
 
-def test_an_extension_point_for_more_families(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prometheus_client.core import GaugeMetricFamily
+def test_stream_rules_report_their_lag_and_counters() -> None:
+    common: dict[str, Any] = {
+        "stream_arn": "arn:aws:dynamodb:us-east-1:1:table/a/stream/x",
+        "stream_view_type": "KEYS_ONLY",
+        "events": ["REMOVE"],
+        "mapping": "pk -> pk",
+    }
+    scavenge = StreamRule.objects.create(name="scavenge", source_table="a", target_table="b", **common)
+    now = timezone.now()
+    StreamShard.objects.create(rule=scavenge, shard_id="s1", records_read=10, writes_succeeded=9, writes_failed=1,
+                               records_failed=1, lag_seconds=42.5, last_read_at=now)  # fmt: skip
+    StreamShard.objects.create(rule=scavenge, shard_id="s2", records_read=5, writes_succeeded=5, lag_seconds=3.0,
+                               last_read_at=now)  # fmt: skip
+    StreamShard.objects.create(rule=scavenge, shard_id="s0", records_read=7, lag_seconds=900.0, finished=True,
+                               last_read_at=now)  # a closed shard read to its end lags no more  # fmt: skip
+    caught_up = StreamRule.objects.create(name="mirror", source_table="c", target_table="d",
+                                          status=StreamRuleStatus.PAUSED, **common)  # fmt: skip
+    StreamShard.objects.create(rule=caught_up, shard_id="s1", lag_seconds=8.0, caught_up=True, last_read_at=now)
+    StreamRule.objects.create(name="new", source_table="e", target_table="f", **common)  # nothing read yet
 
-    def stream_lag() -> Any:
-        family = GaugeMetricFamily("bulkwrites_stream_lag_seconds", "test", labels=["rule"])
-        family.add_metric(["r1"], 3.0)
-        yield family
-
-    def broken() -> Any:
-        raise RuntimeError("a broken source")
-
-    monkeypatch.setattr(metrics, "_SOURCES", [])
-    metrics.register_source(broken)
-    metrics.register_source(stream_lag)
     got = samples(api_client(token_for(staff_user("prometheus", "view_metrics"))).get("/metrics").content.decode())
-    assert got[("bulkwrites_stream_lag_seconds", (("rule", "r1"),))] == 3.0
-    assert ("bulkwrites_redis_up", ()) in got
+
+    labels = (("rule", "scavenge"), ("source_table", "a"), ("target_table", "b"))
+    assert got[("bulkwrites_stream_lag_seconds", labels)] == 42.5
+    assert got[("bulkwrites_stream_records_read_total", labels)] == 22
+    assert got[("bulkwrites_stream_writes_succeeded_total", labels)] == 14
+    assert got[("bulkwrites_stream_writes_failed_total", labels)] == 1
+    assert got[("bulkwrites_stream_records_failed_total", labels)] == 1
+    assert got[("bulkwrites_stream_rule_active", labels)] == 1
+    mirror = (("rule", "mirror"), ("source_table", "c"), ("target_table", "d"))
+    assert (got[("bulkwrites_stream_lag_seconds", mirror)], got[("bulkwrites_stream_rule_active", mirror)]) == (0, 0)
+    new = (("rule", "new"), ("source_table", "e"), ("target_table", "f"))
+    assert ("bulkwrites_stream_lag_seconds", new) not in got
+    assert got[("bulkwrites_stream_records_read_total", new)] == 0
 
 
 def test_post_is_not_allowed() -> None:

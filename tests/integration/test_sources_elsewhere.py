@@ -10,16 +10,12 @@ import base64
 import gzip
 import io
 import json
-import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import zstandard
-from botocore.config import Config
 from django.conf import settings
 from django.test import override_settings
 from django.urls import reverse
@@ -189,25 +185,6 @@ def test_the_form_offers_encodings(admin_client_tx: Any, make_table: Any) -> Non
 
 
 # --- S3 -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3() -> Any:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3")
-    if not endpoint:
-        pytest.fail("AWS_ENDPOINT_URL_S3 is not set: run the tests with `make test` (it starts moto's S3)")
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
-
-
-@pytest.fixture
-def bucket(s3: Any) -> Iterator[str]:
-    name = f"bw-test-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    yield name
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            s3.delete_object(Bucket=name, Key=obj["Key"])
-    s3.delete_bucket(Bucket=name)
 
 
 def allow(*entries: str) -> Any:
