@@ -24,8 +24,10 @@ from django.utils.html import format_html
 from django.utils.timezone import localtime
 from import_export.admin import ExportActionMixin
 
-from bulkwrites import (
-    admin_rq,  # noqa: F401 - puts django-rq's dashboard behind run_job
+from bulkwrites import (  # noqa: F401 - the other admin modules register themselves when imported:
+    admin_rq,  # django-rq's dashboard behind run_job
+    admin_streams,  # stream rules and their failed writes
+    admin_tokens,  # API tokens
     selectors,
 )
 from bulkwrites.conf import app_settings
@@ -804,7 +806,3 @@ def _may_use_sql(request: HttpRequest) -> bool:
 class TableSettingAdmin(admin.ModelAdmin[TableSetting]):
     list_display = ("table_name", "rate_limit_wcu")
     search_fields = ("table_name",)
-
-
-# API tokens have their own module; importing it registers their admin with this one.
-from bulkwrites import admin_tokens  # noqa: E402, F401

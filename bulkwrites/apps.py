@@ -7,6 +7,6 @@ class BulkwritesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # The deploy checks register themselves; the stream rules' admin lives in its own module
-        # (the admin autodiscovers only admin.py).
-        from bulkwrites import admin_streams, checks  # noqa: F401
+        # The deploy checks register themselves when imported. (The admin modules are all
+        # reached from admin.py, which the admin autodiscovers.)
+        from bulkwrites import checks  # noqa: F401
