@@ -264,6 +264,19 @@ def test_a_capacity_limit_is_not_mistaken_for_background(make_job: Any) -> None:
     assert job.rate(T0) == pytest.approx(2000 * 0.5, rel=1e-6)  # halved (x0.5 x 0.95 would be deeper)
 
 
+def test_a_table_whose_burst_ran_out_in_the_cut_round_is_not_taken_for_background(make_job: Any) -> None:
+    job = make_job()
+    # Unlimited for a second at 5,000 units/s: the table's burst absorbed most of the round, so
+    # only 22 % was refused and the round's take (3,900/s) overstates the table's.
+    assert job.calls(T0, n=200, refused=5.5, span=1.0).event == "cut"
+    # Sending far below that take, a larger share is refused: a capacity limit, not a fault that
+    # ignores the rate (that one would refuse the same share). Before, this undid the cut and
+    # learnt 32 % as background, and the job ran into the table for the rest of its life.
+    limits = job.calls(T0 + 0.3, n=20, refused=8, acquired_at=T0 + 0.01)
+    assert limits.event == "cut"
+    assert float(job.control().get("bg", 0)) == 0
+
+
 def test_a_small_refused_share_is_never_taken_for_background(make_job: Any) -> None:
     job = make_job()
     # 10 % refused, and still 10 % after the cut: it could be a burst running out mid-round.
