@@ -42,25 +42,40 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so sets of requests are cheap
 class WriteRequest:
     """One put or delete; ``ref`` is the caller's id for it (the ledger row).
 
     A put carries its item either as a dict (``item``) or, cheaper, as the JSON text it was
     stored as (``item_json``, DynamoDB JSON): that text is already the item's form in the
     body of a BatchWriteItem call, so it can be sent without being parsed and serialized again.
+
+    A plain class with slots, not a frozen dataclass: a worker makes one per item, and the
+    dataclass's ``object.__setattr__`` per field cost ~3 µs of an item's ~100 µs under the GIL.
+    Compared and hashed by identity, so sets of requests are cheap; treat it as immutable.
     """
 
-    ref: int
-    key: Item
-    item: Item | None = None  # the whole item for a put; None for a delete
-    wire_bytes: int = 0
-    size: int = 0  # DynamoDB item size, for write-capacity estimates
-    item_json: str | None = None  # the item as DynamoDB JSON text, instead of ``item``
-    identity: Key = field(init=False, compare=False)
+    __slots__ = ("identity", "item", "item_json", "key", "ref", "size", "wire_bytes")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "identity", key_identity(self.key))
+    def __init__(
+        self,
+        ref: int,
+        key: Item,
+        item: Item | None = None,  # the whole item for a put; None for a delete
+        wire_bytes: int = 0,
+        size: int = 0,  # DynamoDB item size, for write-capacity estimates
+        item_json: str | None = None,  # the item as DynamoDB JSON text, instead of ``item``
+    ) -> None:
+        self.ref = ref
+        self.key = key
+        self.item = item
+        self.wire_bytes = wire_bytes
+        self.size = size
+        self.item_json = item_json
+        self.identity: Key = key_identity(key)
+
+    def __repr__(self) -> str:
+        kind = "put" if self.is_put else "delete"
+        return f"WriteRequest(ref={self.ref!r}, {kind} key={self.key!r}, size={self.size})"
 
     @property
     def is_put(self) -> bool:
