@@ -6,8 +6,9 @@ work lazily and stop the same way.
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 
 
 def run_pipelined[T, B, R](
@@ -33,6 +34,9 @@ def run_pipelined[T, B, R](
             if halted():
                 break
         return
+    # Finished calls announce themselves on a queue: ``concurrent.futures.wait`` would hang a
+    # waiter on every call in flight for each one that finishes (16 lock round trips a call).
+    finished: queue.SimpleQueue[Future[R]] = queue.SimpleQueue()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=thread_name_prefix) as pool:
         in_flight: dict[Future[R], T] = {}
         exhausted = False
@@ -43,9 +47,10 @@ def run_pipelined[T, B, R](
                     exhausted = True
                     break
                 tag, batch = entry
-                in_flight[pool.submit(call, batch)] = tag
+                future = pool.submit(call, batch)
+                in_flight[future] = tag
+                future.add_done_callback(finished.put)
             if not in_flight:
                 break
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                finish(in_flight.pop(future), future.result())
+            future = finished.get()
+            finish(in_flight.pop(future), future.result())
