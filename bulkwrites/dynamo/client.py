@@ -21,7 +21,9 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.context import get_context
 
+from .http import use_lean_transport
 from .verify import RAW_RESPONSE
 from .writer import CallRequests
 
@@ -64,7 +66,36 @@ def make_client(
     if for_writing:
         send_requests_as_json(client)
         read_responses_as_json(client)
+        build_user_agent_once(client)
+        use_lean_transport(client)
     return client
+
+
+def build_user_agent_once(client: Any) -> None:
+    """Let the client build its ``User-Agent`` header once per set of features, not twice per call.
+
+    botocore builds the header from a dozen components (SDK, OS, language, config, the features
+    the call used), sanitizing each, when it makes a request and again just before signing it
+    (measured: ~0.2 ms of CPU per call, a seventh of a BatchWriteItem call's path). The string
+    depends only on the client's fixed settings and the call's feature ids, so it is kept per
+    set of feature ids: the header sent is byte for byte the one botocore would build. The
+    client's ``_user_agent_creator`` is private to botocore; without it nothing changes.
+    """
+    creator = getattr(client, "_user_agent_creator", None)
+    build = getattr(creator, "to_string", None)
+    if build is None:
+        return
+    built: dict[frozenset[str], str] = {}
+
+    def to_string() -> str:
+        context = get_context()
+        features = frozenset(context.features) if context is not None else frozenset()
+        text = built.get(features)
+        if text is None:
+            text = built[features] = build()
+        return text
+
+    creator.to_string = to_string  # the instance's attribute, also seen by its own rebuild handler
 
 
 _CONTEXT_KEY = "bulkwrites_request_json"

@@ -154,3 +154,18 @@ def test_batch_get_item_answers_come_back_as_their_json(monkeypatch: pytest.Monk
     with pytest.raises(ClientError) as raised:
         failing.batch_get_item(RequestItems={TABLE: {"Keys": [{"pk": {"S": "a"}, "sk": {"N": "1"}}]}})
     assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_the_user_agent_built_once_is_the_one_botocore_builds_for_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    cached, cached_sent = client(as_json=True, monkeypatch=monkeypatch)
+    monkeypatch.setattr(dynamo_client, "build_user_agent_once", lambda _client: None)
+    rebuilt, rebuilt_sent = client(as_json=True, monkeypatch=monkeypatch)
+
+    for made in (cached, rebuilt):
+        for _ in range(3):
+            made.batch_write_item(RequestItems={TABLE: CallRequests(requests())}, ReturnConsumedCapacity="TOTAL")
+
+    agents = [r.headers["User-Agent"] for r in cached_sent.requests]
+    assert agents == [r.headers["User-Agent"] for r in rebuilt_sent.requests]
+    assert b"Botocore/" in agents[0]
+    assert b" m/" in agents[0]  # the call's feature ids are in it
