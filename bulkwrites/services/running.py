@@ -9,7 +9,9 @@ nothing is counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import queue
 import threading
@@ -142,7 +144,25 @@ def job_run(
         limiter=limiter,
         endpoint=job.endpoint or dynamo_client.endpoint_label(),
     )
-    return _run_slices(job, writer, control, worker=worker, deadline=deadline, report=report, limiter=limiter)
+    with heap_frozen():
+        return _run_slices(job, writer, control, worker=worker, deadline=deadline, report=report, limiter=limiter)
+
+
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """Keep the objects that exist before a run (Django, botocore's models) out of the collector's way.
+
+    A run allocates a lot (a call's request, answer and outcomes), so the cyclic collector runs
+    often, and its full collections walked every object of the process, a few hundred thousand
+    that a run never frees (measured: 0.2-0.5 s of a 50,000-item run, under the GIL). Frozen, they
+    are left out; afterwards they are ordinary objects again. A forked RQ work horse also keeps
+    them shared with its parent. Runs in other threads at the same time only unfreeze early.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @dataclass
