@@ -157,7 +157,8 @@ def heap_frozen() -> Iterator[None]:
     often, and its full collections walked every object of the process, a few hundred thousand
     that a run never frees (measured: 0.2-0.5 s of a 50,000-item run, under the GIL). Frozen, they
     are left out; afterwards they are ordinary objects again. A forked RQ work horse also keeps
-    them shared with its parent. Runs in other threads at the same time only unfreeze early.
+    them shared with its parent. Runs in other threads at the same time only unfreeze early, and
+    objects a process froze itself before are walked again afterwards (no more than that).
     """
     gc.freeze()
     try:

@@ -113,7 +113,7 @@ def test_a_stored_key_that_is_not_json_is_an_error_not_a_guess() -> None:
 
 
 def test_the_heap_is_frozen_during_a_run_only() -> None:
-    assert gc.get_freeze_count() == 0
+    before = gc.get_freeze_count()  # CPython freezes a few hundred objects of its own at start
     with running.heap_frozen():
-        assert gc.get_freeze_count() > 0  # what existed before the run is left out of collections
+        assert gc.get_freeze_count() > before + 1000  # what existed before the run is left out
     assert gc.get_freeze_count() == 0
