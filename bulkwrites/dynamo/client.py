@@ -81,7 +81,7 @@ def build_user_agent_once(client: Any) -> None:
     set of feature ids: the header sent is byte for byte the one botocore would build. The
     client's ``_user_agent_creator`` is private to botocore; without it nothing changes.
     """
-    creator = getattr(client, "_user_agent_creator", None)
+    creator: Any = getattr(client, "_user_agent_creator", None)
     build = getattr(creator, "to_string", None)
     if build is None:
         return

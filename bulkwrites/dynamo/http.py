@@ -332,7 +332,7 @@ class LeanSession:
         return line
 
     def _read_chunked(self, connection: _Connection) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self._read_line(connection).split(b";", 1)[0].strip(), 16)
             if size == 0:
@@ -357,7 +357,7 @@ def use_lean_transport(client: Any) -> None:
 
     The client's endpoint object is private to botocore; a client without one is left as it is.
     """
-    endpoint = getattr(client, "_endpoint", None)
+    endpoint: Any = getattr(client, "_endpoint", None)
     session = getattr(endpoint, "http_session", None)
     if session is None or isinstance(session, LeanSession) or not hasattr(session, "_proxy_config"):
         return

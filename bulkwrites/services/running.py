@@ -431,7 +431,7 @@ def _pending_requests(job: Job, job_slice: Slice) -> list[WriteRequest]:
     ]
 
 
-_scan_json = json.JSONDecoder().scan_once
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _key_from_db(value: Any) -> DynamoItem:

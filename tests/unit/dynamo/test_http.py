@@ -224,7 +224,12 @@ def test_requests_through_a_proxy_go_to_botocores_own_session(serve: Callable[..
     server = serve(ok())
     lean = session(proxies={"http": "http://proxy.invalid:3128"})
     sent: list[Any] = []
-    lean.fallback.send = lambda request: sent.append(request) or "fallback's answer"  # type: ignore[method-assign]
+
+    def fallback_send(request: Any) -> str:
+        sent.append(request)
+        return "fallback's answer"
+
+    lean.fallback.send = fallback_send
 
     assert lean.send(post(server.url)) == "fallback's answer"
     assert server.connections == 0
