@@ -577,7 +577,7 @@ class EstimatedCountQuerySet[M: models.Model](models.QuerySet[M]):
 NOT_RETRIED_CODES: tuple[str, ...] = (CODE_DUPLICATE_KEY, CODE_INVALID_ROW)
 
 
-def payload_of(job_id: Any, position: Any, *, as_text: bool = False) -> Subquery | Cast:
+def payload_of(job_id: Any, position: Any, *, as_text: bool = False) -> Subquery[Any] | Cast:
     """The payload of the item at (``job_id``, ``position``), for ``annotate``: a primary-key probe.
 
     ``as_text``: the JSON text as stored (sent in a call's body as it is, never parsed).

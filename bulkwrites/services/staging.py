@@ -18,6 +18,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import OuterRef
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
@@ -25,7 +26,7 @@ from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_
 from bulkwrites.dynamo.estimates import write_units
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
 from bulkwrites.dynamo.records import RecordConverter
-from bulkwrites.models import DuplicatePolicy, Item, ItemPayload, ItemStatus, Job, Operation, Slice
+from bulkwrites.models import DuplicatePolicy, Item, ItemPayload, ItemStatus, Job, Operation, Slice, payload_of
 from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 
 logger = logging.getLogger(__name__)
@@ -284,7 +285,10 @@ def preview_from_ledger(job: Job, *, sample_size: int = 10, max_problems: int = 
     preview.duplicates = job.items.filter(error_code__in=(CODE_SUPERSEDED, CODE_DUPLICATE_KEY)).count()
     preview.write_units = job.items.pending().write_units(delete=job.operation == Operation.DELETE)
     payloads = (
-        job.items.pending().order_by("position").with_payload().values_list("payload_json", flat=True)[:sample_size]
+        job.items.pending()
+        .order_by("position")
+        .annotate(sample=payload_of(OuterRef("job_id"), OuterRef("position")))
+        .values_list("sample", flat=True)[:sample_size]
     )
     preview.samples = [payload for payload in payloads if payload is not None]
     problems = invalid.order_by("position").values_list("position", "error_message", "raw")[: max_problems + 1]
