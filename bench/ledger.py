@@ -45,8 +45,8 @@ def build_job(items: int) -> int:
 
 
 def insert_items_sql(job_id: int, items: int) -> list[tuple[str, list[Any]]]:
-    """Statements that stage ``items`` pending items of ~1 KB, as staging's COPY would."""
-    from bulkwrites.models import Item
+    """Statements that stage ``items`` pending items of ~1 KB and their payloads, as staging's COPY would."""
+    from bulkwrites.models import Item, ItemPayload
 
     payload = (
         "jsonb_build_object('pk', jsonb_build_object('S', 'item-' || lpad(s::text, 8, '0')), "
@@ -55,12 +55,16 @@ def insert_items_sql(job_id: int, items: int) -> list[tuple[str, list[Any]]]:
     )
     key = "jsonb_build_object('pk', jsonb_build_object('S', 'item-' || lpad(s::text, 8, '0')))"
     sql = f"""
-        INSERT INTO {Item._meta.db_table} (job_id, position, key, payload, raw, size, wire_bytes, status, attempts,
+        INSERT INTO {Item._meta.db_table} (job_id, position, key, raw, size, wire_bytes, status, attempts,
             error_code, error_message, history, updated_at, key_hash)
-        SELECT %s, s, {key}, {payload}, '', 1024, 1100, 'pending', 0, '', '', '[]', now(), hashtext(s::text)
+        SELECT %s, s, {key}, '', 1024, 1100, 'pending', 0, '', '', '[]', now(), hashtext(s::text)
         FROM generate_series(1, %s) AS s
     """
-    return [(sql, [job_id, PAD // 32, items])]
+    payloads = f"""
+        INSERT INTO {ItemPayload._meta.db_table} (job_id, position, payload)
+        SELECT %s, s, {payload} FROM generate_series(1, %s) AS s
+    """
+    return [(sql, [job_id, items]), (payloads, [job_id, PAD // 32, items])]
 
 
 def item_ids(job_id: int) -> list[int]:

@@ -6,6 +6,7 @@ the operator what happened. Nothing here talks to boto3 or to RQ.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -538,11 +539,18 @@ class ItemAdmin(ExportActionMixin, admin.ModelAdmin[Item]):  # type: ignore[misc
     list_select_related = False
     list_per_page = 100
     show_full_result_count = False
-    readonly_fields = [f.name for f in Item._meta.fields]
+    readonly_fields = [f.name for f in Item._meta.fields] + ["payload_text"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Item]:
-        # The list never needs the payload or the raw row: keep pages fast on big jobs.
-        return super().get_queryset(request).defer("payload", "raw", "history")
+        # The list never needs the raw row or the history (nor the payload, kept apart in
+        # ItemPayload): keep pages fast on big jobs.
+        return super().get_queryset(request).defer("raw", "history")
+
+    @admin.display(description="payload")
+    def payload_text(self, item: Item) -> str:
+        """The item as sent (DynamoDB JSON), read from its own table; a dash for a row never read."""
+        payload = item.payload
+        return "—" if payload is None else json.dumps(payload, ensure_ascii=False, sort_keys=True)
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Item], search_term: str) -> Any:
         if not search_term:
@@ -625,7 +633,7 @@ class ItemCheckAdmin(admin.ModelAdmin[ItemCheck]):
     readonly_fields = [f.name for f in ItemCheck._meta.fields]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ItemCheck]:
-        return super().get_queryset(request).defer("item__payload", "item__raw", "item__history")
+        return super().get_queryset(request).defer("item__raw", "item__history")
 
     @admin.display(description="verification")
     def verification_link(self, check: ItemCheck) -> str:

@@ -31,8 +31,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
 from django.db import OperationalError, connection, models, transaction
-from django.db.models import Exists, F, OuterRef, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Exists, F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from bulkwrites.dynamo import verify
@@ -577,6 +577,18 @@ class EstimatedCountQuerySet[M: models.Model](models.QuerySet[M]):
 NOT_RETRIED_CODES: tuple[str, ...] = (CODE_DUPLICATE_KEY, CODE_INVALID_ROW)
 
 
+def payload_of(job_id: Any, position: Any, *, as_text: bool = False) -> Subquery[Any] | Cast:
+    """The payload of the item at (``job_id``, ``position``), for ``annotate``: a primary-key probe.
+
+    ``as_text``: the JSON text as stored (sent in a call's body as it is, never parsed).
+    """
+    payload = Subquery(
+        ItemPayload.objects.filter(job_id=job_id, position=position).values("payload")[:1],
+        output_field=models.JSONField(),
+    )
+    return Cast(payload, models.TextField()) if as_text else payload
+
+
 class ItemQuerySet(EstimatedCountQuerySet["Item"]):
     def pending(self) -> ItemQuerySet:
         return self.filter(status=ItemStatus.PENDING)
@@ -597,13 +609,26 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
 
     @contextmanager
     def copy_in(self) -> Iterator[ItemCopy]:
-        """A ``COPY ... FROM STDIN`` into the items table: rows as :data:`ItemCopy.COLUMNS`."""
-        columns = ", ".join(ItemCopy.COLUMNS)
-        with (
-            connection.cursor() as cursor,
-            cursor.cursor.copy(f"COPY {Item._meta.db_table} ({columns}) FROM STDIN") as copy,
-        ):
-            yield ItemCopy(copy)
+        """``COPY ... FROM STDIN`` into the items table, then into their payloads' (:class:`ItemPayload`).
+
+        Rows as :data:`ItemCopy.COLUMNS`. One connection runs one COPY at a time: the payloads of
+        the rows written are kept (references to the caller's strings, not copies) and copied
+        when the items' COPY has ended.
+        """
+        columns = ", ".join(column for column in ItemCopy.COLUMNS if column != "payload")
+        payloads: list[tuple[Any, Any, Any]] = []
+        with connection.cursor() as cursor:
+            with cursor.cursor.copy(f"COPY {Item._meta.db_table} ({columns}) FROM STDIN") as copy:
+                yield ItemCopy(copy, payloads)
+            if payloads:
+                table = ItemPayload._meta.db_table
+                with cursor.cursor.copy(f"COPY {table} (job_id, position, payload) FROM STDIN") as copy:
+                    for row in payloads:
+                        copy.write_row(row)
+
+    def with_payload(self) -> ItemQuerySet:
+        """The items, each with its payload (``Item.payload``) fetched in the same statement."""
+        return self.annotate(payload_json=payload_of(OuterRef("job_id"), OuterRef("position")))
 
     def apply_duplicate_policy(self, job_id: int, policy: str, *, code: str) -> tuple[int, int]:
         """Mark pending items of a job that share a key: (superseded, rejected).
@@ -713,6 +738,8 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
         rows and nothing to retry answers as fast as one with none.
         """
         bounds: list[str | None] = [None, *sorted(NOT_RETRIED_CODES), None]
+        # Its source row could be read: only an item with a payload can be sent again.
+        has_payload = Exists(ItemPayload.objects.filter(job_id=OuterRef("job_id"), position=OuterRef("position")))
         probes = Q()
         for low, high in itertools.pairwise(bounds):
             between = Q()
@@ -720,7 +747,7 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
                 between &= Q(error_code__gt=low)
             if high is not None:
                 between &= Q(error_code__lt=high)
-            failed = Item.objects.filter(between, job_id=job_id, status=ItemStatus.FAILED, payload__isnull=False)
+            failed = Item.objects.filter(between, job_id=job_id, status=ItemStatus.FAILED).filter(has_payload)
             probes |= Q(Exists(failed))
         return Job.objects.filter(probes, pk=job_id).exists()
 
@@ -739,7 +766,9 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
                         'status', status, 'attempts', attempts, 'error_code', error_code,
                         'error_message', error_message, 'at', updated_at)),
                     error_code = '', error_message = '', updated_at = now()
-                WHERE job_id = %s AND status = %s AND payload IS NOT NULL AND error_code <> ALL(%s)
+                WHERE job_id = %s AND status = %s AND error_code <> ALL(%s)
+                    AND EXISTS (SELECT FROM {ItemPayload._meta.db_table} AS p
+                                WHERE p.job_id = {table}.job_id AND p.position = {table}.position)
                 RETURNING position
                 """,
                 [ItemStatus.PENDING, job_id, ItemStatus.FAILED, list(NOT_RETRIED_CODES)],
@@ -778,11 +807,19 @@ class ItemCopy:
         "error_code", "error_message", "history", "updated_at", "key_hash",
     )  # fmt: skip
 
-    def __init__(self, copy: Any) -> None:
+    _PAYLOAD = COLUMNS.index("payload")
+
+    def __init__(self, copy: Any, payloads: list[tuple[Any, Any, Any]]) -> None:
         self._copy = copy
+        self._payloads = payloads
 
     def write_row(self, row: Sequence[Any]) -> None:
-        self._copy.write_row(row)
+        """One item; its payload (None for a row that could not be read) goes to :class:`ItemPayload`."""
+        at = self._PAYLOAD
+        payload = row[at]
+        if payload is not None:
+            self._payloads.append((row[0], row[1], payload))
+        self._copy.write_row((*row[:at], *row[at + 1 :]))
 
 
 class Item(models.Model):
@@ -790,7 +827,6 @@ class Item(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="items", db_index=False)
     position = models.BigIntegerField(help_text="row number in the source")
     key = models.JSONField(null=True, blank=True, help_text="DynamoDB key (DynamoDB JSON)")
-    payload = models.JSONField(null=True, blank=True, help_text="the item as sent (DynamoDB JSON)")
     raw = models.TextField(blank=True, help_text="the source row as read, for rows that could not be used")
     size = models.IntegerField(default=0, help_text="DynamoDB item size in bytes")
     wire_bytes = models.IntegerField(default=0, help_text="bytes of the request in a call")
@@ -827,6 +863,46 @@ class Item(models.Model):
         if not self.key:
             return "—"
         return ", ".join(f"{name}={next(iter(value.values()))}" for name, value in self.key.items())
+
+    @property
+    def payload(self) -> Any:
+        """The item as sent (DynamoDB JSON), None for a row that could not be read.
+
+        From :meth:`ItemQuerySet.with_payload`'s annotation when the item came with it (exports:
+        one statement for any number of items), else one primary-key lookup in :class:`ItemPayload`.
+        """
+        if hasattr(self, "payload_json"):
+            return self.payload_json
+        return (
+            ItemPayload.objects.filter(job_id=self.job_id, position=self.position)
+            .values_list("payload", flat=True)
+            .first()
+        )
+
+
+class ItemPayload(models.Model):
+    """An item as sent (DynamoDB JSON), kept apart from its :class:`Item`: written once by staging.
+
+    Recording an outcome rewrites the item's row (PostgreSQL writes a new version of a row on
+    every UPDATE, and ``status`` is indexed, so never in place): with the ~1 KB payload in it,
+    each outcome wrote the payload again, and the ledger recorded ~28,000 outcomes/s; apart, the
+    row rewritten is ~150 bytes (bench/ledger.py, README "Performance"). The payload is read
+    to send (running), to compare (verifying), to preview and to export, always by
+    (job, position), the primary key. Rows that could not be read have none.
+    """
+
+    pk = models.CompositePrimaryKey("job_id", "position")
+    # No constraint: its check would cost every staged row a lookup of the job; the rows go with
+    # their job (Django's cascade, one DELETE ... WHERE job_id) and with a re-staging.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    position = models.BigIntegerField(help_text="the item's row number in the source")
+    payload = models.JSONField(help_text="the item as sent (DynamoDB JSON)")
+
+    class Meta:
+        ordering = ["job", "position"]
+
+    def __str__(self) -> str:
+        return f"payload of item {self.position} of job {self.job_id}"
 
 
 class LeasedRangeQuerySet[R: LeasedRange](models.QuerySet[R]):

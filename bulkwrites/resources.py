@@ -14,7 +14,7 @@ from typing import Any
 from import_export import fields, resources
 from import_export.formats import base_formats
 
-from bulkwrites.models import Item, StreamFailure
+from bulkwrites.models import Item, ItemQuerySet, StreamFailure
 
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
 
@@ -86,6 +86,11 @@ class ItemExportResource(resources.ModelResource):  # type: ignore[misc]
 
     def dehydrate_job(self, item: Item) -> int:
         return item.job_id
+
+    def filter_export(self, queryset: Any, **kwargs: Any) -> Any:
+        # Payloads live in their own table: fetched with the items, one statement, not one per item.
+        # A list of items (a page the caller already read) fetches each one's unless read with_payload().
+        return queryset.with_payload() if isinstance(queryset, ItemQuerySet) else queryset
 
 
 def export_items(queryset: Any, format_name: str) -> tuple[bytes | str, str]:

@@ -222,7 +222,7 @@ def run_totals(job: Job) -> dict[str, Any]:
 
 
 def failed_items(job: Job) -> QuerySet[Item]:
-    return job.items.failed().defer("payload", "history").order_by("position")
+    return job.items.failed().defer("history").order_by("position")
 
 
 def failures_by_code(job: Job) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SourceKind
+from bulkwrites.models import Item, ItemPayload, ItemStatus, Job, JobStatus, SourceKind
 from bulkwrites.services import tokens
 
 
@@ -40,12 +40,13 @@ def ledger_job(status: str = JobStatus.COMPLETED_WITH_FAILURES, *, table: str = 
         status=status,
         **values,
     )
-    Item.objects.create(job=job, position=1, key={"pk": {"S": "a"}}, payload={"pk": {"S": "a"}}, status="succeeded")
+    Item.objects.create(job=job, position=1, key={"pk": {"S": "a"}}, status="succeeded")
+    ItemPayload.objects.create(job=job, position=1, payload={"pk": {"S": "a"}})
+    ItemPayload.objects.create(job=job, position=2, payload={"pk": {"S": "=1+1"}})
     Item.objects.create(
         job=job,
         position=2,
         key={"pk": {"S": "=1+1"}},
-        payload={"pk": {"S": "=1+1"}},
         status=ItemStatus.FAILED,
         error_code="ValidationException",
         error_message="@SUM(1)",

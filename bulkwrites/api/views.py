@@ -273,7 +273,8 @@ def export_job_items(
 ) -> HttpResponse:
     """Bounded: at most ``limit`` items a call, in position order; follow ``X-Next-After`` for more."""
     job = _job(job_id)
-    page = list(job.items.filter(status=status, position__gt=after).order_by("position").defer("history")[: limit + 1])
+    items = job.items.filter(status=status, position__gt=after).order_by("position").defer("history")
+    page = list(items.with_payload()[: limit + 1])
     more = len(page) > limit
     page = page[:limit]
     content, content_type = export_items(page, format)

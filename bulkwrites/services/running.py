@@ -23,8 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, Self, cast
 
 from django.db import connection
-from django.db.models import TextField, Value
-from django.db.models.functions import Cast
+from django.db.models import OuterRef, TextField, Value
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
@@ -36,7 +35,7 @@ from bulkwrites.dynamo.batching import chunk_requests
 from bulkwrites.dynamo.errors import ErrorInfo
 from bulkwrites.dynamo.items import Item as DynamoItem
 from bulkwrites.dynamo.writer import BatchResult, BatchWriter, CallStats, Outcome, WriteRequest, WriterPolicy
-from bulkwrites.models import Item, Job, JobStatus, Operation, Slice, SliceRun
+from bulkwrites.models import Item, Job, JobStatus, Operation, Slice, SliceRun, payload_of
 from bulkwrites.services import dispatch, notify
 
 logger = logging.getLogger(__name__)
@@ -414,7 +413,11 @@ def _pending_requests(job: Job, job_slice: Slice) -> list[WriteRequest]:
         job.items.pending()
         .in_positions(job_slice.first_position, job_slice.last_position)
         .order_by("position")
-        .annotate(item_json=Cast("payload", TextField()) if is_put else Value(None, TextField()))
+        .annotate(
+            item_json=payload_of(OuterRef("job_id"), OuterRef("position"), as_text=True)
+            if is_put
+            else Value(None, TextField())
+        )
         .values_list("id", "key", "item_json", "size", "wire_bytes")
     )
     # The queryset's SQL, run on a plain cursor: Django's row converters and its json.loads per

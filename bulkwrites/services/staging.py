@@ -18,6 +18,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import OuterRef
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
@@ -25,7 +26,7 @@ from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_
 from bulkwrites.dynamo.estimates import write_units
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
 from bulkwrites.dynamo.records import RecordConverter
-from bulkwrites.models import DuplicatePolicy, Item, ItemStatus, Job, Operation, Slice
+from bulkwrites.models import DuplicatePolicy, Item, ItemPayload, ItemStatus, Job, Operation, Slice, payload_of
 from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ def stage_items(
     )
     with transaction.atomic():
         Item.objects.filter(job=job).delete()
+        ItemPayload.objects.filter(job=job).delete()
         Slice.objects.filter(job=job).delete()
         if progress is not None:
             progress.tick(force=True)
@@ -282,7 +284,12 @@ def preview_from_ledger(job: Job, *, sample_size: int = 10, max_problems: int = 
     preview.valid = preview.rows - preview.invalid
     preview.duplicates = job.items.filter(error_code__in=(CODE_SUPERSEDED, CODE_DUPLICATE_KEY)).count()
     preview.write_units = job.items.pending().write_units(delete=job.operation == Operation.DELETE)
-    payloads = job.items.pending().order_by("position").values_list("payload", flat=True)[:sample_size]
+    payloads = (
+        job.items.pending()
+        .order_by("position")
+        .annotate(sample=payload_of(OuterRef("job_id"), OuterRef("position")))
+        .values_list("sample", flat=True)[:sample_size]
+    )
     preview.samples = [payload for payload in payloads if payload is not None]
     problems = invalid.order_by("position").values_list("position", "error_message", "raw")[: max_problems + 1]
     preview.problems = [RowProblem(position, message, raw) for position, message, raw in problems[:max_problems]]

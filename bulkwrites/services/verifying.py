@@ -26,8 +26,7 @@ from typing import Any, cast
 
 from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
-from django.db.models import TextField, Value
-from django.db.models.functions import Cast
+from django.db.models import OuterRef, TextField, Value
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
@@ -51,6 +50,7 @@ from bulkwrites.models import (
     Slice,
     Verification,
     VerificationStatus,
+    payload_of,
 )
 from bulkwrites.services import dispatch
 from bulkwrites.services.errors import JobError
@@ -405,7 +405,11 @@ def _pending_reads(verification_id: int, claimed: CheckSlice, *, put: bool) -> l
         .filter(verification_id=verification_id)
         .in_positions(claimed.first_position, claimed.last_position)
         .order_by("position")
-        .annotate(expected=Cast("item__payload", TextField()) if put else Value(None, TextField()))
+        .annotate(
+            expected=payload_of(OuterRef("item__job_id"), OuterRef("item__position"), as_text=True)
+            if put
+            else Value(None, TextField())
+        )
         .values_list("id", "item__key", "expected", "item__size")
     )
     return [

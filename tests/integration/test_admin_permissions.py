@@ -15,6 +15,7 @@ from bulkwrites.models import (
     CheckOutcome,
     Item,
     ItemCheck,
+    ItemPayload,
     ItemStatus,
     Job,
     JobStatus,
@@ -44,12 +45,13 @@ def finished_job(status: str = JobStatus.COMPLETED_WITH_FAILURES) -> Job:
         succeeded_items=1,
         failed_items=1,
     )
-    Item.objects.create(job=job, position=1, key={"pk": {"S": "a"}}, payload={"pk": {"S": "a"}}, status="succeeded")
+    Item.objects.create(job=job, position=1, key={"pk": {"S": "a"}}, status="succeeded")
+    ItemPayload.objects.create(job=job, position=1, payload={"pk": {"S": "a"}})
+    ItemPayload.objects.create(job=job, position=2, payload={"pk": {"S": "=1+1"}})
     Item.objects.create(
         job=job,
         position=2,
         key={"pk": {"S": "=1+1"}},
-        payload={"pk": {"S": "=1+1"}},
         status=ItemStatus.FAILED,
         error_code="ValidationException",
         error_message="@SUM(1)",

@@ -407,6 +407,7 @@ def test_exports_are_formula_safe_and_bounded() -> None:
     assert response["Content-Disposition"].startswith(f'attachment; filename="job-{job.pk}-failed-items-')
     (row,) = list(csv.DictReader(io.StringIO(response.content.decode())))
     assert (row["position"], row["error_message"]) == ("2", "'@SUM(1)")
+    assert row["item"] == '{"pk": {"S": "=1+1"}}'  # the payload, from its own table
     assert "X-Next-After" not in response
 
     as_json = client.get(f"/api/jobs/{job.pk}/items?format=json&status=succeeded")

@@ -19,6 +19,7 @@ from bulkwrites.models import (
     OPERATOR_ACTIONS,
     VERIFICATION_TRANSITIONS,
     Item,
+    ItemPayload,
     ItemStatus,
     Job,
     JobStatus,
@@ -175,11 +176,12 @@ def test_each_verification_transition_moves_only_from_its_sources(name: str, sta
 
 def failed_item(job: Job, position: int, code: str, *, payload: bool = True) -> Item:
     key = {"pk": {"S": f"k{position}"}}
+    if payload:
+        ItemPayload.objects.create(job=job, position=position, payload=key)
     return Item.objects.create(
         job=job,
         position=position,
         key=key,
-        payload=key if payload else None,
         status=ItemStatus.FAILED,
         error_code=code,
         error_message="why",

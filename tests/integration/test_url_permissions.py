@@ -25,6 +25,7 @@ from django.urls.resolvers import RegexPattern, RoutePattern
 from bulkwrites.models import (
     Item,
     ItemCheck,
+    ItemPayload,
     ItemStatus,
     Job,
     JobStatus,
@@ -136,8 +137,8 @@ def world(django_user_model: Any, rq_queue: Any) -> dict[str, Any]:
         status=JobStatus.DRAFT,
         total_items=1,
     )
-    item = Item.objects.create(job=job, position=1, key={"pk": {"S": "a"}}, payload={"pk": {"S": "a"}},
-                               status=ItemStatus.PENDING)  # fmt: skip
+    item = Item.objects.create(job=job, position=1, key={"pk": {"S": "a"}}, status=ItemStatus.PENDING)
+    ItemPayload.objects.create(job=job, position=1, payload={"pk": {"S": "a"}})
     verification = Verification.objects.create(job=job, status=VerificationStatus.FAILED, total_items=1)
     check = ItemCheck.objects.create(verification=verification, item=item, position=1)
     source = SqlSource.objects.create(name="s", connection="demo", query="SELECT 1 AS pk")

@@ -47,7 +47,7 @@ from bulkwrites.sources.postgres.errors import QueryError
 
 # The application's own tables (by name, as Django creates them). In a database that holds the
 # ledger, a source role must neither own nor write these, nor read the secret ones.
-APP_TABLES = ("bulkwrites_job", "bulkwrites_item", "django_session", "auth_user")
+APP_TABLES = ("bulkwrites_job", "bulkwrites_item", "bulkwrites_itempayload", "django_session", "auth_user")
 SECRET_TABLES = ("django_session", "auth_user")
 # Predefined roles whose members reach server files, programs or other sessions.
 POWERFUL_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program", "pg_signal_backend")
