@@ -6,7 +6,8 @@ consistent ``BatchGetItem`` and compared (timed from the request to the finished
 the verification throughput). The ceiling for reads is measured the same way as the writes'
 ceiling: a plain threaded ``batch_get_item`` loop over the same keys, no ledger, no comparison.
 
-``python bench/run.py --quick --skip batch_writer,threaded,bulkwrites,c4,staging,capacity`` runs
+``python bench/run.py --quick --skip
+batch_writer,threaded,plain_http,csv_threads,bulkwrites,sink,ledger,staging,capacity,chaos`` runs
 only this part (``--skip verify`` leaves it out).
 """
 
