@@ -1,1 +1,2 @@
-"""Benchmarks: bench/run.py (throughput, staging, capacity) and bench/crafted.py (crafted files)."""
+"""Benchmarks: bench/run.py (``make bench``: every way, then issue 15's targets table; its modules are
+listed in its docstring) and stand-alone ones (crafted.py, sources.py, events.py, search.py, ...)."""

@@ -19,8 +19,7 @@ The ways take turns within each run (the machine is shared: neighbours' load hit
 alike), and each run's table is then read back whole with a Scan and compared item for item
 (every key, every attribute). Target: bulkwrites within 1.5x batch_writer's time.
 
-Called from ``bench/run.py`` (``Bench.run`` -> :func:`run`, ``print_report`` -> :func:`report_lines`);
-``h`` is that module, for its tables, items and workers.
+Called from ``bench/run.py`` (:func:`run`) and ``bench/report.py`` (:func:`report_lines`).
 """
 
 from __future__ import annotations
@@ -30,7 +29,15 @@ import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from bench.app import worker_env
+from bench.common import SEED, BenchError, default_concurrency, endpoint, log, make_client
+from bench.items import Row, make_items, to_batches, wire_item, write_items_csv
+from bench.plain import run_batch_writer
+
+if TYPE_CHECKING:
+    from bench.context import Bench
 
 FAULTS: dict[str, Any] = {
     "unprocessed_share": 0.3,
@@ -42,12 +49,12 @@ FAULTS: dict[str, Any] = {
 WAYS = ("boto3_batch_writer", "full_jitter_loop", "bulkwrites_1_worker")
 
 
-def run_full_jitter(url: str, table: str, batches: Sequence[list[dict[str, Any]]], h: Any) -> float:
+def run_full_jitter(url: str, table: str, batches: Sequence[list[dict[str, Any]]]) -> float:
     """One thread; unprocessed items resent after full-jitter backoff; seconds taken."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = h.make_client(url)
-    rng = random.Random(h.SEED)
+    client = make_client(url)
+    rng = random.Random(SEED)
     began = time.perf_counter()
     for batch in batches:
         requests, attempt = batch, 0
@@ -82,55 +89,55 @@ def scan_items(client: Any, table: str) -> dict[str, dict[str, Any]]:
         return {item["pk"]["S"]: item for part in pool.map(segment, range(segments)) for item in part}
 
 
-def verify_items(client: Any, table: str, rows: Sequence[tuple[Any, ...]], h: Any, what: str) -> None:
+def verify_items(client: Any, table: str, rows: Sequence[Row], what: str) -> None:
     found = scan_items(client, table)
-    expected = {row[0]: h.wire_item(row) for row in rows}
+    expected = {row[0]: wire_item(row) for row in rows}
     missing = expected.keys() - found.keys()
     extra = found.keys() - expected.keys()
     wrong = [k for k in expected.keys() & found.keys() if found[k] != expected[k]]
     if missing or extra or wrong:
-        raise h.BenchError(
+        raise BenchError(
             f"{what}: table {table} differs from the items written: {len(missing)} missing, "
             f"{len(extra)} unexpected, {len(wrong)} with other attributes (e.g. {sorted(missing or wrong)[:3]})"
         )
 
 
-def run(bench: Any, h: Any) -> None:
+def run(bench: Bench) -> None:
     from faultproxy import FaultProxy
 
     n = bench.args.chaos_items
-    rows = bench.rows[:n] if len(bench.rows) >= n else h.make_items(n, bench.args.item_bytes)
-    csv_path = h.write_items_csv(bench.workdir / "chaos.csv", rows)
-    batches = h.to_batches(rows)
+    rows = bench.rows[:n] if len(bench.rows) >= n else make_items(n, bench.args.item_bytes)
+    csv_path = write_items_csv(bench.workdir / "chaos.csv", rows)
+    batches = to_batches(rows)
     runs: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
-    with FaultProxy(upstream=h.endpoint(), seed=h.SEED) as proxy:
+    with FaultProxy(upstream=endpoint(), seed=SEED) as proxy:
         for k in range(bench.args.chaos_runs):
             for way in WAYS:
                 with bench.tables.fresh(f"chaos-{way[:5]}") as table:
                     extra: dict[str, Any] = {}
                     if way == "bulkwrites_1_worker":
                         job = bench.app.staged_job(
-                            csv_path, table, workers=1, concurrency=h.default_concurrency(), job_endpoint=proxy.url
+                            csv_path, table, workers=1, concurrency=default_concurrency(), job_endpoint=proxy.url
                         )
-                        proxy.configure(seed=h.SEED + k, **FAULTS)
+                        proxy.configure(seed=SEED + k, **FAULTS)
                         proxy.reset_stats()
-                        env = h.worker_env(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+                        env = worker_env(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
                         result = bench.app.run(job, expected=n, workers=1, env=env, label="chaos")
                         seconds = result["seconds"]
                         extra = {"calls": result["calls"], "job_running_seconds": result["job_running_seconds"]}
                         bench.app.after(job)
                     else:
-                        proxy.configure(seed=h.SEED + k, **FAULTS)
+                        proxy.configure(seed=SEED + k, **FAULTS)
                         proxy.reset_stats()
                         if way == "boto3_batch_writer":
-                            seconds = h.run_batch_writer(table, rows, url=proxy.url)
+                            seconds = run_batch_writer(table, rows, url=proxy.url)
                         else:
-                            seconds = run_full_jitter(proxy.url, table, batches, h)
+                            seconds = run_full_jitter(proxy.url, table, batches)
                     stats = proxy.stats()
                     proxy.configure()  # the read-back goes through DynamoDB Local untouched anyway
-                    verify_items(bench.client, table, rows, h, f"chaos {way}")
+                    verify_items(bench.client, table, rows, f"chaos {way}")
                 runs[way].append({"seconds": seconds, "items_per_s": n / seconds, "proxy_stats": stats, **extra})
-                h.log(
+                log(
                     f"chaos {way} run {k + 1}/{bench.args.chaos_runs}: {seconds:.1f} s ({n / seconds:.0f} items/s); "
                     f"{stats['batch_write_calls']} calls, {stats['unprocessed_items_returned']} unprocessed, "
                     f"{stats['server_errors']} 5xx, {stats['throttled_calls']} throttled, {stats['dropped']} dropped; "

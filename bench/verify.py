@@ -6,7 +6,8 @@ consistent ``BatchGetItem`` and compared (timed from the request to the finished
 the verification throughput). The ceiling for reads is measured the same way as the writes'
 ceiling: a plain threaded ``batch_get_item`` loop over the same keys, no ledger, no comparison.
 
-``python bench/run.py --quick --skip batch_writer,threaded,bulkwrites,c4,staging,capacity`` runs
+``python bench/run.py --quick --skip
+batch_writer,threaded,plain_http,csv_threads,bulkwrites,sink,ledger,staging,capacity,chaos`` runs
 only this part (``--skip verify`` leaves it out).
 """
 
@@ -15,34 +16,33 @@ from __future__ import annotations
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from bench.app import worker_env
+from bench.common import BenchError, default_concurrency, log, make_client, summarize
+from bench.tables import verify_count
+
 if TYPE_CHECKING:
-    from bench.run import Bench
+    from bench.context import Bench
 
 KEYS_PER_CALL = 100
 READ_THREADS = 16
 
 
-def measure(bench: Bench, run: ModuleType) -> None:
-    """Write, then verify, ``--runs`` times; store the figures in ``bench.results["verification"]``.
-
-    ``run`` is the running ``bench/run.py`` module (its helpers, and the BenchError it reports).
-    """
-    BenchError, log, summarize, worker_env = run.BenchError, run.log, run.summarize, run.worker_env
+def measure(bench: Bench) -> None:
+    """Write, then verify, ``--runs`` times; store the figures in ``bench.results["verification"]``."""
     n = bench.args.items
     runs: list[dict[str, Any]] = []
     ceiling: list[dict[str, Any]] = []
     for k in range(bench.args.runs):
         with bench.tables.fresh("verify") as table:
-            job = bench.app.staged_job(bench.items_csv, table, workers=1, concurrency=run.default_concurrency())
+            job = bench.app.staged_job(bench.items_csv, table, workers=1, concurrency=default_concurrency())
             written = bench.app.run(job, expected=n, workers=1, env=worker_env(), label="verify-write")
-            run.verify_count(bench.client, table, n, "verification bench")
-            checked = _verify(bench, run, job, n)
+            verify_count(bench.client, table, n, "verification bench")
+            checked = _verify(bench, job, n)
             if (checked["verified"], checked["missing"], checked["different"]) != (n, 0, 0):
                 raise BenchError(f"verification of job {job.pk} found {checked}")
-            raw_seconds = _threaded_batch_get(run, table, [row[0] for row in bench.rows[:n]])
+            raw_seconds = _threaded_batch_get(table, [row[0] for row in bench.rows[:n]])
             bench.app.after(job)
         runs.append({**checked, "write_items_per_s": written["items_per_s"], "write_seconds": written["seconds"]})
         ceiling.append({"seconds": raw_seconds, "items_per_s": n / raw_seconds})
@@ -65,12 +65,12 @@ def measure(bench: Bench, run: ModuleType) -> None:
     }
 
 
-def _verify(bench: Bench, run: ModuleType, job: Any, n: int) -> dict[str, Any]:
+def _verify(bench: Bench, job: Any, n: int) -> dict[str, Any]:
     """Timed: the verification requested (as an operator would) until it has finished."""
     from bulkwrites.models import Verification, VerificationStatus
     from bulkwrites.services import verifying
 
-    processes = bench.workers.spawn(1, run.worker_env(), f"verify-job{job.pk}")
+    processes = bench.workers.spawn(1, worker_env(), f"verify-job{job.pk}")
     bench.workers.wait_ready(processes)
     began = time.perf_counter()
     verification = verifying.verification_create(job=job)
@@ -80,14 +80,14 @@ def _verify(bench: Bench, run: ModuleType, job: Any, n: int) -> dict[str, Any]:
         if status in (VerificationStatus.FINISHED, VerificationStatus.FAILED, VerificationStatus.CANCELLED):
             break
         if time.perf_counter() - began > timeout or all(p.poll() is not None for p in processes):
-            raise run.BenchError(f"verification {verification.pk} is {status}\n" + bench.workers.log_tail(processes))
+            raise BenchError(f"verification {verification.pk} is {status}\n" + bench.workers.log_tail(processes))
         time.sleep(0.1)
     elapsed = time.perf_counter() - began
     for process in processes:
         bench.workers.stop(process)
     verification.refresh_from_db()
     if verification.status != VerificationStatus.FINISHED:
-        raise run.BenchError(f"verification {verification.pk} {verification.status}: {verification.error_message}")
+        raise BenchError(f"verification {verification.pk} {verification.status}: {verification.error_message}")
     reading = verification.duration_seconds  # from the first worker's claim to the finish
     return {
         "verification_id": verification.pk,
@@ -102,9 +102,9 @@ def _verify(bench: Bench, run: ModuleType, job: Any, n: int) -> dict[str, Any]:
     }
 
 
-def _threaded_batch_get(run: ModuleType, table: str, keys: list[str]) -> float:
+def _threaded_batch_get(table: str, keys: list[str]) -> float:
     """The reads' ceiling: 100-key strongly consistent calls on 16 threads, nothing recorded."""
-    client = run.make_client(pool=READ_THREADS + 4)
+    client = make_client(pool=READ_THREADS + 4)
     chunks = [keys[i : i + KEYS_PER_CALL] for i in range(0, len(keys), KEYS_PER_CALL)]
 
     def read(chunk: list[str]) -> int:
@@ -121,7 +121,7 @@ def _threaded_batch_get(run: ModuleType, table: str, keys: list[str]) -> float:
         found = sum(pool.map(read, chunks))
     seconds = time.perf_counter() - began
     if found != len(keys):
-        raise run.BenchError(f"threaded batch_get_item found {found} of {len(keys)} items")
+        raise BenchError(f"threaded batch_get_item found {found} of {len(keys)} items")
     return seconds
 
 

@@ -1,0 +1,132 @@
+"""The bench's pure helpers: the plain-HTTP client's signature, the results history, /proc
+parsing, and the table of issue 15's targets (its figures and verdicts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from bench.common import append_results, cpu_seconds, load_history, parent_pid
+from bench.plain import TARGET_PREFIX, sigv4_headers
+from bench.report import TargetRow, target_rows, target_table
+
+
+def test_the_plain_http_signature_is_botocores_sigv4() -> None:
+    body = json.dumps({"RequestItems": {"t": [{"PutRequest": {"Item": {"pk": {"S": "a"}}}}]}}).encode()
+    target = TARGET_PREFIX + "BatchWriteItem"
+    request = AWSRequest(
+        method="POST",
+        url="http://127.0.0.1:8778/",
+        data=body,
+        headers={"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": target},
+    )
+    SigV4Auth(Credentials("AKIDEXAMPLE", "secret/key"), "dynamodb", "eu-west-1").add_auth(request)
+    ours = sigv4_headers(
+        body,
+        host="127.0.0.1:8778",
+        target=target,
+        amz_date=request.headers["X-Amz-Date"],
+        region="eu-west-1",
+        access_key="AKIDEXAMPLE",
+        secret_key="secret/key",
+    )
+    assert ours["Authorization"] == request.headers["Authorization"]
+    other = sigv4_headers(
+        body + b" ",
+        host="127.0.0.1:8778",
+        target=target,
+        amz_date=request.headers["X-Amz-Date"],
+        region="eu-west-1",
+        access_key="AKIDEXAMPLE",
+        secret_key="secret/key",
+    )
+    assert other["Authorization"] != request.headers["Authorization"]  # the body is signed
+
+
+def test_results_are_appended_and_an_old_single_run_file_is_kept_as_the_first(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    assert load_history(path) == []
+    path.write_text(json.dumps({"machine": {"git_commit": "old"}, "ways": {}}))  # the shape before history
+    assert append_results(path, {"machine": {"git_commit": "new1"}}) == 2
+    assert append_results(path, {"machine": {"git_commit": "new2"}}) == 3
+    assert [d["machine"]["git_commit"] for d in load_history(path)] == ["old", "new1", "new2"]
+
+
+def test_proc_stat_parsing_survives_a_command_with_spaces_and_parentheses() -> None:
+    stat = "4242 (python (x) y) S 17 4242 4242 0 -1 4194304 1 0 0 0 300 200 0 0 20 0 3 0 1 1 1"
+    assert parent_pid(stat) == 17
+    import os
+
+    assert cpu_seconds(stat) == pytest.approx(500 / os.sysconf("SC_CLK_TCK"))
+
+
+def way(median: float, runs: int = 3) -> dict[str, Any]:
+    return {"median": median, "min": median * 0.9, "max": median * 1.1, "runs": runs}
+
+
+def scale(rows: int, rate: float, delete_seconds: float) -> dict[str, Any]:
+    return {
+        "rows": rows,
+        "rows_per_s": rate,
+        "peak_rss_mb": 120.0,
+        "conversion_peak_rss_mb": [40.0, 250.0],
+        "pages": {"job_page": {"ms_median": 120.0}, "failed_items_page": {"ms_median": 700.0}},
+        "delete_seconds": delete_seconds,
+    }
+
+
+def by_what(rows: list[TargetRow]) -> dict[str, TargetRow]:
+    return {row.what.strip(): row for row in rows}
+
+
+def test_each_target_is_judged_from_the_medians() -> None:
+    results = {
+        "ways": {
+            "threaded_batch_write_item": way(5000),
+            "plain_http": way(9000),
+            "csv_threads": way(4000),
+            "bulkwrites_1_worker": way(6500),
+            "end_to_end": way(3000, runs=1),
+            "sink_bulkwrites_1_worker": way(12000),
+        },
+        "ledger": {**way(39000), "threads": 4},
+        "scale": scale(10_000_000, 60_000, 31.0),
+    }
+    rows = by_what(target_rows(results))
+    first = rows["1. file to table, end to end / the csv+threads script"]
+    assert (first.figure, first.verdict) == ("0.75x", "NOT met")
+    second = rows["2. writing, 1 worker, full ledger / threaded boto3"]
+    assert (second.figure, second.verdict) == ("1.30x", "met")
+    assert rows["(the limit to approach: plain HTTP / threaded boto3)"].figure == "1.80x"
+    assert rows["3. sink: items/s per worker, full ledger"].verdict == "met"
+    assert rows["3. ledger alone: outcomes recorded/s (4 recorders)"].verdict == "NOT met"
+    assert rows["4. staging rate, 10,000,000 rows"].verdict == "met"
+    assert rows["4. peak RSS of each conversion process (2)"].verdict == "NOT met"  # 250 MB > 200
+    assert rows["4. failed items page"].verdict == "NOT met"
+    assert rows["4. deleting the job"].verdict == "NOT met"
+    # The ways are rows too, with their ratio to the threaded ceiling and a warning of too few runs.
+    e2e = rows["bulkwrites end to end: from the file, staging included"]
+    assert e2e.figure.endswith("0.60x threaded [1 run]")
+    assert len(target_table(target_rows(results))) == 2 + len(target_rows(results))
+
+
+def test_a_part_not_run_is_not_measured_and_scale_falls_back_to_the_newest_earlier_run() -> None:
+    results: dict[str, Any] = {"ways": {"threaded_batch_write_item": way(5000)}}
+    rows = by_what(target_rows(results))
+    assert rows["1. file to table, end to end / the csv+threads script"].verdict == "not measured"
+    assert rows["3. ledger alone: outcomes recorded/s"].verdict == "not measured"
+    assert rows["4. scale of one job (`--scale N`)"].verdict == "not measured"
+    history = [
+        {"machine": {"date": "2026-01-01T00:00:00", "git_commit": "aaaaaaa1"}, "scale": scale(10_000_000, 1, 1)},
+        {"machine": {"date": "2026-01-02T00:00:00", "git_commit": "bbbbbbb2"}, "scale": scale(1_000_000, 55_000, 2)},
+        {"machine": {"date": "2026-01-03T00:00:00", "git_commit": "ccccccc3"}},
+    ]
+    rows = by_what(target_rows(results, history))
+    rate = rows["4. staging rate, 1,000,000 rows (earlier run 2026-01-02 at bbbbbbb)"]
+    assert (rate.figure, rate.verdict) == ("55,000 rows/s", "met (at 1M rows, not 10M)")
