@@ -50,7 +50,7 @@ def insert_items_sql(job_id: int, items: int) -> list[tuple[str, list[Any]]]:
 
     payload = (
         "jsonb_build_object('pk', jsonb_build_object('S', 'item-' || lpad(s::text, 8, '0')), "
-        "'n', jsonb_build_object('N', (s * 7919 %% 1000000007)::text), "
+        "'n', jsonb_build_object('N', (s::bigint * 7919 %% 1000000007)::text), "
         "'pad', jsonb_build_object('S', repeat(md5(s::text), %s)))"
     )
     key = "jsonb_build_object('pk', jsonb_build_object('S', 'item-' || lpad(s::text, 8, '0')))"
