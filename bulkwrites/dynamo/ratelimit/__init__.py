@@ -18,12 +18,15 @@ The rate a call may use is the lower of
   - *Once per round.* Shares are summed over a round of at least 0.25 s, two smoothed round trips
     and 8 calls, counting only calls admitted since the round began (TCP reacts once per round
     trip; calls in flight describe the old rate). A round counts when its mean share exceeds the
-    background share by 2.5 standard errors: one unlucky call is not a trend.
+    background share by 2.5 standard errors: one unlucky call is not a trend. Except above the
+    last good rate with no background learnt: there a single refused item answers the probe
+    (a rate 1-2 % above the table's refuses one item in some calls, never significant in a round).
   - *Cut to what the table took* (TCP Westwood): the rate sent x (1 - the share beyond background),
     less 5 % headroom, never below a **floor**: 90 % of what the table delivered over the last 10 s.
   - *Probe back, then beyond* (CUBIC): W(t) = w_max (1 + c (t - k)^3) climbs back to w_max, the rate
-    the table last took, in k = cbrt(cut / c) seconds, lingers there, then probes above it ever
-    faster; never above twice the rate actually sent (botocore's clamp).
+    the table last took, in k = cbrt(cut / c) seconds, lingers there, then probes above it, by
+    at most 2 % of w_max per second (a table's burst capacity hides an overshoot until it is
+    spent); never above twice the rate actually sent (botocore's clamp).
   - *Faults are told from capacity by how they answer a cut.* The round after a cut checks it: had
     capacity caused the refusals, the table's take stayed the same and the share falls as the
     rate does. If the share stays, it does not depend on the rate: it becomes the background
