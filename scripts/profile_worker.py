@@ -168,22 +168,25 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40, help="frames to print from the py-spy samples")
     args = parser.parse_args()
 
-    from bench import run as bench
+    from bench.app import Bulkwrites, Workers, delete_job
+    from bench.common import default_concurrency, endpoint, env_override, make_client, setup_django
+    from bench.items import make_items, write_items_csv
+    from bench.tables import Tables
 
-    bench.setup_django()
+    setup_django()
     from bulkwrites.services import running
 
-    upstream = bench.endpoint()
+    upstream = endpoint()
     with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
         url, proxy_pid = stack.enter_context(sink_proxy(upstream)) if args.sink else (upstream, 0)
-        csv_path = bench.write_items_csv(Path(workdir) / "items.csv", bench.make_items(args.items, 1024))
-        client = bench.make_client(url)
-        tables = bench.Tables(client)
-        app = bench.Bulkwrites(bench.Workers(Path(workdir)), keep_jobs=False)
-        concurrency = args.concurrency or bench.default_concurrency()
+        csv_path = write_items_csv(Path(workdir) / "items.csv", make_items(args.items, 1024))
+        client = make_client(url)
+        tables = Tables(client)
+        app = Bulkwrites(Workers(Path(workdir)), keep_jobs=False)
+        concurrency = args.concurrency or default_concurrency()
         figures = []
         for run in range(args.runs):
-            with tables.fresh("profile") as table, bench.env_override(AWS_ENDPOINT_URL_DYNAMODB=url):
+            with tables.fresh("profile") as table, env_override(AWS_ENDPOINT_URL_DYNAMODB=url):
                 job = app.staged_job(csv_path, table, workers=1, concurrency=concurrency, job_endpoint=url)
                 try:
                     assert job.start(queue="profile")
@@ -224,7 +227,7 @@ def main() -> None:
                         flush=True,
                     )
                 finally:
-                    bench.delete_job(job)
+                    delete_job(job)
         print(f"median of {len(figures)}: {statistics.median(figures):,.0f} items/s ({'sink' if args.sink else url})")
     if args.py_spy:
         print_top(Path(args.py_spy), args.top)
