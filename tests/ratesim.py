@@ -101,6 +101,7 @@ def simulate(
     backoff_cap: float = 10.0,
     recheck: float = 0.25,
     limit_seconds: float = 600.0,
+    jitter: float = 0.0,
     on_sample: Callable[[float, float | None], None] | None = None,
 ) -> Result:
     rng = random.Random(seed)
@@ -186,7 +187,9 @@ def simulate(
             worker, units, retry, acquired_at = data
             service = per_call_cpu + per_item_cpu * len(units)
             server_free = max(server_free, now) + service
-            at(server_free, "answer", (worker, units, retry, acquired_at, now))
+            # A loaded machine: the answer is heard late, by a random delay (mean ``jitter`` s).
+            heard = server_free + (rng.expovariate(1 / jitter) if jitter else 0.0)
+            at(heard, "answer", (worker, units, retry, acquired_at, now))
         elif kind == "answer":
             worker, units, retry, acquired_at, sent_at = data
             answer, taken = table.answer(now, units, rng)

@@ -310,6 +310,23 @@ def test_a_table_whose_burst_ran_out_in_the_cut_round_is_not_taken_for_backgroun
     assert float(job.control().get("bg", 0)) == 0
 
 
+def test_calls_sent_before_a_cut_hold_its_test_until_they_are_back(make_job: Any) -> None:
+    job = make_job()
+    # Unlimited for a second at 3,000 units/s, a third refused: cut.
+    assert job.calls(T0, n=120, refused=8, span=1.0).event == "cut"
+    # Calls still in flight from the unlimited rate come back (unstamped, refused too): the
+    # table was spending its capacity on them while the first calls at the new rate arrived.
+    assert job.calls(T0 + 0.2, n=16, refused=8).event == ""
+    # Those first calls were refused for it. Before, they tested the cut: the same share below
+    # it, so the cut was undone and a third of every call learnt as background.
+    assert job.calls(T0 + 0.3, n=20, refused=8, acquired_at=T0 + 0.01).event == ""
+    # Calls sent once the old ones are back decide: nothing refused below the take, the cut stands.
+    assert job.calls(T0 + 0.45, n=20, refused=0, acquired_at=T0 + 0.25).event == ""
+    assert float(job.control().get("bg", 0)) == 0
+    assert float(job.control()["chk"]) == 0
+    assert job.rate(T0 + 0.45) < 3000 * (1 - 8 / 25)
+
+
 def test_a_small_refused_share_is_never_taken_for_background(make_job: Any) -> None:
     job = make_job()
     # 10 % refused, and still 10 % after the cut: it could be a burst running out mid-round.
@@ -341,6 +358,16 @@ def test_under_a_capacity_limit_the_table_is_kept_busy_and_rarely_refuses(client
     assert result.throttled_calls <= 0.05 * result.calls
     # Calls with some items refused too (issue 10: the old rule left 5.4-6.1 % with these seeds).
     assert result.calls_refused <= 0.05 * result.calls
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_latency_that_varies_does_not_turn_a_capacity_limit_into_background(client: redis_lib.Redis, seed: int) -> None:
+    # Answers heard 10 ms late on average (exponential): with these seeds the calls in flight at
+    # the first cut made its test round refuse as much as the cut round, and 55-79 % of all
+    # calls came back partly refused.
+    result = ratesim.simulate(client, ratesim.CapacityTable(1000.0), items=20_000, seed=seed, jitter=0.01)
+    assert result.wcu_per_s >= 0.9 * 1000
+    assert result.calls_refused <= 0.1 * result.calls
 
 
 @pytest.mark.parametrize("seed", [1, 2])
