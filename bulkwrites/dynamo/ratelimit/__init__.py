@@ -24,13 +24,16 @@ The rate a call may use is the lower of
   - *Cut to what the table took* (TCP Westwood): the rate sent x (1 - the share beyond background),
     less 5 % headroom, never below a **floor**: 90 % of what the table delivered over the last 10 s.
   - *Probe back, then beyond* (CUBIC): W(t) = w_max (1 + c (t - k)^3) climbs back to w_max, the rate
-    the table last took, in k = cbrt(cut / c) seconds, lingers there, then probes above it, by
-    at most 2 % of w_max per second (a table's burst capacity hides an overshoot until it is
-    spent); never above twice the rate actually sent (botocore's clamp).
+    the table last took, in k = cbrt(cut / c) seconds, lingers there, then probes above it:
+    linearly at 2 % of w_max per second for 5 s (a table's burst capacity hides an overshoot
+    until it is spent), then ever faster (a w_max set on an unreliable round is left in seconds);
+    never above twice the rate actually sent (botocore's clamp).
   - *Faults are told from capacity by how they answer a cut.* The round after a cut checks it: had
     capacity caused the refusals, the table's take stayed the same and the share falls as the
     rate does. If the share stays, it does not depend on the rate: it becomes the background
     (which then follows the rounds' shares, and fades when the faults stop) and the cut is undone.
+    The test starts again whenever a call sent before the cut comes back during it: until then
+    the table was still spending its capacity on the old rate.
   - An uncapped job starts unlimited (no Redis call per call); its first round with refusals starts
     the adaptive rate from what was sent in that round, over a real round, with an empty bucket.
     After 10 s without a cut and a curve above twice what it sends, it is unlimited again.

@@ -29,15 +29,21 @@ end
 -- which climbs back to w_max (the last rate the table took) in k seconds, stays near it, then
 -- probes above it ever faster. Never above `max_over` times the rate calls were actually sent
 -- (botocore's adaptive mode clamps at twice the measured rate the same way), never below min_rate.
-local function probe_rate(ctl, now, c, max_over, min_rate, linear)
+local function probe_rate(ctl, now, c, max_over, min_rate, linear, linear_for)
   if ctl.mode ~= 'ctl' then return nil end
   local t = now - (ctl.epoch or now)
   if t < 0 then t = 0 end
   local d = t - (ctl.k or 0)
   local growth = c * d * d * d
-  -- Above w_max, never faster than `linear` x w_max per second: a table with burst capacity
-  -- hides an overshoot until its burst is spent, and a cubic probe would be far above by then.
-  if d > 0 and growth > linear * d then growth = linear * d end
+  -- Above w_max, linear at `linear` x w_max per second for `linear_for` seconds: a table with
+  -- burst capacity hides an overshoot until its burst is spent, and a cubic probe would be far
+  -- above by then. Past that, CUBIC's convex growth is added: a w_max that was no rate the table
+  -- took (a cut set by its bound on a round that latency made unreliable) is left in seconds,
+  -- where the linear pace alone took ~40 s to find the table.
+  if d > 0 then
+    local beyond = math.max(0, d - linear_for)
+    growth = linear * d + c * beyond * beyond * beyond
+  end
   local r = ctl.w_max * (1 + growth)
   if ctl.sent and ctl.sent > 0 and r > max_over * ctl.sent then r = max_over * ctl.sent end
   if r < min_rate then r = min_rate end
@@ -61,7 +67,7 @@ end
 local function current_rate(cap_key, ctl, now, p)
   local cap = positive(redis.call('GET', cap_key))
   local paced = paced_cap(cap, p.burst, p.cap_window)
-  local adaptive = probe_rate(ctl, now, p.c, p.max_over, p.min_rate, p.linear)
+  local adaptive = probe_rate(ctl, now, p.c, p.max_over, p.min_rate, p.linear, p.linear_for)
   local rate = paced
   if adaptive and (not rate or adaptive < rate) then rate = adaptive end
   return rate, cap, paced, adaptive
@@ -89,7 +95,7 @@ end
 -- RatePolicy.args() in this order, from ARGV[first] on.
 local POLICY_FIELDS = {'burst', 'cap_window', 'c', 'max_over', 'min_rate', 'min_round', 'rtt_rounds',
   'min_calls', 'z', 'headroom', 'floor_fraction', 'floor_window', 'release_after', 'bg_weight',
-  'min_excess', 'linear', 'min_background'}
+  'min_excess', 'linear', 'min_background', 'linear_for'}
 
 local function read_policy(first)
   local p = {}

@@ -40,6 +40,7 @@ class RatePolicy:
     # (a climb of 1 %/s from a deep cut is slow). 2 %/s still finds capacity that doubles in 50 s.
     probe_linear: float = 0.02
     min_background: float = 0.2  # only a cut after at least this share refused tests for a rate-independent fault
+    linear_for: float = 5.0  # seconds above w_max at the linear pace before CUBIC's growth adds to it
 
     def args(self) -> list[float]:
         return [float(x) for x in astuple(self)]

@@ -196,7 +196,7 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
     set.bg, set.bg_at = math.min(0.95, math.max(0, follow)), now
   end
   if not decided and not significant and ctl.mode == 'ctl' and now - (ctl.epoch or now) >= p.release_after then
-    local probe = probe_rate(ctl, now, p.c, math.huge, p.min_rate, p.linear)
+    local probe = probe_rate(ctl, now, p.c, math.huge, p.min_rate, p.linear, p.linear_for)
     if (cap and probe >= paced) or (not cap and probe >= p.max_over * ctl.sent) then
       set.mode = 'open'
       ctl.mode = 'open'
