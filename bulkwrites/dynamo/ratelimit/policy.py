@@ -41,6 +41,7 @@ class RatePolicy:
     probe_linear: float = 0.02
     min_background: float = 0.2  # only a cut after at least this share refused tests for a rate-independent fault
     linear_for: float = 5.0  # seconds above w_max at the linear pace before CUBIC's growth adds to it
+    chain_cuts: int = 3  # a smaller share found the same below this many cuts in a row is background
 
     def args(self) -> list[float]:
         return [float(x) for x in astuple(self)]

@@ -50,6 +50,11 @@ def explain(control: Mapping[str, str], *, cap: float | None, allowed: float | N
         head = "unlimited: DynamoDB has not refused anything the job could not absorb"
         if event == "open":
             head = f"unlimited again since {_clock(f['ev_at'])}: no cut for {policy.release_after:.0f} s"
+        elif event == "undo":
+            head = (
+                f"unlimited again since {_clock(f['ev_at'])}: cuts undone, {100 * f.get('ev_bg', 0.0):.0f} % of units"
+                " are refused whatever the rate (a fault, not capacity), now treated as background"
+            )
         return head
     parts = [f"allowed {_n(allowed)} WCU/s"]
     at_cap = cap is not None and allowed >= policy.paced_cap(cap) - 1e-9

@@ -45,8 +45,8 @@ def test_the_policy_reaches_lua_in_the_order_common_lua_reads_it() -> None:
     lua_names = re.findall(r"'(\w+)'", block.group(1))
     assert len(lua_names) == len(dataclasses.fields(RatePolicy)) == len(POLICY.args())
     assert lua_names[:3] == ["burst", "cap_window", "c"]
-    assert lua_names[-1] == "linear_for"
-    assert [f.name for f in dataclasses.fields(RatePolicy)][-1] == "linear_for"
+    assert lua_names[-1] == "chain_cuts"
+    assert [f.name for f in dataclasses.fields(RatePolicy)][-1] == "chain_cuts"
 
 
 def test_keys_share_a_cluster_slot() -> None:
@@ -83,5 +83,8 @@ def test_the_page_says_when_the_floor_held_and_when_faults_were_told_from_capaci
     undo = {"mode": "ctl", "w_max": "3000", "ev": "undo", "ev_at": "1", "ev_s": "0.33", "ev_bg": "0.33"}
     assert "refused whatever the rate (a fault, not capacity)" in explain(undo, cap=None, allowed=3000.0, policy=POLICY)
     assert explain({}, cap=None, allowed=None, policy=POLICY).startswith("unlimited")
+    opened = {"mode": "open", "ev": "undo", "ev_at": "1", "ev_s": "0.04", "ev_bg": "0.04", "ev_to": ""}
+    assert "unlimited again since" in explain(opened, cap=None, allowed=None, policy=POLICY)
+    assert "4 % of units are refused whatever the rate" in explain(opened, cap=None, allowed=None, policy=POLICY)
     at_cap = explain({}, cap=1000.0, allowed=POLICY.paced_cap(1000.0), policy=POLICY)
     assert at_cap.startswith("allowed 975 WCU/s: the cap of 1,000 WCU/s, paced at 975")
