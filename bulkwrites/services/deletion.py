@@ -87,8 +87,8 @@ def jobs_delete(*, job_ids: Iterable[int]) -> list[int]:
         for job in jobs:
             dispatch.enqueue_reclaim(job.pk)  # after commit
             # Its stored file is of no use to anyone now (the reclaim tries again, should this not run).
-            if job.source_file.name:
-                stored = job.source_file
+            stored = job.source_file
+            if stored.name:
                 transaction.on_commit(functools.partial(_remove_stored_file, stored.storage, stored.name))
     logger.info("deleted job(s) %s; their rows are reclaimed by a worker", marked)
     return marked

@@ -20,7 +20,6 @@ from bulkwrites.models import (
     CheckSlice,
     Item,
     ItemCheck,
-    ItemPayload,
     Job,
     JobStatus,
     Slice,
@@ -70,10 +69,10 @@ def rows_of(job_id: int) -> dict[str, int]:
     def walk(model: type[models.Model], path: str, seen: tuple[type[models.Model], ...]) -> None:
         # Hidden relations too (related_name="+": ItemPayload's job, for one).
         for relation in model._meta.get_fields(include_hidden=True):
-            if not (relation.auto_created and not relation.concrete and relation.one_to_many):
+            if not (isinstance(relation, models.ForeignObjectRel) and relation.one_to_many):
                 continue
             related = relation.related_model
-            if related in seen or related is Job:
+            if not isinstance(related, type) or related in seen or related is Job:
                 continue
             lookup = f"{relation.field.name}__{path}" if path else relation.field.name
             counts[related._meta.label] = counts.get(related._meta.label, 0) + (
