@@ -17,9 +17,9 @@ Deleting a job is two steps:
    and it carries on from the lowest position left.
 
 Why not one ``DELETE`` in the request: Django's ``Model.delete()`` collects every related row in
-Python (a 1M-item job: 112 s and 575 MB); a set-based ``DELETE`` of one job's rows in one
-statement is ~5 s a million items here (the payloads alone are ~1 GB a million), so a 10M-item
-job would hold a web request and one transaction for close to a minute.
+Python (a 1M-item job: 137 s and 878 MB, ``bench/deletion.py``); set-based, a million items take
+~8-13 s on the shared 2-core dev machine (the payloads alone are ~1 GB a million), so a 10M-item
+job would hold a web request and one transaction for a minute or more.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from bulkwrites.services import dispatch
 
 logger = logging.getLogger(__name__)
 
-# Positions deleted per transaction: ~0.2 s of work on the 2-core dev machine (items and their
-# ~1 KB payloads), ~50 MB of WAL at most; short enough for a worker's time slice and a replica.
+# Positions deleted per transaction: ~0.4 s of work on the 2-core dev machine (items and their
+# ~1 KB payloads), ~6 MB of WAL; short enough for a worker's time slice and a replica.
 RECLAIM_BATCH = 50_000
 _RECLAIM_LOCK = 0x6264  # first key of the advisory lock a job is reclaimed under (the second is its id)
 
