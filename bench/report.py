@@ -175,7 +175,7 @@ def _scale_rows(results: dict[str, Any], history: list[dict[str, Any]]) -> list[
             pages["failed_items_page"]["ms_median"] < 500,
         ),
         (
-            "4. deleting the job (hidden at once, then every row reclaimed)",
+            "4. deleting the job",
             f"{_n(scale['delete_seconds'], 1)} s"
             + (
                 f" (hidden in {_n(1000 * scale['delete_mark_seconds'])} ms)"
