@@ -265,13 +265,24 @@ class Bulkwrites:
         self.active_job = None
 
 
-def delete_job(job: Any, *, keep_record: bool = False) -> None:
-    """Remove a bench job's stored source file and (unless ``keep_record``) the job with its items."""
+def delete_job(job: Any, *, keep_record: bool = False) -> dict[str, float]:
+    """Remove a bench job's stored source file and (unless ``keep_record``) the job with its items.
+
+    As the app deletes a job (``services.deletion``): marked deleted, then its rows reclaimed,
+    here in this process rather than by a worker; the seconds of each step.
+    """
+    from bulkwrites.services import deletion
+
     if job.source_file:
         with contextlib.suppress(OSError):
             job.source_file.delete(save=keep_record)
-    if not keep_record:
-        type(job).objects.filter(pk=job.pk).delete()
+    if keep_record:
+        return {}
+    began = time.perf_counter()
+    deletion.jobs_delete(job_ids=[job.pk])
+    marked = time.perf_counter()
+    deletion.job_reclaim(job.pk, budget_seconds=float("inf"))
+    return {"mark_seconds": marked - began, "reclaim_seconds": time.perf_counter() - marked}
 
 
 def note_upload_cap(notes: list[str], size: int, what: str) -> None:

@@ -149,7 +149,10 @@ def measure(items: int, threads: int, runs: int, log: Any = print) -> list[dict[
                 f"p95 {result['statement_ms_p95']:.1f} ms)"
             )
         finally:
-            Job.objects.filter(pk=job_id).delete()
+            from bulkwrites.services import deletion
+
+            deletion.jobs_delete(job_ids=[job_id])
+            deletion.job_reclaim(job_id, budget_seconds=float("inf"))
     return results
 
 

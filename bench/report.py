@@ -174,7 +174,17 @@ def _scale_rows(results: dict[str, Any], history: list[dict[str, Any]]) -> list[
             "< 500 ms",
             pages["failed_items_page"]["ms_median"] < 500,
         ),
-        ("4. deleting the job", f"{_n(scale['delete_seconds'], 1)} s", "< 30 s", scale["delete_seconds"] < 30),
+        (
+            "4. deleting the job",
+            f"{_n(scale['delete_seconds'], 1)} s"
+            + (
+                f" (hidden in {_n(1000 * scale['delete_mark_seconds'])} ms)"
+                if scale.get("delete_mark_seconds") is not None
+                else ""
+            ),
+            "< 30 s",
+            scale["delete_seconds"] < 30,
+        ),
     ]
     return [TargetRow(what, figure, target, _verdict(ok, partial)) for what, figure, target, ok in checks]
 

@@ -261,13 +261,16 @@ def measure_scale(bench: Bench) -> None:
             result["pages"] = page_times(job.pk)
         finally:
             began = time.perf_counter()
-            delete_job(job)
+            steps = delete_job(job)
             result["delete_seconds"] = time.perf_counter() - began
+            result["delete_mark_seconds"] = steps.get("mark_seconds")
+            result["delete_reclaim_seconds"] = steps.get("reclaim_seconds")
     pages = result["pages"]
     log(
         f"scale: job page {pages['job_page']['ms_median']:.0f} ms, failed items "
         f"{pages['failed_items_page']['ms_median']:.0f} ms (medians of {PAGE_REQUESTS}); "
-        f"deleted in {result['delete_seconds']:.1f} s"
+        f"deleted in {result['delete_seconds']:.1f} s (hidden in {1000 * (result['delete_mark_seconds'] or 0):.0f} ms, "
+        f"rows reclaimed in {result['delete_reclaim_seconds'] or 0:.1f} s)"
     )
     bench.results["scale"] = result
 

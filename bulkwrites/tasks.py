@@ -7,7 +7,7 @@ import socket
 
 from rq import get_current_job
 
-from bulkwrites.services import notify, verifying, work
+from bulkwrites.services import deletion, notify, verifying, work
 from bulkwrites.services.streams import consume
 
 
@@ -22,6 +22,10 @@ def run_job(job_id: int) -> str:
 
 def run_verification(verification_id: int) -> str:
     return verifying.verification_work(verification_id, worker=_worker_name())
+
+
+def reclaim_job(job_id: int) -> str:
+    return deletion.reclaim_work(job_id)
 
 
 def notify_job_ended(job_id: int) -> str:

@@ -29,6 +29,7 @@ from rq import worker_registration
 
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import MAX_DELAY, REDIS_DOWN
+from bulkwrites.services.deletion import reclaim_stalled_deletions
 from bulkwrites.services.schema import SchemaError, check_schema
 from bulkwrites.services.streams.consume import recover_stalled_stream_rules
 from bulkwrites.services.verifying import recover_stalled_verifications
@@ -158,7 +159,7 @@ class Worker(RQWorker):
 
     def _sweep(self) -> None:
         """The ledger's chores: re-enqueue stalled jobs, verifications and stream rules, delete
-        expired drafts. Never raises:
+        expired drafts, finish reclaiming deleted jobs. Never raises:
         a sweep must never kill the worker; the next one retries."""
         try:
             recovered = recover_stalled_jobs()
@@ -180,6 +181,10 @@ class Worker(RQWorker):
             delete_expired_drafts()
         except Exception:  # likewise
             logger.exception("deleting expired drafts failed")
+        try:
+            reclaim_stalled_deletions()
+        except Exception:  # likewise
+            logger.exception("sweeping deleted jobs failed")
 
     def execute_job(self, job: Any, queue: Any) -> Any:
         connections.close_all()

@@ -46,6 +46,18 @@ def enqueue_notification(job_id: int) -> None:
     )
 
 
+def enqueue_reclaim(job_id: int) -> None:
+    """Ask a worker to delete a deleted job's rows (after the transaction commits)."""
+    django_rq.get_queue(current_queue()).enqueue(
+        "bulkwrites.tasks.reclaim_job",
+        job_id,
+        job_timeout=app_settings().run_slice_seconds * 10 + 600,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"bulkwrites job {job_id}: reclaim its rows",
+    )
+
+
 def enqueue_verification(verification_id: int, *, copies: int = 1) -> None:
     """Ask ``copies`` workers to read a verification's items back (after the transaction commits)."""
     queue = django_rq.get_queue(current_queue())

@@ -7,18 +7,16 @@ from PostgreSQL, so a lost RQ job or a flushed Redis costs time, never items.
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import timedelta
 
-from django.core.files.storage import Storage
 from django.db import connection, transaction
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import retry_redis
 from bulkwrites.models import Job, JobStatus, Slice
-from bulkwrites.services import dispatch, notify, running, staging, verifying
+from bulkwrites.services import deletion, dispatch, notify, running, staging, verifying
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.source_rows import job_source_rows
 from bulkwrites.sources import formats
@@ -104,8 +102,8 @@ def delete_expired_drafts(*, limit: int = EXPIRED_DRAFTS_PER_SWEEP) -> list[int]
 
     An abandoned preview holds an uploaded file (up to the upload cap) and, for records or a
     query, its staged items. A draft an operator starts meanwhile is left alone: each one is
-    locked and checked again before it goes, and its file is removed only once the deletion
-    has committed.
+    locked and checked again before it goes. Deleted as every job is (``deletion.jobs_delete``):
+    gone at once, its rows and file reclaimed by a worker in bounded batches.
     """
     hours = app_settings().draft_ttl_hours
     if hours <= 0:
@@ -114,27 +112,10 @@ def delete_expired_drafts(*, limit: int = EXPIRED_DRAFTS_PER_SWEEP) -> list[int]
     candidates = Job.objects.expired_drafts(older_than=timedelta(hours=hours)).order_by("pk")
     for job_id in candidates.values_list("pk", flat=True)[:limit]:
         with transaction.atomic():
-            job = (
-                Job.objects.select_for_update(skip_locked=True)
-                .filter(pk=job_id, status=JobStatus.DRAFT)
-                .only("pk", "source_file")
-                .first()
-            )
-            if job is None:
+            job = Job.objects.select_for_update(skip_locked=True).filter(pk=job_id, status=JobStatus.DRAFT).first()
+            if job is None or not deletion.job_delete(job=job):
                 continue
-            stored = job.source_file
-            name, storage = stored.name, stored.storage
-            job.delete()
-            if name:
-                transaction.on_commit(functools.partial(_remove_stored_file, storage, name))
         deleted.append(job_id)
     if deleted:
         logger.info("deleted %s expired draft(s): %s", len(deleted), deleted)
     return deleted
-
-
-def _remove_stored_file(storage: Storage, name: str) -> None:
-    try:
-        storage.delete(name)
-    except OSError:  # the draft is gone either way; a leftover file is only disk
-        logger.warning("could not delete %s of an expired draft", name, exc_info=True)

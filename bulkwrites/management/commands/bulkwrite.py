@@ -42,7 +42,7 @@ from bulkwrites.models import (
     VerificationStatus,
 )
 from bulkwrites.resources import FORMATS_BY_NAME, export_items
-from bulkwrites.services import audit, control, create, dispatch, notify, schema, sql, tokens, verifying, work
+from bulkwrites.services import audit, control, create, deletion, dispatch, notify, schema, sql, tokens, verifying, work
 from bulkwrites.services.demo import demo_setup
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.streams.consume import recover_stalled_stream_rules
@@ -538,6 +538,9 @@ class Command(BaseCommand):
         expired = work.delete_expired_drafts()
         if expired:
             self.stdout.write(f"deleted {len(expired)} expired draft(s) {expired}")
+        reclaims = deletion.reclaim_stalled_deletions()
+        if reclaims:
+            self.stdout.write(f"re-enqueued the reclaim of {len(reclaims)} deleted job(s) {reclaims}")
         return EXIT_OK
 
     def handle_demo(self, **options: Any) -> int:
