@@ -348,8 +348,9 @@ def stage_in_chunks(
     slices and counters commit in one transaction: a crash loses at most the chunk in progress,
     and staging run again resumes after the last committed position (rows up to it are read
     and passed over, the source being read the same again). ``staged_at`` is set once every row
-    is committed. Returns None, staged or not, when the job stopped being active (paused,
-    cancelled, failed): staging resumes with the job.
+    is committed. Returns None, not staged, when the job stopped being active (paused,
+    cancelled, failed): staging resumes with the job. A draft is staged too (the bench stages
+    one without writers).
     """
     key_schema = KeySchema.from_json(job.key_schema)
     result = StagingResult()
@@ -381,7 +382,7 @@ def stage_in_chunks(
         rows = (row for row in rows if row.position > committed)
     records = converter.convert(((row.position, row.values, row.error), row) for row in rows)
     while chunk := list(islice(records, chunk_rows or COPY_CHUNK_ROWS)):
-        if Job.objects.status_of(job.pk) not in JobStatus.active():
+        if Job.objects.status_of(job.pk) not in (JobStatus.DRAFT, *JobStatus.active()):
             logger.info("job %s: staging stopped (the job is no longer active)", job.pk)
             return None
         seen_before = [

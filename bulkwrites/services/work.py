@@ -102,7 +102,20 @@ class Stager:
         if self._error is not None:
             raise self._error
 
+    def stage_here(self) -> bool:
+        """Stage in the calling thread (no writers); whether the job is staged now."""
+        self.stage_locked()
+        if self._error is not None:
+            raise self._error
+        return Job.objects.filter(pk=self.job_id, staged_at__isnull=False).exists()
+
     def _run(self) -> None:
+        try:
+            self.stage_locked()
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stage_locked(self) -> None:
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_STAGING_LOCK, self.job_id])
@@ -120,7 +133,6 @@ class Stager:
             self._error = exc
         finally:
             self._tried.set()
-            connection.close()  # this thread's own connection
 
     def _stage(self) -> None:
         job = Job.objects.get(pk=self.job_id)
@@ -141,7 +153,12 @@ class Stager:
 
 def job_stage(job: Job) -> bool:
     """Store the job's items if nobody has yet. False when another worker is staging it,
-    or when the source cannot be read (the job then fails with the reason)."""
+    or when the source cannot be read (the job then fails with the reason).
+
+    A job staged while written (:func:`staging.stages_while_writing`) is staged here in chunks,
+    with no writer (the bench's staging way)."""
+    if staging.stages_while_writing(job):
+        return Stager(job.pk).stage_here()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_STAGING_LOCK, job.pk])
