@@ -3,7 +3,9 @@
 Staging streams rows into PostgreSQL with ``COPY`` (never the whole source in memory),
 applies the job's duplicate-key policy in SQL, and cuts the job into slices that workers
 claim. Every source row becomes exactly one item, so the ledger accounts for every row:
-``succeeded + failed + skipped == rows read``.
+``succeeded + failed + skipped == rows read``. A job from a file with the policy ``first`` or
+``last`` is staged in committed chunks that its workers write meanwhile (:func:`stage_in_chunks`);
+others in one transaction (:func:`stage_job`).
 """
 
 from __future__ import annotations
