@@ -211,7 +211,7 @@ def test_a_worker_killed_mid_staging_is_resumed_and_no_row_is_lost_or_doubled(
     make_table: Any, scan: Any, worker_process: Any, tmp_path: Any
 ) -> None:
     table = make_table()
-    count = 80_000
+    count = 50_000
     rows = [(f"k{i:06d}", str(i)) for i in range(count)]
     job = new_job(table, rows)
     fast_recovery = {"BULKWRITES_LEASE_SECONDS": "5", "BULKWRITES_STALL_SECONDS": "5", "BULKWRITES_SWEEP_SECONDS": "3"}
@@ -224,7 +224,7 @@ def test_a_worker_killed_mid_staging_is_resumed_and_no_row_is_lost_or_doubled(
         start_new_session=True,  # its own process group: SIGKILL reaches the forked work horse too
     )
     try:
-        wait_for(lambda: Job.objects.get(pk=job.pk).total_items >= 10_000, timeout=120, interval=0.05, what="staging")
+        wait_for(lambda: Job.objects.get(pk=job.pk).total_items >= 5_000, timeout=120, interval=0.05, what="staging")
         sigkill_worker(victim)
         job.refresh_from_db()
         assert job.staged_at is None, "staging ended before the kill: the test needs a larger file"
