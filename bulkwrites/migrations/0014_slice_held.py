@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("bulkwrites", "0014_job_deleting_since"),
+        ("bulkwrites", "0013_item_payload_apart"),
     ]
 
     operations = [
