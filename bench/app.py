@@ -158,8 +158,7 @@ class Bulkwrites:
         self, csv_path: Path, table: str, *, expected: int, workers: int, concurrency: int, env: dict[str, str]
     ) -> dict[str, Any]:
         """Timed end to end, as ``bulkwrite load`` does it: the file stored as a job and the job
-        started (its worker stages it, writing each chunk as it commits), until the last outcome
-        is recorded."""
+        started (its workers stage it, then write), until the last outcome is recorded."""
         from bulkwrites.services import control, create
 
         processes = self.start_workers(workers, env, f"end-to-end-{table}")

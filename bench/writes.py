@@ -7,7 +7,7 @@
 ``end_to_end``
     What an operator waits for (issue 15, target 1): worker(s) listening, then the clock from
     storing the CSV as a job and starting it, as ``bulkwrite load`` does (the worker stages it,
-    writing each chunk as it commits), until the last outcome is recorded. Compared with ``csv_threads``.
+    then writes), until the last outcome is recorded. Compared with ``csv_threads``.
 """
 
 from __future__ import annotations

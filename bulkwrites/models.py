@@ -668,86 +668,6 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
         """The items, each with its payload (``Item.payload``) fetched in the same statement."""
         return self.annotate(payload_json=payload_of(OuterRef("job_id"), OuterRef("position")))
 
-    def apply_duplicate_policy_to_chunk(
-        self, job_id: int, policy: str, *, first: int, last: int, key_hashes: Sequence[int], code: str
-    ) -> tuple[int, list[int]]:
-        """The policy ``first`` or ``last`` for the chunk of positions ``first..last`` just copied in,
-        while earlier chunks are already being written: (items superseded, positions to hold).
-
-        Only the chunk's valid rows whose key hash is in ``key_hashes`` (the keys staging has seen
-        before, within the chunk or earlier) are looked at; the key itself decides, as in
-        :meth:`apply_duplicate_policy`. ``first``: a row with an earlier valid copy of its key is
-        ``skipped``. ``last``: within the chunk the last copy wins; earlier copies still pending
-        are ``skipped`` (those a writer holds, locked while their outcome is recorded, are left:
-        they are being written), and the chunk's copy is returned to be held in a slice claimed
-        only once every slice before it is done, so it reaches the table after any earlier copy.
-        """
-        if not key_hashes:
-            return 0, []
-        table = Item._meta.db_table
-        copies = f"""
-            SELECT {{agg}}(e.position) FROM {table} AS e
-            WHERE e.job_id = c.job_id AND e.key_hash = c.key_hash AND e.key = c.key AND {{where}}
-        """
-        chunk = "c.job_id = %s AND c.position BETWEEN %s AND %s AND c.status = %s AND c.key_hash = ANY(%s)"
-        with transaction.atomic(), connection.cursor() as cursor:
-            if policy == DuplicatePolicy.FIRST:
-                winner = copies.format(agg="min", where="e.position < c.position AND e.error_code <> %s")
-                cursor.execute(
-                    f"""
-                    UPDATE {table} AS i SET status = %s, error_code = %s,
-                        error_message = 'superseded by row ' || w.winner || ' with the same key (first row wins)'
-                    FROM (SELECT c.id, ({winner}) AS winner FROM {table} AS c WHERE {chunk}) AS w
-                    WHERE i.id = w.id AND w.winner IS NOT NULL
-                    """,
-                    [ItemStatus.SKIPPED, code, CODE_INVALID_ROW, job_id, first, last, ItemStatus.PENDING,
-                     list(key_hashes)],
-                )  # fmt: skip
-                return cursor.rowcount, []
-            later = copies.format(agg="max", where="e.position > c.position AND e.position <= %s AND e.status = %s")
-            cursor.execute(
-                f"""
-                UPDATE {table} AS i SET status = %s, error_code = %s,
-                    error_message = 'superseded by row ' || w.winner || ' with the same key (last row wins)'
-                FROM (SELECT c.id, ({later}) AS winner FROM {table} AS c WHERE {chunk}) AS w
-                WHERE i.id = w.id AND w.winner IS NOT NULL
-                """,
-                [ItemStatus.SKIPPED, code, last, ItemStatus.PENDING, job_id, first, last, ItemStatus.PENDING,
-                 list(key_hashes)],
-            )  # fmt: skip
-            superseded = cursor.rowcount
-            # The chunk's surviving copies of keys that earlier chunks (already released) hold too.
-            cursor.execute(
-                f"""
-                SELECT c.position, c.key_hash, c.key FROM {table} AS c WHERE {chunk}
-                    AND EXISTS (SELECT FROM {table} AS e WHERE e.job_id = c.job_id AND e.key_hash = c.key_hash
-                                AND e.key = c.key AND e.position < %s AND e.error_code <> %s)
-                """,
-                [job_id, first, last, ItemStatus.PENDING, list(key_hashes), first, CODE_INVALID_ROW],
-            )
-            held = [position for position, _, _ in cursor.fetchall()]
-            if held:
-                cursor.execute(
-                    f"""
-                    WITH later AS (
-                        SELECT c.position, c.key_hash, c.key FROM {table} AS c
-                        WHERE c.job_id = %s AND c.position = ANY(%s)
-                    ),
-                    earlier AS (
-                        SELECT e.id, l.position AS winner FROM {table} AS e JOIN later AS l
-                            ON e.key_hash = l.key_hash AND e.key = l.key
-                        WHERE e.job_id = %s AND e.position < %s AND e.status = %s
-                        FOR UPDATE OF e SKIP LOCKED
-                    )
-                    UPDATE {table} AS i SET status = %s, error_code = %s,
-                        error_message = 'superseded by row ' || earlier.winner || ' with the same key (last row wins)'
-                    FROM earlier WHERE i.id = earlier.id
-                    """,
-                    [job_id, held, job_id, first, ItemStatus.PENDING, ItemStatus.SKIPPED, code],
-                )
-                superseded += cursor.rowcount
-            return superseded, held
-
     def apply_duplicate_policy(self, job_id: int, policy: str, *, code: str) -> tuple[int, int]:
         """Mark pending items of a job that share a key: (superseded, rejected).
 
@@ -1062,7 +982,6 @@ class LeasedRangeQuerySet[R: LeasedRange](models.QuerySet[R]):
                 self.select_for_update(skip_locked=True)
                 ._of(owner_id)
                 .filter(done=False)
-                .claimable()
                 .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
                 .order_by("first_position")
                 .first()
@@ -1084,10 +1003,6 @@ class LeasedRangeQuerySet[R: LeasedRange](models.QuerySet[R]):
     def close(self, range_id: int, *, done: bool) -> None:
         """A pass over the range ended: done if every item got an outcome, else handed back."""
         self.filter(pk=range_id).update(done=done, leased_by="", lease_expires_at=None)
-
-    def claimable(self) -> Self:
-        """Ranges a worker may claim now, leases aside (every open range, unless a subclass holds some back)."""
-        return self
 
     def cut(self, owner_id: int, *, first: int, last: int, size: int) -> None:
         """Cut positions ``first..last`` into open ranges of ``size`` (one INSERT ... SELECT)."""
@@ -1126,30 +1041,6 @@ class SliceQuerySet(LeasedRangeQuerySet["Slice"]):
         if bounds["lo"] is not None:
             self.cut(job_id, first=bounds["lo"], last=bounds["hi"], size=slice_size)
 
-    def claimable(self) -> SliceQuerySet:
-        """Open slices, except held ones with an open slice before them (see :attr:`Slice.held`)."""
-        earlier_open = Slice.objects.filter(
-            job_id=OuterRef("job_id"), done=False, first_position__lt=OuterRef("first_position")
-        )
-        return self.filter(Q(held=False) | ~Exists(earlier_open))
-
-    def cut_staged(self, job_id: int, *, first: int, last: int, size: int, held: Sequence[int] = ()) -> None:
-        """Cut one committed chunk of staged positions ``first..last`` into slices of ``size``, the
-        last one ending at ``last`` (the next chunk's slices start after it). Slices holding one of
-        the positions ``held`` are held (:attr:`Slice.held`)."""
-        if last < first:
-            return
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                INSERT INTO {Slice._meta.db_table} (job_id, first_position, last_position, done, leased_by, held)
-                SELECT %s, s, least(s + %s - 1, %s), false, '',
-                       EXISTS (SELECT FROM unnest(%s::bigint[]) AS h(p) WHERE h.p BETWEEN s AND s + %s - 1)
-                FROM generate_series(%s::bigint, %s::bigint, %s::bigint) AS s
-                """,
-                [job_id, size, last, list(held), size, first, last, size],
-            )
-
     def reopen_positions(self, job_id: int, positions: Sequence[int]) -> None:
         """Open again the slices holding these positions (their items are pending again)."""
         condition = Q()
@@ -1176,12 +1067,6 @@ class Slice(LeasedRange):
     """A range of a job's items that one worker claims at a time (lease + SKIP LOCKED)."""
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="slices")
-    # Staging while writing (services.staging.stage_in_chunks): a slice holding a later copy of a
-    # key whose earlier copy was already released is claimed only once no slice before it is
-    # open, so the copies reach the table in source order (duplicate policy "last").
-    held = models.BooleanField(
-        default=False, db_default=False, help_text="claimed only once every slice before it is done"
-    )
 
     objects = SliceQuerySet.as_manager()
 

@@ -60,11 +60,7 @@ def _empty(queue: Any) -> None:
     queue.empty()
     for registry in (queue.failed_job_registry, queue.finished_job_registry):
         for job_id in registry.get_job_ids():
-            try:
-                registry.remove(job_id, delete_job=True)
-            except ValueError:  # a SIGKILLed horse's job, failed by RQ after its execution expired
-                queue.connection.zrem(registry.key, job_id)
-                queue.connection.delete(queue.job_class.key_for(job_id))
+            registry.remove(job_id, delete_job=True)
     # RQ 2's started registry keeps executions and has no remove(): a SIGKILLed work horse leaves
     # its job there until RQ's own cleanup, long after the test.
     started = queue.started_job_registry

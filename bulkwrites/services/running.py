@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, Self, cast
 
 from django.db import connection
-from django.db.models import OuterRef, Q, TextField, Value
+from django.db.models import OuterRef, TextField, Value
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
@@ -286,9 +286,8 @@ def _run_slices(
 ) -> RunReport:
     """Write slice after slice (:func:`stream_slices`); a slice is marked done once the
     outcomes of all its items are recorded."""
-    waiter = SliceWaiter(job.pk, worker=worker, deadline=deadline)
     prefetcher: SlicePrefetcher[Slice, WriteRequest] = SlicePrefetcher(
-        claim=waiter.claim,
+        claim=lambda: Slice.objects.claim(job.pk, worker=worker, lease=lease_duration()),
         read=lambda job_slice: _pending_requests(job, job_slice),
     )
     recorder: OutcomeRecorder[Outcome, CallStats] = OutcomeRecorder(
@@ -337,53 +336,9 @@ def _run_slices(
         report.stopped_by = control.stop_reason or "stopped"
     elif not drained:
         report.stopped_by = "budget"
-    elif waiter.waited_out:
-        report.stopped_by = "waiting"
     else:
         report.finished = retry_database(lambda: finish_if_done(job), what="finishing the job")
     return report
-
-
-class SliceWaiter:
-    """Claims a job's next slice, waiting for one while the job is being staged (or held back).
-
-    Staging while writing (``staging.stage_in_chunks``) releases slices as their chunks commit,
-    so "no slice to claim" means the end of the job only once it is staged and no open slice is
-    left unleased. Until then the claim waits (on the prefetching thread), polling every
-    ``WAIT_POLL_SECONDS``, until the run's deadline or the job stops being active. It gives up
-    at once (``waited_out``: the run ends, and the work horse runs again) when this worker holds
-    an open slice itself: its calls must come back before that slice can close, and a held
-    slice after it may be waiting for exactly that.
-    """
-
-    WAIT_POLL_SECONDS = 0.1
-
-    def __init__(self, job_id: int, *, worker: str, deadline: float, sleep: Callable[[float], None] = time.sleep):
-        self.job_id = job_id
-        self.worker = worker
-        self.deadline = deadline
-        self.sleep = sleep
-        self.waited_out = False
-
-    def claim(self) -> Slice | None:
-        while True:
-            claimed = Slice.objects.claim(self.job_id, worker=self.worker, lease=lease_duration())
-            if claimed is not None:
-                return claimed
-            status, staged_at = Job.objects.filter(pk=self.job_id).values_list("status", "staged_at").first() or (
-                None,
-                None,
-            )
-            if status not in JobStatus.active():
-                return None
-            open_slices = Slice.objects.open().filter(job_id=self.job_id)
-            unleased = open_slices.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=timezone.now()))
-            if staged_at is not None and not unleased.exists():
-                return None  # the end: what is left is under other workers' leases
-            if time.monotonic() >= self.deadline or open_slices.filter(leased_by=self.worker).exists():
-                self.waited_out = True
-                return None
-            self.sleep(self.WAIT_POLL_SECONDS)
 
 
 def _stopped_by(progress: SliceProgress, control: JobControl) -> str:
@@ -626,13 +581,7 @@ def _close_slice(job_id: int, closing: SliceClosing) -> None:
 
 
 def finish_if_done(job: Job) -> bool:
-    """Close the job when it is staged and no slice is open; the conditional UPDATE makes one worker win.
-
-    A job staged while it is written has no open slice whenever its writers caught up with
-    staging: it is done only once ``staged_at`` is set.
-    """
-    if not Job.objects.filter(pk=job.pk, staged_at__isnull=False).exists():
-        return False
+    """Close the job when no slice is open; the conditional UPDATE makes one worker win."""
     if Slice.objects.open().filter(job_id=job.pk).exists():
         return False
     if job.finish():

@@ -3,9 +3,7 @@
 Staging streams rows into PostgreSQL with ``COPY`` (never the whole source in memory),
 applies the job's duplicate-key policy in SQL, and cuts the job into slices that workers
 claim. Every source row becomes exactly one item, so the ledger accounts for every row:
-``succeeded + failed + skipped == rows read``. A job from a file with the policy ``first`` or
-``last`` is staged in committed chunks that its workers write meanwhile (:func:`stage_in_chunks`);
-others in one transaction (:func:`stage_job`).
+``succeeded + failed + skipped == rows read``.
 """
 
 from __future__ import annotations
@@ -20,26 +18,15 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import F, Max, OuterRef
+from django.db.models import OuterRef
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_SUPERSEDED
 from bulkwrites.dynamo.estimates import write_units
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
-from bulkwrites.dynamo.records import Record, RecordConverter
-from bulkwrites.models import (
-    DuplicatePolicy,
-    Item,
-    ItemPayload,
-    ItemStatus,
-    Job,
-    JobStatus,
-    Operation,
-    Slice,
-    SourceKind,
-    payload_of,
-)
+from bulkwrites.dynamo.records import RecordConverter
+from bulkwrites.models import DuplicatePolicy, Item, ItemPayload, ItemStatus, Job, Operation, Slice, payload_of
 from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 
 logger = logging.getLogger(__name__)
@@ -287,158 +274,6 @@ def stage_items(
         job.pk, result.rows, result.invalid, result.superseded, result.rejected_duplicates,
     )  # fmt: skip
     return result
-
-
-# --- staging while writing -------------------------------------------------------------------
-
-# Sources read again row for row the same (positions included) when staging resumes after a crash:
-# a stored file, or an S3 object read If-Match its ETag. A query or a table scan may come back in
-# another order, so those are staged in one transaction, before any write.
-REREADABLE_SOURCES = (SourceKind.FILE, SourceKind.S3)
-# Policies decidable chunk by chunk; "reject" fails every copy of a key, which only the last row
-# read can tell, so a job with it is staged whole before its first write.
-CHUNKED_POLICIES = (DuplicatePolicy.FIRST, DuplicatePolicy.LAST)
-KEYS_SEEN_MIN_BITS = 1 << 20
-KEYS_SEEN_MAX_BITS = 1 << 28  # 32 MB: ~27 bits a row for 10M rows, ~4 % of rows looked up for nothing
-
-
-def stages_while_writing(job: Job) -> bool:
-    """Whether the job is staged in committed chunks that workers write while later rows are read."""
-    return job.source_kind in REREADABLE_SOURCES and job.duplicate_policy in CHUNKED_POLICIES
-
-
-class KeysSeen:
-    """Which key hashes staging has met, as a bitmap: "maybe seen" or "certainly not".
-
-    Only rows whose bit is already set are looked up in the ledger by the duplicate policy (a
-    source without duplicates costs no SQL at all). A set of 10M Python ints would take ~600 MB;
-    the bitmap takes at most 32 MB whatever the size.
-    """
-
-    def __init__(self, bits: int) -> None:
-        size = KEYS_SEEN_MIN_BITS
-        while size < bits and size < KEYS_SEEN_MAX_BITS:
-            size <<= 1
-        self._mask = size - 1
-        self._bits = bytearray(size >> 3)
-
-    @classmethod
-    def for_source(cls, size_bytes: int | None) -> KeysSeen:
-        # A row takes at least ~8 bytes of a file: 2 bits per byte is >= 16 bits a row.
-        return cls(2 * (size_bytes or 0))
-
-    def add(self, key_hash: int) -> bool:
-        """Mark ``key_hash`` seen; whether it (or a hash sharing its bit) was seen before."""
-        bit = key_hash & self._mask
-        byte, flag = bit >> 3, 1 << (bit & 7)
-        seen = self._bits[byte] & flag
-        self._bits[byte] |= flag
-        return bool(seen)
-
-
-def stage_in_chunks(
-    job: Job,
-    rows: Iterable[SourceRow],
-    *,
-    dynamodb_json: bool,
-    progress: StagingProgress | None = None,
-    chunk_rows: int | None = None,
-) -> StagingResult | None:
-    """Stage the job chunk by chunk, each chunk committed with its slices so workers write it at once.
-
-    Each chunk's items, payloads, duplicate decisions (:meth:`ItemQuerySet.apply_duplicate_policy_to_chunk`),
-    slices and counters commit in one transaction: a crash loses at most the chunk in progress,
-    and staging run again resumes after the last committed position (rows up to it are read
-    and passed over, the source being read the same again). ``staged_at`` is set once every row
-    is committed. Returns None, not staged, when the job stopped being active (paused,
-    cancelled, failed): staging resumes with the job. A draft is staged too (the bench stages
-    one without writers).
-    """
-    key_schema = KeySchema.from_json(job.key_schema)
-    result = StagingResult()
-    converter = RecordConverter(
-        key_schema,
-        delete=job.operation == Operation.DELETE,
-        dynamodb_json=dynamodb_json,
-        processes=app_settings().staging_processes,
-    )
-    code = CODE_SUPERSEDED
-    keys_seen = KeysSeen.for_source(job.source_size)
-    committed = Item.objects.filter(job=job).aggregate(last=Max("position"))["last"]
-    if committed is None:
-        with transaction.atomic():
-            Slice.objects.filter(job=job).delete()
-            Job.objects.filter(pk=job.pk).update(
-                total_items=0, succeeded_items=0, failed_items=0, skipped_items=0, last_activity_at=timezone.now()
-            )
-    else:
-        logger.info("job %s: staging resumes after position %s", job.pk, committed)
-        valid = Item.objects.filter(job=job, key_hash__isnull=False).exclude(error_code=CODE_INVALID_ROW)
-        for key_hash in valid.values_list("key_hash", flat=True).iterator(chunk_size=20_000):
-            if key_hash is not None:
-                keys_seen.add(key_hash)
-    if progress is not None:
-        progress.tick(force=True)
-        rows = progress.counted(rows)
-    if committed is not None:
-        rows = (row for row in rows if row.position > committed)
-    records = converter.convert(((row.position, row.values, row.error), row) for row in rows)
-    while chunk := list(islice(records, chunk_rows or COPY_CHUNK_ROWS)):
-        if Job.objects.status_of(job.pk) not in (JobStatus.DRAFT, *JobStatus.active()):
-            logger.info("job %s: staging stopped (the job is no longer active)", job.pk)
-            return None
-        seen_before = [
-            record.key_hash
-            for record, _ in chunk
-            if record.error is None and record.key_hash is not None and keys_seen.add(record.key_hash)
-        ]
-        _commit_chunk(job, chunk, seen_before, code=code, result=result)
-        if progress is not None:
-            progress.tick()
-    if progress is not None:
-        progress.tick(force=True)
-    Job.objects.filter(pk=job.pk, staged_at__isnull=True).update(staged_at=timezone.now())
-    logger.info(
-        "job %s staged while writing: %s rows, %s invalid, %s superseded",
-        job.pk, result.rows, result.invalid, result.superseded,
-    )  # fmt: skip
-    return result
-
-
-def _commit_chunk(
-    job: Job, chunk: list[tuple[Record, SourceRow]], seen_before: list[int], *, code: str, result: StagingResult
-) -> None:
-    now = timezone.now()
-    first, last = chunk[0][0].position, chunk[-1][0].position
-    invalid = 0
-    with transaction.atomic():
-        with Item.objects.copy_in() as copy:
-            for record, row in chunk:
-                if record.error is None:
-                    copy.write_row(
-                        (job.pk, record.position, record.key_json, record.item_json, "", record.size,
-                         record.wire_bytes, ItemStatus.PENDING, 0, "", "", "[]", now, record.key_hash)
-                    )  # fmt: skip
-                else:
-                    invalid += 1
-                    copy.write_row(
-                        (job.pk, record.position, record.key_json, None, _raw(row), 0, 0, ItemStatus.FAILED,
-                         0, CODE_INVALID_ROW, record.error, "[]", now, record.key_hash)
-                    )  # fmt: skip
-        superseded, held = Item.objects.apply_duplicate_policy_to_chunk(
-            job.pk, job.duplicate_policy, first=first, last=last, key_hashes=sorted(set(seen_before)), code=code
-        )
-        Slice.objects.cut_staged(job.pk, first=first, last=last, size=job.slice_size, held=held)
-        # Last, so the job row is locked only for the commit: recorders update it on every flush.
-        Job.objects.filter(pk=job.pk).update(
-            total_items=F("total_items") + len(chunk),
-            failed_items=F("failed_items") + invalid,
-            skipped_items=F("skipped_items") + superseded,
-            last_activity_at=now,
-        )
-    result.rows += len(chunk)
-    result.invalid += invalid
-    result.superseded += superseded
 
 
 def preview_from_ledger(job: Job, *, sample_size: int = 10, max_problems: int = 1000) -> Preview:

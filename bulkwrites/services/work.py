@@ -8,7 +8,6 @@ from PostgreSQL, so a lost RQ job or a flushed Redis costs time, never items.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 from django.db import connection, transaction
@@ -34,129 +33,21 @@ def job_work(job_id: int, *, worker: str) -> str:
     if job is None or job.status not in JobStatus.active():
         return f"job {job_id}: nothing to do ({job.status if job else 'deleted'})"
     if job.staged_at is None:
-        if staging.stages_while_writing(job):
-            return _stage_while_writing(job, worker=worker)
         if not job_stage(job):
             return f"job {job_id}: not staged here"
         if job.workers > 1:
             dispatch.enqueue_run(job_id, copies=job.workers - 1)
     report = running.job_run(job_id, worker=worker)
-    return _after_run(job_id, report)
-
-
-def _after_run(job_id: int, report: running.RunReport) -> str:
-    if report.stopped_by in ("budget", "waiting"):
+    if report.stopped_by == "budget":
         retry_redis(lambda: dispatch.enqueue_run(job_id), what=f"handing job {job_id} over")
     elif report.finished:
         verifying.start_due_verifications(job_id=job_id)
     return f"job {job_id}: {report.items} items in {report.slices} slices, stopped by {report.stopped_by or 'done'}"
 
 
-def _stage_while_writing(job: Job, *, worker: str) -> str:
-    """Stage the job on a thread of this work horse while its writers send what is committed.
-
-    Whoever holds the job's staging lock stages; other workers (the job's extra workers, a
-    duplicated RQ job) only write, waiting for slices while staging goes on. The horse stays
-    until staging ends (a horse that returned would take the thread with it), running again
-    each time a run ends for its budget or for want of committed slices.
-    """
-    stager = Stager(job.pk)
-    if stager.start() and job.workers > 1:
-        dispatch.enqueue_run(job.pk, copies=job.workers - 1)
-    try:
-        report = running.job_run(job.pk, worker=worker)
-        while stager.is_alive() and report.stopped_by in ("budget", "waiting"):
-            report = running.job_run(job.pk, worker=worker)
-    finally:
-        stager.join()
-    return _after_run(job.pk, report)
-
-
-class Stager:
-    """Stages one job (:func:`staging.stage_in_chunks`) on a thread with a connection of its own.
-
-    The job's staging lock is a session lock on that connection: held for the whole staging,
-    across its chunks' transactions, and released by PostgreSQL if the process dies.
-    """
-
-    def __init__(self, job_id: int) -> None:
-        self.job_id = job_id
-        self._locked = threading.Event()
-        self._tried = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="bulkwrites-staging", daemon=True)
-
-    def start(self) -> bool:
-        """Start staging; whether this process holds the staging lock (False: another one stages)."""
-        self._thread.start()
-        self._tried.wait()
-        return self._locked.is_set()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def stage_here(self) -> bool:
-        """Stage in the calling thread (no writers); whether the job is staged now."""
-        self.stage_locked()
-        if self._error is not None:
-            raise self._error
-        return Job.objects.filter(pk=self.job_id, staged_at__isnull=False).exists()
-
-    def _run(self) -> None:
-        try:
-            self.stage_locked()
-        finally:
-            connection.close()  # this thread's own connection
-
-    def stage_locked(self) -> None:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_STAGING_LOCK, self.job_id])
-                locked = cursor.fetchone()[0]
-            if locked:
-                self._locked.set()
-            self._tried.set()
-            if locked:
-                try:
-                    self._stage()
-                finally:
-                    with connection.cursor() as cursor:
-                        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_STAGING_LOCK, self.job_id])
-        except BaseException as exc:  # noqa: BLE001 - raised in the work horse's thread by join()
-            self._error = exc
-        finally:
-            self._tried.set()
-
-    def _stage(self) -> None:
-        job = Job.objects.get(pk=self.job_id)
-        if job.staged_at is not None:
-            return
-        progress = staging.StagingProgress(job.pk)
-        try:
-            with job_source_rows(job, track_bytes=progress.track_bytes) as (rows, dynamodb_json):
-                staging.stage_in_chunks(job, rows, dynamodb_json=dynamodb_json, progress=progress)
-        except (formats.SourceError, JobError) as exc:
-            # Chunks already committed stay: their items were (or are being) written; the rest
-            # of the source never will be, which the job's failure says.
-            if job.fail(CODE_SOURCE_UNREADABLE, str(exc)):
-                notify.job_ended(job)
-        finally:
-            progress.close()
-
-
 def job_stage(job: Job) -> bool:
     """Store the job's items if nobody has yet. False when another worker is staging it,
-    or when the source cannot be read (the job then fails with the reason).
-
-    A job staged while written (:func:`staging.stages_while_writing`) is staged here in chunks,
-    with no writer (the bench's staging way)."""
-    if staging.stages_while_writing(job):
-        return Stager(job.pk).stage_here()
+    or when the source cannot be read (the job then fails with the reason)."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_STAGING_LOCK, job.pk])
