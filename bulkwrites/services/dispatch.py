@@ -17,59 +17,67 @@ def current_queue() -> str:
     return app_settings().queue
 
 
-def enqueue_run(job_id: int, *, copies: int = 1) -> None:
-    """Ask ``copies`` workers to work on the job; django-rq enqueues after the transaction commits."""
+FAILURE_TTL = 7 * 24 * 3600  # a failed RQ job stays a week for the dashboard
+
+
+def enqueue_task(
+    task: str,
+    object_id: int,
+    *,
+    description: str,
+    copies: int = 1,
+    job_timeout: int | None = None,
+    result_ttl: int = 3600,
+) -> None:
+    """Ask ``copies`` workers to run ``bulkwrites.tasks.<task>(object_id)``; django-rq enqueues after the commit.
+
+    The timeout defaults to what a run of slices may take (``run_slice_seconds``) with a margin.
+    """
     queue = django_rq.get_queue(current_queue())
+    timeout = app_settings().run_slice_seconds * 10 + 600 if job_timeout is None else job_timeout
     for _ in range(max(1, copies)):
         queue.enqueue(
-            "bulkwrites.tasks.run_job",
-            job_id,
-            job_timeout=app_settings().run_slice_seconds * 10 + 600,
-            result_ttl=3600,
-            failure_ttl=7 * 24 * 3600,
-            description=f"bulkwrites job {job_id}",
+            f"bulkwrites.tasks.{task}",
+            object_id,
+            job_timeout=timeout,
+            result_ttl=result_ttl,
+            failure_ttl=FAILURE_TTL,
+            description=description,
         )
 
 
+def enqueue_run(job_id: int, *, copies: int = 1) -> None:
+    """Ask ``copies`` workers to work on the job."""
+    enqueue_task("run_job", job_id, copies=copies, description=f"bulkwrites job {job_id}")
+
+
 def enqueue_notification(job_id: int) -> None:
-    """Ask a worker to send a finished job's mail and webhook (after the transaction commits).
+    """Ask a worker to send a finished job's mail and webhook.
 
     Its own RQ job, so a slow mail server or webhook receiver never holds up a writer.
     """
-    django_rq.get_queue(current_queue()).enqueue(
-        "bulkwrites.tasks.notify_job_ended",
+    enqueue_task(
+        "notify_job_ended",
         job_id,
         job_timeout=600,
-        result_ttl=7 * 24 * 3600,
-        failure_ttl=7 * 24 * 3600,
+        result_ttl=FAILURE_TTL,
         description=f"bulkwrites job {job_id}: notifications",
     )
 
 
 def enqueue_reclaim(job_id: int) -> None:
-    """Ask a worker to delete a deleted job's rows (after the transaction commits)."""
-    django_rq.get_queue(current_queue()).enqueue(
-        "bulkwrites.tasks.reclaim_job",
-        job_id,
-        job_timeout=app_settings().run_slice_seconds * 10 + 600,
-        result_ttl=3600,
-        failure_ttl=7 * 24 * 3600,
-        description=f"bulkwrites job {job_id}: reclaim its rows",
-    )
+    """Ask a worker to delete a deleted job's rows."""
+    enqueue_task("reclaim_job", job_id, description=f"bulkwrites job {job_id}: reclaim its rows")
 
 
 def enqueue_verification(verification_id: int, *, copies: int = 1) -> None:
-    """Ask ``copies`` workers to read a verification's items back (after the transaction commits)."""
-    queue = django_rq.get_queue(current_queue())
-    for _ in range(max(1, copies)):
-        queue.enqueue(
-            "bulkwrites.tasks.run_verification",
-            verification_id,
-            job_timeout=app_settings().run_slice_seconds * 10 + 600,
-            result_ttl=3600,
-            failure_ttl=7 * 24 * 3600,
-            description=f"bulkwrites verification {verification_id}",
-        )
+    """Ask ``copies`` workers to read a verification's items back."""
+    enqueue_task(
+        "run_verification",
+        verification_id,
+        copies=copies,
+        description=f"bulkwrites verification {verification_id}",
+    )
 
 
 def redis_connection() -> Any:

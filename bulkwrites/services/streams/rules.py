@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import django_rq
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -40,23 +39,14 @@ def rate_scope(rule_id: int) -> str:
 
 def enqueue_consume(rule_id: int) -> None:
     """Ask a worker to consume the rule's stream (after the transaction commits)."""
-    django_rq.get_queue(dispatch.current_queue()).enqueue(
-        "bulkwrites.tasks.run_stream_rule",
-        rule_id,
-        job_timeout=app_settings().run_slice_seconds * 10 + 600,
-        result_ttl=3600,
-        failure_ttl=7 * 24 * 3600,
-        description=f"bulkwrites stream rule {rule_id}",
-    )
+    dispatch.enqueue_task("run_stream_rule", rule_id, description=f"bulkwrites stream rule {rule_id}")
 
 
 def enqueue_retry(rule_id: int) -> None:
-    django_rq.get_queue(dispatch.current_queue()).enqueue(
-        "bulkwrites.tasks.retry_stream_failures",
+    dispatch.enqueue_task(
+        "retry_stream_failures",
         rule_id,
         job_timeout=3600,
-        result_ttl=3600,
-        failure_ttl=7 * 24 * 3600,
         description=f"bulkwrites stream rule {rule_id}: retry failed writes",
     )
 
