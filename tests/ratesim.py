@@ -214,6 +214,10 @@ def simulate(
                 outcome = Outcomes(1, estimate, refused, share, share * share, consumed, 0.0, latency)
                 if acquired_at is not None:
                     report(outcome, acquired_at, charge_delta(estimate, consumed, throttled=refused > 0))
+                elif refused > 0:
+                    report(Outcomes())  # as JobRateLimiter.record: the calls before, then the refusal
+                    recheck_at = now + recheck
+                    report(outcome)
                 else:
                     if not pending.calls:
                         pending_since = sent_at
@@ -227,7 +231,7 @@ def simulate(
                         0.0,
                         pending.latency + latency,
                     )
-                    if refused > 0 or now >= recheck_at:
+                    if now >= recheck_at:
                         recheck_at = now + recheck
                         report(Outcomes())
             if remaining:

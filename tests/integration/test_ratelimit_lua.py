@@ -169,8 +169,10 @@ def test_refusals_are_weighed_by_their_share(make_job: Any) -> None:
         limits = job.calls(T0 + 0.3, n=11, refused=refused)
         assert limits.event == "cut"
     current = min(POLICY.paced_cap(1000.0), 12 * 25 / 0.3)  # the rate sent, or the cap's pace if lower
-    # Cut to what the table took (1 - the round's share) less 5 % headroom ...
-    assert light.rate(T0 + 0.3) == pytest.approx(current * (1 - 11 * 2 / 12 / 25) * 0.95, rel=1e-6)
+    # Cut to what the table took (1 - the round's share, or what it consumed in the round if
+    # more) less 5 % headroom ...
+    took = max(current * (1 - 11 * 2 / 12 / 25), (25 + 11 * 23) / 0.3)
+    assert light.rate(T0 + 0.3) == pytest.approx(took * 0.95, rel=1e-6)
     # ... but by at most half in one round: a round's take is an estimate.
     assert current * (1 - 11 * 20 / 12 / 25) * 0.95 < current / 2
     assert heavy.rate(T0 + 0.3) == pytest.approx(current / 2, rel=1e-6)
@@ -234,8 +236,8 @@ def test_a_probe_above_the_last_good_rate_ends_at_its_first_refused_item(make_jo
         """A round of 0.25 s sent at the allowed rate; one call of it with one item refused."""
         rate = job.rate(now)
         n = max(POLICY.min_calls, round(rate * 0.25 / 25))
-        job.calls(now + 0.05, n=1, refused=1 if refused else 0, acquired_at=now + 0.01)
-        return str(job.calls(now + 0.25, n=n - 1, acquired_at=now + 0.01).event)
+        first = job.calls(now + 0.05, n=1, refused=1 if refused else 0, acquired_at=now + 0.01).event
+        return str(first or job.calls(now + 0.25, n=n - 1, acquired_at=now + 0.01).event)
 
     now = T0 + 0.25
     assert round_at(now) == ""  # the cut's own test round: nothing refused below the take
@@ -279,15 +281,17 @@ def test_faults_that_answer_a_cut_the_same_way_become_background_and_the_cut_is_
     assert first.event == "cut"
     before = float(job.control()["pre"])
     # At the lower rate (below what the table delivered), a third is still refused: a capacity
-    # limit would refuse nothing there.
-    undo = job.calls(T0 + 0.3, n=20, refused=8, acquired_at=T0 + 0.01)
+    # limit would refuse nothing there. Once could still be a table whose burst ran out during
+    # the cut round (its take overstated): the job cuts again, and tests again.
+    assert job.calls(T0 + 0.3, n=20, refused=8, acquired_at=T0 + 0.01).event == "cut"
+    undo = job.calls(T0 + 0.6, n=12, refused=8, acquired_at=T0 + 0.31)  # at the second cut's rate
     assert undo.event == "undo"
     control = job.control()
     assert float(control["bg"]) == pytest.approx(8 / 25, rel=0.01)
     assert job.rate(T0 + 0.3) == pytest.approx(before, rel=0.01)
     # The same share from now on is background: no more cuts.
     for k in range(10):
-        assert job.calls(T0 + 0.6 + 0.3 * k, n=20, refused=8).event == ""
+        assert job.calls(T0 + 0.9 + 0.3 * k, n=20, refused=8).event == ""
     reason = explain(control, cap=None, allowed=job.rate(T0 + 4), policy=POLICY)
     assert "whatever the rate" in reason
 
@@ -299,7 +303,9 @@ def test_a_capacity_limit_is_not_mistaken_for_background(make_job: Any) -> None:
     # Below what the table took, the refusals end: the cut stands.
     assert job.calls(T0 + 0.3, n=9, refused=0, acquired_at=T0 + 0.01).event == ""
     assert float(job.control().get("bg", 0)) == 0
-    assert job.rate(T0) == pytest.approx(2000 * 0.5, rel=1e-6)  # halved (x0.5 x 0.95 would be deeper)
+    # An unlimited job's first cut goes to the take less headroom: the rate it sent was the
+    # machine's, not one the table took, and halving it would take another round of refusals.
+    assert job.rate(T0) == pytest.approx(2000 * 0.5 * 0.95, rel=1e-6)
 
 
 def test_a_table_whose_burst_ran_out_in_the_cut_round_is_not_taken_for_background(make_job: Any) -> None:
@@ -313,6 +319,75 @@ def test_a_table_whose_burst_ran_out_in_the_cut_round_is_not_taken_for_backgroun
     limits = job.calls(T0 + 0.3, n=20, refused=8, acquired_at=T0 + 0.01)
     assert limits.event == "cut"
     assert float(job.control().get("bg", 0)) == 0
+
+
+def test_a_large_share_found_again_below_one_cut_is_not_yet_background(make_job: Any) -> None:
+    job = make_job()
+    # Unlimited at 5,000 units/s: the table's burst ran out during the round, 32 % refused.
+    assert job.calls(T0, n=200, refused=8, span=1.0).event == "cut"
+    # Below that round's take a third is still refused: the burst overstated the take. Before,
+    # this one test undid the cut and learnt a third as background, and the job ran into the
+    # table from then on (tests/ratesim.py, 30 ms jitter: 36-39 % of calls partly refused).
+    assert job.calls(T0 + 0.3, n=20, refused=8, acquired_at=T0 + 0.01).event == "cut"
+    # At the second cut's rate nothing is refused: a capacity limit, and no background.
+    assert job.calls(T0 + 0.6, n=20, refused=0, acquired_at=T0 + 0.31).event == ""
+    assert float(job.control().get("bg", 0)) == 0
+
+
+def test_an_overshoot_too_small_for_one_round_is_cut_on_the_evidence_of_several(make_job: Any) -> None:
+    job = make_job(cap=1000.0)
+    # Every round of eight calls (0.2 s) has three with one to three items refused: mean share
+    # 3 %, within the noise of eight calls (2.5 standard errors is 3.9 %). Before, each round was
+    # judged alone and the job went on refusing for as long as it ran.
+    shares = [1, 2, 0, 0, 3, 0, 0, 0]
+    event, now = "", T0
+    while now < T0 + POLICY.evidence_window and event != "cut":
+        for refused in shares:
+            now += 0.025
+            event = job.calls(now, n=1, refused=refused, acquired_at=now - 0.01).event or event
+    assert event == "cut"
+    assert now - T0 <= POLICY.evidence_window
+
+
+def test_a_cut_goes_no_lower_than_what_the_table_consumed_in_the_round(make_job: Any) -> None:
+    job = make_job(cap=2000.0)
+    job.calls(T0, n=1, acquired_at=T0)  # the round starts
+    # Calls admitted before the round, still in flight, come back whole: the table spent 100
+    # units on them while the round's own calls arrived ...
+    job.calls(T0 + 0.1, n=4, consumed=100, acquired_at=T0 - 0.1)
+    # ... and refused the round's calls 55 % for it.
+    limits = job.calls(T0 + 0.2, n=8, refused=13.75, acquired_at=T0 + 0.05)
+    assert limits.event == "cut"
+    consumed = 25 + 100 + 8 * 11.25
+    # Cut to what the table consumed in the round, less headroom. Before, to half the rate sent
+    # (the round's own calls' take, 45 % of it, was lower still): 965 -> 482 WCU/s on a 1,000
+    # WCU/s table in a bench run.
+    assert limits.rate == pytest.approx(consumed / 0.2 * 0.95, rel=1e-6)
+
+
+def test_an_unlimited_jobs_first_cut_goes_to_what_the_table_consumed_and_aims_back_up(make_job: Any) -> None:
+    job = make_job()
+    for k in range(4):  # unlimited, a quarter second per report: 4,000 units/s
+        job.calls(T0 + 0.25 * (k + 1), n=40, span=0.25)
+    # The burst runs out: eight calls that were in flight together come back refused over 0.1 s
+    # (their own rate, 1,800 units/s, is a fraction of the 4,000 sent).
+    event, now = "", T0
+    for k in range(8):
+        now = T0 + 1.01 + k * 0.0143
+        event = job.calls(now, n=1, refused=18).event or event
+    assert event == "cut"
+    # The take: what the table consumed in the round (56 units in 0.11 s), but no less than half
+    # of the rate sent before less the round's share (4,000 x 7/25 = 1,120). Cut to it less
+    # headroom; the curve aims back at twice the take, at most half the rate sent before.
+    took = max(56 / 0.11, 4000 * 7 / 25 / 2)
+    control = job.control()
+    assert job.rate(now) == pytest.approx(took * 0.95, rel=0.02)
+    assert float(control["w_max"]) == pytest.approx(min(4000 / 2, 2 * took), rel=0.02)
+    # Most of the way back to that aim within 2 s (CUBIC's concave climb). Before: cut to half of
+    # the 1,800 the round saw, aimed no higher, and from there a linear probe: bench runs cut to
+    # 0.35-0.6 of the table that way and took 10-12 s to find it.
+    assert job.rate(now + 2) >= 0.85 * float(control["w_max"])
+    assert job.rate(now + float(control["k"])) == pytest.approx(float(control["w_max"]), rel=1e-6)
 
 
 def test_calls_sent_before_a_cut_hold_its_test_until_they_are_back(make_job: Any) -> None:
@@ -361,8 +436,23 @@ def test_under_a_capacity_limit_the_table_is_kept_busy_and_rarely_refuses(client
     result = ratesim.simulate(client, ratesim.CapacityTable(1000.0), items=20_000, seed=seed)
     assert result.wcu_per_s >= 0.9 * 1000  # the bench measures the real figure (>= 0.95)
     assert result.throttled_calls <= 0.05 * result.calls
-    # Calls with some items refused too (issue 10: the old rule left 5.4-6.1 % with these seeds).
-    assert result.calls_refused <= 0.05 * result.calls
+    # Calls with some items refused too. The first-cut rule before left 3.5-4.1 % with these
+    # seeds: in this simulator the first round's own rate is right, and halving it was a lucky
+    # cut. The first cut now aims back up at up to twice the table's consumption (in bench runs
+    # the round's own rate was a fraction of the one sent, and cuts to 0.35-0.6 of the table left
+    # 81-90 % of it delivered): here that costs a second cut at the start, 5.4-6.2 %.
+    assert result.calls_refused <= 0.07 * result.calls
+
+
+def test_a_probe_hidden_by_the_burst_does_not_teach_the_capacity_limit_as_background(
+    client: redis_lib.Redis,
+) -> None:
+    # Answers 30 ms late on average: a probe climbed far above the table while its burst hid it,
+    # the cut round's take was overstated, the round below refused the same share, and the
+    # limit was learnt as background: 33.6 % of calls partly refused with this seed, before.
+    result = ratesim.simulate(client, ratesim.CapacityTable(1000.0), items=20_000, seed=0, jitter=0.03)
+    assert result.wcu_per_s >= 0.9 * 1000
+    assert result.calls_refused <= 0.1 * result.calls
 
 
 @pytest.mark.parametrize("seed", [0, 4])

@@ -280,3 +280,17 @@ def test_unlimited_acquire_reports_once_per_round(redis_url: str, job: str) -> N
     assert len(counting.commands) <= calls / 100, counting.commands
     assert set(counting.commands) <= {"EVALSHA", "SCRIPT LOAD", "EVAL"}
     counting.close()
+
+
+def test_a_refusal_is_reported_apart_from_the_whole_calls_before_it(client: redis_lib.Redis, job: str) -> None:
+    limiter = JobRateLimiter(client, job, recheck_seconds=60.0)
+    for _ in range(30):  # unlimited: whole calls gathered for the next report
+        limiter.acquire(25)
+        limiter.record(consumed=25.0)
+    limiter.acquire(25)
+    limiter.record(consumed=5.0, refused=20.0)
+    control = {k.decode(): v.decode() for k, v in client.hgetall(limiter.keys.control).items()}  # type: ignore[union-attr]
+    # The round restarted with the refusal alone. Before, the thirty whole calls came in the same
+    # report and diluted the first refusals with the table's burst: a first cut measured on a
+    # rate the table no longer gave.
+    assert (control["rn"], control["rr"]) == ("1", "20")

@@ -51,7 +51,7 @@ local function probe_rate(ctl, now, c, max_over, min_rate, linear, linear_for)
 end
 
 local CTL_FIELDS = {'mode', 'w_max', 'k', 'epoch', 'sent', 'dlv', 'srtt', 'bg', 'bg_at',
-  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'chk', 'pre', 'e0', 'a0', 'chain'}
+  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'chk', 'pre', 'e0', 'a0', 'chain'}
 
 local function read_ctl(key)
   local raw = redis.call('HMGET', key, unpack(CTL_FIELDS))
@@ -95,7 +95,7 @@ end
 -- RatePolicy.args() in this order, from ARGV[first] on.
 local POLICY_FIELDS = {'burst', 'cap_window', 'c', 'max_over', 'min_rate', 'min_round', 'rtt_rounds',
   'min_calls', 'z', 'headroom', 'floor_fraction', 'floor_window', 'release_after', 'bg_weight',
-  'min_excess', 'linear', 'min_background', 'linear_for', 'chain_cuts'}
+  'min_excess', 'linear', 'min_background', 'linear_for', 'chain_cuts', 'bg_cuts', 'evidence_window'}
 
 local function read_policy(first)
   local p = {}

@@ -148,14 +148,19 @@ class JobRateLimiter:
             delta = charge_delta(estimate, consumed, throttled=refused > 0)
             self._send(outcome, acquired_at=call.acquired_at, delta=delta)
             return
+        if refused > 0:
+            # DynamoDB refused some: the round hears of it now, after the calls that went out
+            # before it and were taken whole. Sent in one report, they diluted the refusal (the
+            # round restarts with it in report.lua) with a quarter second of the table's burst,
+            # and the first cut was measured on a rate the table no longer gives.
+            self._send(Outcomes())
+            self._send(outcome)
+            return
         with self._lock:
             self._pending = _add(self._pending, outcome)
             if self._pending_since is None:
                 self._pending_since = call.started
-        if refused > 0:
-            self._send(Outcomes())  # DynamoDB refused some: the round hears of it now
-        else:
-            self._skip_redis()  # sends the outcomes once per recheck interval
+        self._skip_redis()  # sends the outcomes once per recheck interval
 
     # --- the operator's cap, the job page ---------------------------------------------------------
 
