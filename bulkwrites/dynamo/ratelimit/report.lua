@@ -127,12 +127,7 @@ if ctl.mode ~= 'ctl' and not cap and (ctl.rr or 0) > 0 then
 end
 if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
   local seconds = now - ctl.rs
-  -- Units/s attempted in the round. A round counts the calls admitted in it that are back, so
-  -- they were admitted over its length less a round trip: over the whole round, the rate sent
-  -- came out low by the latency's share (half of it in a round of two round trips at the start,
-  -- where latency is highest), and so did every cut measured from it (bench: a cut to 482 WCU/s
-  -- on a 1,000 WCU/s table, 87 % of it delivered in that run).
-  local sent = ctl.ru / seconds
+  local sent = ctl.ru / seconds  -- units/s attempted in the round
   local n = ctl.rn
   local mean = ctl.rsh / n
   local var = math.max(0, ctl.rsq / n - mean * mean)
@@ -218,7 +213,9 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
     -- rounds' estimate of the rate sent. Calls still in flight at a cut, and items retried after
     -- it, met a table already empty; a round that counted only its own calls saw them refused
     -- and cut far below the table (bench: 965 -> 482 WCU/s on a 1,000 WCU/s table).
-    local took = math.max(current * (1 - excess), (ctl.rc or 0) / seconds)
+    local estimate = current * (1 - excess)
+    local consumed_rate = (ctl.rc or 0) / seconds
+    local took = math.max(estimate, consumed_rate)
     -- At most halve in one round (TCP's decrease): a round's take is an estimate, and a deep
     -- cut on a noisy one costs seconds of climbing back.
     local bound = current * 0.5
@@ -233,8 +230,7 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
       -- against 4.6-6.6 % this way); the consumption of one short round understates it (in the
       -- simulator with 50 ms of answer jitter, 0.23 of the table), which the aim below makes up.
       bound = 0
-      local consumed_rate = (ctl.rc or 0) / seconds
-      if consumed_rate > 0 and consumed_rate < took then took = math.max(consumed_rate, took * 0.5) end
+      if consumed_rate > 0 then took = math.max(consumed_rate, estimate * 0.5) end
     end
     local new = math.max(took * (1 - p.headroom), bound, floor, p.min_rate)
     if new < current then
