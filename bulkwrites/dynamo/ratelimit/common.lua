@@ -51,7 +51,7 @@ local function probe_rate(ctl, now, c, max_over, min_rate, linear, linear_for)
 end
 
 local CTL_FIELDS = {'mode', 'w_max', 'k', 'epoch', 'sent', 'dlv', 'srtt', 'bg', 'bg_at',
-  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'chk', 'pre', 'e0', 'a0', 'chain'}
+  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'chk', 'pre', 'e0', 'a0', 't0', 'chain'}
 
 local function read_ctl(key)
   local raw = redis.call('HMGET', key, unpack(CTL_FIELDS))

@@ -182,7 +182,20 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
     -- while a fault that ignores the rate refuses the same share below cut after cut. Without
     -- this, a random 4 % of every call cut the rate round after round to nothing (the issue's
     -- first finding, for small shares; tests/ratesim.py: not done in 600 s).
-    if significant and alike and below then chain = (ctl.chain or 0) + 1 end
+    -- Which of the two explains the round better: a capacity limit keeps the table's take
+    -- (t0: the cut round's rate x (1 - its share)) and refuses what this round sends beyond it;
+    -- a fault that ignores the rate refuses the cut round's share again. The round's share is
+    -- compared with both predictions. Without this, the calls in flight when a table's burst ran
+    -- out inflated a cut's take, the round below it still refused half the share (0.29 at 1,495
+    -- WCU/s, then 0.15 at 1,190: ~1,000 taken both times), and the capacity limit was learnt as
+    -- background: 49 % of calls partly refused in a bench capacity run. A small share is one
+    -- item more or less in a call, too noisy for this: repetition decides it.
+    local fits = true
+    if e0 >= p.min_background and ctl.t0 and current > 0 then
+      local capacity_share = math.max(0, 1 - ctl.t0 / current)
+      fits = math.abs(excess - e0) < math.abs(excess - capacity_share)
+    end
+    if significant and alike and below and fits then chain = (ctl.chain or 0) + 1 end
     local learnt = (same and e0 >= p.min_background and chain >= p.bg_cuts) or chain >= p.chain_cuts
     if significant and below and learnt then
       bg = bg + (1 - bg) * excess  -- the share that persisted below the table's take
@@ -257,7 +270,7 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
       -- A chain of cuts is tested, and undone, as one: `pre` is the rate before its first cut.
       local pre = current
       if ctl.chk == 1 and ctl.pre then pre = math.max(ctl.pre, current) end
-      set.chk, set.pre, set.e0, set.a0, set.chain = 1, pre, excess, took, chain
+      set.chk, set.pre, set.e0, set.a0, set.t0, set.chain = 1, pre, excess, took, estimate, chain
       event = 'cut'
       set.ev, set.ev_at, set.ev_s, set.ev_bg, set.ev_from, set.ev_to, set.ev_floor =
         'cut', now, mean, bg, current, new, floor
