@@ -257,6 +257,43 @@ def test_a_probe_above_the_last_good_rate_ends_at_its_first_refused_item(make_jo
     assert round_at(now + 0.25, refused=True) == "cut"
 
 
+def test_probes_that_find_the_table_where_the_last_cut_did_come_less_often(make_job: Any) -> None:
+    job = make_job()
+    # Unlimited for a second: 2,000 units/s sent, the table took 80 %.
+    assert job.calls(T0, n=80, refused=5, span=1.0).event == "cut"
+
+    def round_at(now: float, refused: float = 0) -> str:
+        """A round of 0.25 s sent at the allowed rate, ``refused`` of each call refused."""
+        n = max(POLICY.min_calls, round(job.rate(now) * 0.25 / 25))
+        return str(job.calls(now + 0.25, n=n, refused=refused, acquired_at=now + 0.01).event)
+
+    def probe(now: float, refused: float) -> tuple[float, float]:
+        """Rounds with nothing refused until the rate is past w_max, then one that refuses."""
+        while job.rate(now) <= 1.01 * float(job.control()["w_max"]):
+            assert round_at(now) == ""
+            now += 0.25
+        assert round_at(now, refused) == "cut"
+        return now + 0.25, float(job.control()["hold"])
+
+    now, hold = probe(T0 + 0.25, refused=1)  # the table takes 96 % of the probe: ~its last take
+    assert hold == POLICY.hold_first
+    after_cut = job.rate(now)
+    # Held at the cut's rate, then climbing back as before.
+    assert job.rate(now + 0.99 * hold) == pytest.approx(after_cut, rel=1e-9)
+    assert job.rate(now + hold + 0.5) > after_cut
+    cut_at = now
+    now, hold = probe(now, refused=1)
+    assert hold == 2 * POLICY.hold_first
+    k = float(job.control()["k"])
+    assert now - cut_at >= POLICY.hold_first + k  # the probe came that much later
+    for expected in (4.0, 8.0, 8.0):
+        now, hold = probe(now, refused=1)
+        assert hold == min(POLICY.hold_max, expected)
+    # A probe that finds the table elsewhere (40 % refused: it gives less now) starts again.
+    now, hold = probe(now, refused=10)
+    assert hold == 0
+
+
 def test_an_uncapped_job_starts_from_what_it_sent_over_a_round_with_an_empty_bucket(make_job: Any) -> None:
     job = make_job()
     # Before: the first throttle took its base from the consumption seen so far (~0 this early),
@@ -351,7 +388,8 @@ def test_a_share_that_shrinks_as_a_capacity_limit_predicts_is_not_background(mak
     third = job.calls(T0 + 0.6, n=14, refused=3.8, acquired_at=T0 + 0.31)
     assert third.event == "cut"
     assert float(job.control().get("bg", 0)) == 0
-    assert third.rate is not None and third.rate < 1100
+    assert third.rate is not None
+    assert third.rate < 1100
 
 
 def test_an_overshoot_too_small_for_one_round_is_cut_on_the_evidence_of_several(make_job: Any) -> None:

@@ -31,7 +31,7 @@ end
 -- (botocore's adaptive mode clamps at twice the measured rate the same way), never below min_rate.
 local function probe_rate(ctl, now, c, max_over, min_rate, linear, linear_for)
   if ctl.mode ~= 'ctl' then return nil end
-  local t = now - (ctl.epoch or now)
+  local t = now - (ctl.epoch or now) - (ctl.hold or 0)  -- held at the cut's rate, then the curve
   if t < 0 then t = 0 end
   local d = t - (ctl.k or 0)
   local growth = c * d * d * d
@@ -51,7 +51,7 @@ local function probe_rate(ctl, now, c, max_over, min_rate, linear, linear_for)
 end
 
 local CTL_FIELDS = {'mode', 'w_max', 'k', 'epoch', 'sent', 'dlv', 'srtt', 'bg', 'bg_at',
-  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'chk', 'pre', 'e0', 'a0', 't0', 'chain'}
+  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'chk', 'pre', 'e0', 'a0', 't0', 'chain', 'hold'}
 
 local function read_ctl(key)
   local raw = redis.call('HMGET', key, unpack(CTL_FIELDS))
@@ -95,7 +95,8 @@ end
 -- RatePolicy.args() in this order, from ARGV[first] on.
 local POLICY_FIELDS = {'burst', 'cap_window', 'c', 'max_over', 'min_rate', 'min_round', 'rtt_rounds',
   'min_calls', 'z', 'headroom', 'floor_fraction', 'floor_window', 'release_after', 'bg_weight',
-  'min_excess', 'linear', 'min_background', 'linear_for', 'chain_cuts', 'bg_cuts', 'evidence_window'}
+  'min_excess', 'linear', 'min_background', 'linear_for', 'chain_cuts', 'bg_cuts', 'evidence_window',
+  'hold_first', 'hold_max'}
 
 local function read_policy(first)
   local p = {}

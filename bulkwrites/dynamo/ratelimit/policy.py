@@ -49,6 +49,13 @@ class RatePolicy:
     # the run). A rate-independent fault refuses the same share below the second cut as well.
     bg_cuts: int = 2
     evidence_window: float = 2.0  # seconds a round that refused some, not significantly, goes on gathering evidence
+    # A cut that finds the table where the last one did (its take within `headroom` of the last)
+    # holds the rate below it this long before climbing back, doubling cut after cut up to
+    # hold_max; a cut elsewhere starts again from nothing. Each climb ends in a round of refused
+    # calls at the table's limit: bench capacity runs spent 6-8 of them in 20 s, most of the
+    # calls partly refused after the start. A capacity that grows is found hold_max s later.
+    hold_first: float = 1.0
+    hold_max: float = 8.0
 
     def args(self) -> list[float]:
         return [float(x) for x in astuple(self)]

@@ -65,7 +65,7 @@ end
 
 -- Probing: above w_max on the curve, or above the last cut's take where the curve aims higher.
 local probing = ctl.mode == 'ctl'
-  and (now - (ctl.epoch or now) > (ctl.k or 0) or (rate ~= nil and ctl.a0 ~= nil and rate > ctl.a0))
+  and (now - (ctl.epoch or now) - (ctl.hold or 0) > (ctl.k or 0) or (rate ~= nil and ctl.a0 ~= nil and rate > ctl.a0))
 
 local set = {}  -- fields to write
 local event = ''
@@ -204,12 +204,12 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
         -- Found by repetition: every cut of the ratchet was the fault's, and the rate before it
         -- is long gone from the state. Back to the cap, or unlimited: the background is known now,
         -- so only a share beyond it cuts again.
-        set.mode, ctl.mode = 'open', 'open'
+        set.mode, ctl.mode, set.hold, ctl.hold = 'open', 'open', 0, 0
         set.ev, set.ev_at, set.ev_s, set.ev_bg, set.ev_from, set.ev_to = 'undo', now, mean, bg, current, ''
       else
         local back = ctl.pre or current
-        set.mode, set.w_max, set.k, set.epoch, set.sent = 'ctl', back, 0, now, back
-        ctl.mode, ctl.w_max, ctl.k, ctl.epoch, ctl.sent = 'ctl', back, 0, now, back
+        set.mode, set.w_max, set.k, set.epoch, set.sent, set.hold = 'ctl', back, 0, now, back, 0
+        ctl.mode, ctl.w_max, ctl.k, ctl.epoch, ctl.sent, ctl.hold = 'ctl', back, 0, now, back, 0
         set.ev, set.ev_at, set.ev_s, set.ev_bg, set.ev_from, set.ev_to = 'undo', now, mean, bg, current, back
       end
       chain = 0
@@ -265,8 +265,13 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
       end
       local k = 0
       if new < w_max then k = math.pow((1 - new / w_max) / p.c, 1 / 3) end
-      set.mode, set.w_max, set.k, set.epoch = 'ctl', w_max, k, now
-      ctl.mode, ctl.w_max, ctl.k, ctl.epoch = 'ctl', w_max, k, now
+      -- The table where the last cut found it: hold below it longer each time (see RatePolicy).
+      local hold = 0
+      if not first and ctl.a0 and math.abs(took - ctl.a0) <= p.headroom * ctl.a0 then
+        hold = math.min(p.hold_max, math.max(p.hold_first, 2 * (ctl.hold or 0)))
+      end
+      set.mode, set.w_max, set.k, set.epoch, set.hold = 'ctl', w_max, k, now, hold
+      ctl.mode, ctl.w_max, ctl.k, ctl.epoch, ctl.hold = 'ctl', w_max, k, now, hold
       -- A chain of cuts is tested, and undone, as one: `pre` is the rate before its first cut.
       local pre = current
       if ctl.chk == 1 and ctl.pre then pre = math.max(ctl.pre, current) end
@@ -297,8 +302,8 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
   if not decided and not significant and ctl.mode == 'ctl' and now - (ctl.epoch or now) >= p.release_after then
     local probe = probe_rate(ctl, now, p.c, math.huge, p.min_rate, p.linear, p.linear_for)
     if (cap and probe >= paced) or (not cap and probe >= p.max_over * ctl.sent) then
-      set.mode = 'open'
-      ctl.mode = 'open'
+      set.mode, set.hold = 'open', 0
+      ctl.mode, ctl.hold = 'open', 0
       event = 'open'
       set.ev, set.ev_at, set.ev_from = 'open', now, probe
     end

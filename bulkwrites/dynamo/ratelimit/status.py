@@ -86,7 +86,10 @@ def explain(control: Mapping[str, str], *, cap: float | None, allowed: float | N
         )
     if mode == "ctl" and f.get("w_max") and not at_cap:
         if allowed < f["w_max"] * 0.995:
-            parts.append(f"climbing back to {_n(f['w_max'])}")
+            climb = f"climbing back to {_n(f['w_max'])}"
+            if f.get("hold"):
+                climb += f" after {f['hold']:.0f} s held below it (the last cuts found the table at the same rate)"
+            parts.append(climb)
         else:
             parts.append(f"probing above {_n(f['w_max'])}, the last rate the table took")
     return "; ".join(parts)

@@ -45,8 +45,8 @@ def test_the_policy_reaches_lua_in_the_order_common_lua_reads_it() -> None:
     lua_names = re.findall(r"'(\w+)'", block.group(1))
     assert len(lua_names) == len(dataclasses.fields(RatePolicy)) == len(POLICY.args())
     assert lua_names[:3] == ["burst", "cap_window", "c"]
-    assert lua_names[-1] == "evidence_window"
-    assert [f.name for f in dataclasses.fields(RatePolicy)][-1] == "evidence_window"
+    assert lua_names[-1] == "hold_max"
+    assert [f.name for f in dataclasses.fields(RatePolicy)][-1] == "hold_max"
 
 
 def test_keys_share_a_cluster_slot() -> None:
@@ -72,6 +72,10 @@ def test_the_page_says_why_a_cut_rate_is_what_it_is() -> None:
     assert "after DynamoDB refused 6 % of a round's units" in text
     assert "floor 880" in text
     assert text.endswith("climbing back to 1,057")
+    held = explain(control | {"hold": "4"}, cap=None, allowed=1004.0, policy=POLICY)
+    assert held.endswith(
+        "climbing back to 1,057 after 4 s held below it (the last cuts found the table at the same rate)"
+    )
 
 
 def test_the_page_says_when_the_floor_held_and_when_faults_were_told_from_capacity() -> None:
