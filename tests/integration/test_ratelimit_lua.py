@@ -333,6 +333,21 @@ def test_faults_that_answer_a_cut_the_same_way_become_background_and_the_cut_is_
     assert "whatever the rate" in reason
 
 
+def test_a_fault_is_learnt_even_when_a_short_round_measures_a_burst_above_the_cut(make_job: Any) -> None:
+    job = make_job()
+    # Unlimited at 3,000 units/s, 30 % of every call refused whatever the rate (a fault).
+    assert job.calls(T0, n=120, refused=7.5, span=1.0).event == "cut"
+    # Each test round lasts 0.1 s and starts with the bucket's burst: the rate it measures
+    # (2,250 and 2,000/s) is above the cut round's take, while the rate allowed is below it.
+    # Judged on the rate measured, neither round was "below" the take, the chain of cuts that
+    # finds a fault never grew, and the job was cut round after round (to 2-5 WCU/s under the
+    # chaos mix through the fault proxy).
+    assert job.calls(T0 + 0.1001, n=9, refused=7.5, acquired_at=T0 + 0.001).event == "cut"
+    undo = job.calls(T0 + 0.2002, n=8, refused=7.5, acquired_at=T0 + 0.101)
+    assert undo.event == "undo"
+    assert float(job.control()["bg"]) == pytest.approx(0.3, rel=0.01)
+
+
 def test_a_capacity_limit_is_not_mistaken_for_background(make_job: Any) -> None:
     job = make_job()
     # Unlimited for a second: 2,000 units/s sent, the table took half.

@@ -169,10 +169,13 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
     -- (22 % refused) was undone when 30 % was refused below it, and about half of every call
     -- was learnt as "background": seen in bench capacity runs, 55-63 % of calls partly refused.
     local e0 = ctl.e0 or 0
-    -- Sent no more than the table took in the cut round (a0), give or take the headroom: the
-    -- bucket lets a round start with a quarter second's burst, and the rate sent in a short
-    -- round is noisy.
-    local below = sent <= (ctl.a0 or 0) * (1 + p.headroom)
+    -- Sent no more than the table took in the cut round (a0), give or take the headroom. The
+    -- rate the round is judged at is the lower of the rate sent and the rate allowed: the bucket
+    -- lets a round start with a quarter second's burst, and a round of 0.1 s measured up to
+    -- several times the rate allowed. Judged on the rate sent alone, such a round was not
+    -- "below", the chain of cuts that finds a fault restarted, and under the chaos mix a job
+    -- was cut to 2-5 WCU/s for minutes (in-process runs through the fault proxy: one in ~10).
+    local below = current <= (ctl.a0 or 0) * (1 + p.headroom)
     local same = excess >= 0.5 * e0 and excess <= 1.25 * e0
     -- A small share is noisy in a round of a few calls (one item more or less in a call of 25
     -- is 4 points): it must be found again below cut after cut, where a capacity limit's share
