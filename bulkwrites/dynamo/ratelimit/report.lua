@@ -65,7 +65,8 @@ end
 
 -- Probing: above w_max on the curve, or above the last cut's take where the curve aims higher.
 local probing = ctl.mode == 'ctl'
-  and (now - (ctl.epoch or now) - (ctl.hold or 0) > (ctl.k or 0) or (rate ~= nil and ctl.a0 ~= nil and rate > ctl.a0))
+  and (now - (ctl.epoch or now) - (ctl.hold or 0) > (ctl.k or 0)
+    or (rate ~= nil and ctl.a0 ~= nil and rate > ctl.a0))
 
 local set = {}  -- fields to write
 local event = ''
