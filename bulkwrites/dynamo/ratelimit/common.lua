@@ -25,15 +25,19 @@ local function paced_cap(cap, burst, cap_window)
   return cap
 end
 
+-- Seconds along the curve since the last cut: none while the cut's hold lasts (held at the
+-- cut's rate), then the time since.
+local function curve_time(ctl, now)
+  return math.max(0, now - (ctl.epoch or now) - (ctl.hold or 0))
+end
+
 -- The adaptive rate now: CUBIC's curve from the last cut, W(t) = w_max * (1 + c * (t - k)^3),
 -- which climbs back to w_max (the last rate the table took) in k seconds, stays near it, then
 -- probes above it ever faster. Never above `max_over` times the rate calls were actually sent
 -- (botocore's adaptive mode clamps at twice the measured rate the same way), never below min_rate.
 local function probe_rate(ctl, now, c, max_over, min_rate, linear, linear_for)
   if ctl.mode ~= 'ctl' then return nil end
-  local t = now - (ctl.epoch or now) - (ctl.hold or 0)  -- held at the cut's rate, then the curve
-  if t < 0 then t = 0 end
-  local d = t - (ctl.k or 0)
+  local d = curve_time(ctl, now) - (ctl.k or 0)
   local growth = c * d * d * d
   -- Above w_max, linear at `linear` x w_max per second for `linear_for` seconds: a table with
   -- burst capacity hides an overshoot until its burst is spent, and a cubic probe would be far

@@ -65,11 +65,17 @@ end
 
 -- Probing: above w_max on the curve, or above the last cut's take where the curve aims higher.
 local probing = ctl.mode == 'ctl'
-  and (now - (ctl.epoch or now) - (ctl.hold or 0) > (ctl.k or 0)
-    or (rate ~= nil and ctl.a0 ~= nil and rate > ctl.a0))
+  and (curve_time(ctl, now) > (ctl.k or 0) or (rate ~= nil and ctl.a0 ~= nil and rate > ctl.a0))
 
 local set = {}  -- fields to write
 local event = ''
+
+-- A new round from `at`: its sums start from nothing (in the state read and the fields written).
+local ROUND_SUMS = {'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp'}
+local function new_round(at)
+  ctl.rs, set.rs = at, at
+  for _, name in ipairs(ROUND_SUMS) do ctl[name], set[name] = 0, 0 end
+end
 
 -- 3. The round.
 -- Calls count for the round they were admitted in: granted by the bucket since it began, or,
@@ -83,8 +89,7 @@ if calls > 0 and counts then
     -- An unlimited job's first refusals: the round restarts with them. The calls before said
     -- nothing about the table's limit (they went into its burst), and diluting the refusals
     -- with them made the first cut too shallow (another round of refusals at nearly full speed).
-    ctl.rs = now - math.max(span, latency_sum / calls)
-    ctl.rn, ctl.ru, ctl.rr, ctl.rsh, ctl.rsq, ctl.rc, ctl.rp = 0, 0, 0, 0, 0, 0, 0
+    new_round(now - math.max(span, latency_sum / calls))
   end
   ctl.rn = (ctl.rn or 0) + calls
   ctl.ru = (ctl.ru or 0) + units
@@ -113,9 +118,7 @@ elseif calls > 0 and ctl.chk == 1 and (not acquired_at or acquired_at < (ctl.epo
   -- enough) made the round below the cut refuse as much as the cut round: the cut was undone,
   -- a third of every call learnt as "background", and 57-79 % of calls came back partly
   -- refused (tests/ratesim.py with jitter). Calls in flight at a cut are few: this ends.
-  ctl.rs = now
-  ctl.rn, ctl.ru, ctl.rr, ctl.rsh, ctl.rsq, ctl.rc, ctl.rp = 0, 0, 0, 0, 0, 0, 0
-  set.rs, set.rn, set.ru, set.rr, set.rsh, set.rsq, set.rc, set.rp = now, 0, 0, 0, 0, 0, 0, 0
+  new_round(now)
 elseif ctl.rs and consumed > 0 then
   -- What the table took counts whenever the call was admitted: see `took` below.
   ctl.rc = (ctl.rc or 0) + consumed
@@ -312,9 +315,7 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
       set.ev, set.ev_at, set.ev_from = 'open', now, probe
     end
   end
-  if not extend then
-    set.rs, set.rn, set.ru, set.rr, set.rsh, set.rsq, set.rc, set.rp = now, 0, 0, 0, 0, 0, 0, 0
-  end
+  if not extend then new_round(now) end
 end
 
 local flat = {}
