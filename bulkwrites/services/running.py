@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 FLUSH_OUTCOMES = 250  # record at least this often (items), ...
 FLUSH_SECONDS = 0.5  # ... or this often (seconds), whichever comes first
+# A recorder that fell behind records everything already queued in one statement, up to this many
+# outcomes: per statement it pays a round trip and, against 16 call threads, a wait of up to 5 ms
+# for the GIL after each; at 250 outcomes a statement that capped one worker at ~9,000 outcomes/s.
+FLUSH_MAX_OUTCOMES = 5000
 # The rate controller's constants (ratelimit.RatePolicy) follow the standard designs it is
 # built from; make bench's capacity and chaos ways measure them.
 JOB_RATE_POLICY = ratelimit.RatePolicy()
@@ -467,7 +471,8 @@ class OutcomeRecorder[O, T: Stats]:
 
     The dispatch loop only queues outcomes here: waiting ~30 ms for each UPDATE would leave
     the calls idle (measured: a third of a job's time). Outcomes are recorded with one
-    statement per flush (``record``), at least every 250 outcomes or 0.5 s; the run's slice
+    statement per flush (``record``), at least every 250 outcomes or 0.5 s (with whatever else is
+    queued by then, up to 5,000, when the recorder is behind); the run's slice
     leases are renewed (``renew``) with each flush and at least every third of a lease. A
     slice is closed (``close_range``: marked done, audited) only after its outcomes are
     recorded, in queue order. Each of them waits while PostgreSQL is away. ``close()`` waits
@@ -531,6 +536,8 @@ class OutcomeRecorder[O, T: Stats]:
                 stats.add(entry[1])
                 now = time.monotonic()
                 if len(outcomes) >= FLUSH_OUTCOMES or now - flushed_at >= FLUSH_SECONDS:
+                    if len(outcomes) < FLUSH_MAX_OUTCOMES and not self._queue.empty():
+                        continue  # more is queued already: take it into the same statement
                     if self._flush(outcomes, stats) or now - renewed_at >= renew_every:
                         retry_database(self.renew, what="renewing leases")
                         renewed_at = now

@@ -7,6 +7,8 @@ import gc
 import io
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,3 +120,39 @@ def test_the_heap_is_frozen_during_a_run_only() -> None:
     with running.heap_frozen():
         assert gc.get_freeze_count() > before + 1000  # what existed before the run is left out
     assert gc.get_freeze_count() == 0
+
+
+def test_a_recorder_that_fell_behind_records_its_backlog_in_one_statement() -> None:
+    """While one statement is slow, what queues behind it goes out in one, not in many of 250."""
+    from bulkwrites.dynamo.writer import CallStats, Outcome
+
+    statements: list[int] = []
+    slow = threading.Event()
+    closed_after: list[int] = []
+
+    def record(outcomes: list[Outcome], stats: CallStats) -> None:
+        statements.append(len(outcomes))
+        slow.wait(10)
+
+    recorder: running.OutcomeRecorder[Outcome, CallStats] = running.OutcomeRecorder(
+        record=record,
+        renew=lambda: None,
+        close_range=lambda closing: closed_after.append(sum(statements)),
+        new_stats=CallStats,
+    )
+    batch = [Outcome(ref, True, 1) for ref in range(25)]
+    for _ in range(10):
+        recorder.add(batch, CallStats(calls=1))
+    deadline = time.monotonic() + 10
+    while not statements and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert statements == [250]  # the first flush, held up
+
+    for _ in range(100):
+        recorder.add(batch, CallStats(calls=1))
+    recorder.close_slice(object(), stopped_by="")
+    slow.set()
+    recorder.close()
+
+    assert statements == [250, 2500]
+    assert closed_after == [2750]  # the slice closed once all its outcomes were recorded
