@@ -23,6 +23,7 @@ import boto3
 from botocore.config import Config
 from botocore.context import get_context
 
+from .direct import send_batch_writes_directly
 from .http import use_lean_transport
 from .verify import RAW_RESPONSE
 from .writer import CallRequests
@@ -68,6 +69,7 @@ def make_client(
         read_responses_as_json(client)
         build_user_agent_once(client)
         use_lean_transport(client)
+        send_batch_writes_directly(client)
     return client
 
 
