@@ -16,6 +16,7 @@ WAYS = (
     "boto3_batch_writer",
     "threaded_batch_write_item",
     "plain_http",
+    "plain_http_consumed",
     "csv_threads",
     "bulkwrites_1_worker",
     "bulkwrites_2_workers",
@@ -29,6 +30,7 @@ WAY_NAMES = {
     "boto3_batch_writer": "boto3 `batch_writer`, 1 thread",
     "threaded_batch_write_item": "threaded boto3 `batch_write_item` (the SDK's ceiling)",
     "plain_http": "plain HTTP, no SDK, 16 threads (the endpoint's limit)",
+    "plain_http_consumed": "plain HTTP asking ReturnConsumedCapacity=TOTAL, as bulkwrites does",
     "csv_threads": "plain script: `csv` + 16 threads of `batch_write_item`, from the file",
     "bulkwrites_1_worker": "bulkwrites, 1 worker, full ledger (staged beforehand)",
     "bulkwrites_2_workers": "bulkwrites, 2 workers (staged beforehand)",
@@ -105,6 +107,11 @@ def target_rows(results: dict[str, Any], history: list[dict[str, Any]] | None = 
     limit = ratio(median("plain_http"), median("threaded_batch_write_item"))
     if limit is not None:
         rows.append(TargetRow("   (the limit to approach: plain HTTP / threaded boto3)", f"{limit:.2f}x"))
+    limit_consumed = ratio(median("plain_http_consumed"), median("threaded_batch_write_item"))
+    if limit_consumed is not None:
+        rows.append(
+            TargetRow("   (the same limit asking for consumed capacity, as bulkwrites does)", f"{limit_consumed:.2f}x")
+        )
     rows.append(
         floor_row("3. sink: items/s per worker, full ledger", median("sink_bulkwrites_1_worker"), 10_000, "items/s")
     )

@@ -9,7 +9,8 @@ Each write way runs on a fresh PAY_PER_REQUEST table per run (key ``pk`` S), wit
 
 ``bench/plain.py``
     boto3's ``batch_writer``, threaded ``batch_write_item`` (the SDK's ceiling), ``plain_http``
-    (no SDK) and ``csv_threads`` (the hand-written script, from the CSV file).
+    (no SDK), ``plain_http_consumed`` (the same, asking for the consumed capacity as bulkwrites
+    does) and ``csv_threads`` (the hand-written script, from the CSV file).
 ``bench/writes.py``
     bulkwrites with 1 and 2 workers (items staged beforehand), at 4 calls in flight, and
     ``end_to_end`` (from the file, staging included).
@@ -69,6 +70,7 @@ PARTS = (
     "boto3_batch_writer",
     "threaded_batch_write_item",
     "plain_http",
+    "plain_http_consumed",
     "csv_threads",
     "bulkwrites_1_worker",
     "bulkwrites_2_workers",
@@ -100,7 +102,7 @@ def run_ways(bench: Bench) -> dict[str, Any]:
     if not skipped("threaded_batch_write_item", "threaded"):
         plain.measure_threaded(bench)
     if not skipped("plain_http"):
-        plain.measure_plain_http(bench)
+        plain.measure_plain_http(bench, consumed_too=not skipped("plain_http_consumed"))
     if not skipped("csv_threads"):
         plain.measure_csv_threads(bench)
     if not skipped("bulkwrites"):
@@ -147,6 +149,7 @@ def run_ways(bench: Bench) -> dict[str, Any]:
     bench.results["ratios"] = {
         "threaded/batch_writer": ratio(med("threaded_batch_write_item"), med("boto3_batch_writer")),
         "plain_http/threaded": ratio(med("plain_http"), med("threaded_batch_write_item")),
+        "plain_http_consumed/threaded": ratio(med("plain_http_consumed"), med("threaded_batch_write_item")),
         "bulkwrites_1/threaded": ratio(med("bulkwrites_1_worker"), med("threaded_batch_write_item")),
         "bulkwrites_2/threaded": ratio(med("bulkwrites_2_workers"), med("threaded_batch_write_item")),
         "bulkwrites_1_c4/threaded": ratio(med("bulkwrites_1_worker_c4"), med("threaded_batch_write_item")),
