@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 FLUSH_OUTCOMES = 250  # record at least this often (items), ...
 FLUSH_SECONDS = 0.5  # ... or this often (seconds), whichever comes first
 # A recorder that fell behind records everything already queued in one statement, up to this many
-# outcomes: per statement it pays a round trip and, against 16 call threads, a wait of up to 5 ms
-# for the GIL after each; at 250 outcomes a statement that capped one worker at ~9,000 outcomes/s.
+# outcomes. Each statement costs a round trip and then, against 16 call threads, up to 5 ms of
+# waiting for the GIL: at 250 outcomes a statement, that capped one worker at ~9,000 outcomes/s.
 FLUSH_MAX_OUTCOMES = 5000
 # The rate controller's constants (ratelimit.RatePolicy) follow the standard designs it is
 # built from; make bench's capacity and chaos ways measure them.
