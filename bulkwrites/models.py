@@ -605,7 +605,8 @@ def payload_of(job_id: Any, position: Any, *, as_text: bool = False) -> Subquery
     ``as_text``: the JSON text as stored (sent in a call's body as it is, never parsed).
     """
     payload = Subquery(
-        ItemPayload.objects.filter(job_id=job_id, position=position).values("payload")[:1],
+        # At most one row (the primary key): no ordering, which would join the job to each row.
+        ItemPayload.objects.filter(job_id=job_id, position=position).order_by().values("payload")[:1],
         output_field=models.JSONField(),
     )
     return Cast(payload, models.TextField()) if as_text else payload

@@ -109,3 +109,19 @@ def test_the_migration_carries_existing_payloads_over_and_back() -> None:
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_a_payload_is_read_by_its_primary_key_alone() -> None:
+    """The per-row subquery a slice is read with probes ItemPayload's key, joining nothing else:
+    ItemPayload's default ordering (by job) would join the job table once per row."""
+    from django.db.models import OuterRef
+
+    from bulkwrites.models import payload_of
+
+    rows = Item.objects.order_by("position").annotate(
+        item_json=payload_of(OuterRef("job_id"), OuterRef("position"), as_text=True)
+    )
+    sql = str(rows.query)
+
+    assert sql.count("FROM") == 2  # the items, and the payload subquery
+    assert f'"{Job._meta.db_table}"' not in sql
