@@ -27,6 +27,7 @@ from bulkwrites.dynamo.estimates import write_units
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
 from bulkwrites.dynamo.records import RecordConverter
 from bulkwrites.models import DuplicatePolicy, Item, ItemPayload, ItemStatus, Job, Operation, Slice, payload_of
+from bulkwrites.services.errors import JobError
 from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 
 logger = logging.getLogger(__name__)
@@ -262,13 +263,18 @@ def stage_items(
             code=CODE_DUPLICATE_KEY if job.duplicate_policy == DuplicatePolicy.REJECT else CODE_SUPERSEDED,
         )
         Slice.objects.create_for_job(job.pk, slice_size=job.slice_size)
-        Job.objects.filter(pk=job.pk).update(
+        # The job must still be there, and not being deleted (Job.objects hides those): no item
+        # may outlive its job (Item.job has no constraint to say so). This UPDATE locks the row
+        # until commit, so a deletion marks the job only once these rows are there to reclaim.
+        counted = Job.objects.filter(pk=job.pk).update(
             total_items=result.rows,
             succeeded_items=0,
             failed_items=result.invalid + result.rejected_duplicates,
             skipped_items=result.superseded,
             last_activity_at=timezone.now(),
         )
+        if not counted:
+            raise JobError(f"job {job.pk} was deleted while its items were being staged")
     logger.info(
         "job %s staged: %s rows, %s invalid, %s superseded, %s rejected duplicates",
         job.pk, result.rows, result.invalid, result.superseded, result.rejected_duplicates,

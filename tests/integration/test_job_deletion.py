@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +31,7 @@ from bulkwrites.models import (
     VerificationStatus,
 )
 from bulkwrites.services import deletion, running, staging
+from bulkwrites.services.errors import JobError
 from bulkwrites.sources.rows import SourceRow
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -150,6 +153,36 @@ def test_a_second_reclaimer_of_the_same_job_stands_aside() -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [deletion._RECLAIM_LOCK, job.pk])
     assert deletion.job_reclaim(job.pk) is True
+
+
+def test_a_job_deleted_while_its_items_are_staged_keeps_none_of_them() -> None:
+    """Items have no constraint on their job (it cost staging a lookup per row): staging checks
+    the job as it ends, and a job deleted meanwhile gets none of its rows."""
+    job = Job.objects.create(table_name="t", key_schema=PK_S, source_kind=SourceKind.FILE)
+    deleted: list[list[int]] = []
+
+    def delete_elsewhere() -> None:  # another session, as the admin or the drafts' sweeper would
+        from django.db import connection as thread_connection
+
+        try:
+            deleted.append(deletion.jobs_delete(job_ids=[job.pk]))
+        finally:
+            thread_connection.close()
+
+    def rows() -> Iterator[SourceRow]:
+        for n in range(1, 5001):
+            if n == 2500:
+                thread = threading.Thread(target=delete_elsewhere)
+                thread.start()
+                thread.join(timeout=30)
+                assert deleted == [[job.pk]]  # the mark did not wait for staging: it holds no lock yet
+            yield SourceRow(n, {"pk": f"k{n}"})
+
+    with pytest.raises(JobError, match="deleted while its items were being staged"):
+        staging.stage_job(job, rows(), dynamodb_json=False)
+
+    assert deletion.job_reclaim(job.pk) is True
+    assert set(rows_of(job.pk).values()) == {0}
 
 
 def test_a_writer_on_a_deleted_job_stops_and_its_verifications_are_cancelled() -> None:
