@@ -13,6 +13,10 @@ import itertools
 import json
 import logging
 import multiprocessing
+import os
+import select
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -120,7 +124,10 @@ class RecordConverter:
                 yield from zip(self._convert([r for r, _ in chunk]), (c for _, c in chunk), strict=True)
             return
         context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=self.processes, mp_context=context) as pool:
+        pool = ProcessPoolExecutor(
+            max_workers=self.processes, mp_context=context, initializer=exit_with, initargs=(os.getpid(),)
+        )
+        with pool:
             in_flight: deque[tuple[Future[list[Record]] | None, list[RowInput], list[T]]] = deque()
             waiting: Iterator[list[tuple[RowInput, T]]] = itertools.chain([first], chunks)
             broken = False
@@ -156,6 +163,42 @@ class RecordConverter:
 
     def _convert(self, chunk: list[RowInput]) -> list[Record]:
         return convert_rows(chunk, self.key_schema, delete=self.delete, dynamodb_json=self.dynamodb_json)
+
+
+def exit_with(pid: int) -> None:
+    """Run in each conversion process: exit as soon as process ``pid`` (the staging one) has.
+
+    A conversion process waits on its pool's queue, whose write end it holds itself (the queue
+    came to it whole), so it never reads an end of file when the staging process dies; nor does
+    the forkserver it was forked from, which lives as long as any of its children. A SIGKILLed
+    work horse (RQ's timeout, the OOM killer, an operator) left all three sleeping for good. A
+    daemon thread waits for the staging process to exit (a pidfd: no pid reuse to fool it),
+    then ends this one; the forkserver follows once its last child is gone.
+    """
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or already gone: look once a second
+        handle = None
+
+    def watch() -> None:
+        if handle is not None:
+            select.select([handle], [], [])
+        else:
+            while _alive(pid):
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=f"exit-with-{pid}", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _chunks[R](rows: Iterable[R], size: int) -> Iterator[list[R]]:

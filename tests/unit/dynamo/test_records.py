@@ -104,3 +104,72 @@ def test_records_carry_the_key_hash_also_for_rows_that_cannot_be_sent() -> None:
     assert json.loads(bad_price.key_json) == {"pk": {"S": "k2"}, "sk": {"N": "2"}}
     assert bad_price.key_hash == key_hash({"pk": {"S": "k2"}, "sk": {"N": "2"}})
     assert (no_key.key_json, no_key.key_hash) == (None, None)
+
+
+CONVERTING_FOREVER = """
+import sys, time
+from bulkwrites.dynamo.items import KeyAttribute, KeySchema
+from bulkwrites.dynamo.records import RecordConverter
+
+def rows():
+    n = 0
+    while True:
+        n += 1
+        yield (n, {"pk": f"k{n}"}, None), None
+
+schema = KeySchema((KeyAttribute("pk", "S", "HASH"),))
+converter = RecordConverter(schema, delete=False, dynamodb_json=False, processes=2, chunk_rows=50)
+for record, _ in converter.convert(rows()):
+    if record.position == 1000:
+        print("converting", flush=True)
+        time.sleep(600)  # the pool stays up, its processes waiting for chunks
+"""
+
+
+def children_of(pids: set[int]) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent in pids:
+                found.add(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="walks /proc to find the conversion processes")
+def test_conversion_processes_exit_when_the_staging_process_is_killed() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    staging = subprocess.Popen([sys.executable, "-c", CONVERTING_FOREVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert staging.stdout is not None
+        assert staging.stdout.readline().strip() == "converting"
+        helpers = children_of({staging.pid})  # the forkserver, and multiprocessing's resource tracker
+        converters = children_of(helpers)
+        assert len(converters) == 2  # what the test is about is running
+    finally:
+        staging.send_signal(signal.SIGKILL)  # no cleanup of its own: as RQ's timeout or the OOM killer
+        staging.wait()
+    left = helpers | converters
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = {pid for pid in left if os.path.exists(f"/proc/{pid}") and not _zombie(pid)}
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"still running after the staging process was killed: {sorted(left)}"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
