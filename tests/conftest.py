@@ -72,9 +72,15 @@ def _empty(queue: Any) -> None:
 @pytest.fixture
 def rq_queue() -> Iterator[Any]:
     import django_rq
+    from rq import Worker
 
     queue = django_rq.get_queue(TEST_QUEUE)
     _empty(queue)
+    # A worker an earlier test SIGKILLed stays registered until its heartbeat expires, and a
+    # page test counting the queue's live workers saw it (order-dependent: `-k "stag or kill"`).
+    # No test's worker runs yet here: any registered on this session's queue is left over.
+    for worker in Worker.all(queue=queue):
+        worker.register_death()
     yield queue
     _empty(queue)
 
