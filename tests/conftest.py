@@ -80,7 +80,7 @@ def rq_queue() -> Iterator[Any]:
     # page test counting the queue's live workers saw it (order-dependent: `-k "stag or kill"`).
     # No test's worker runs yet here: any registered on this session's queue is left over.
     for worker in Worker.all(queue=queue):
-        worker.register_death()
+        worker.register_death()  # type: ignore[no-untyped-call]  # RQ leaves it unannotated
     yield queue
     _empty(queue)
 

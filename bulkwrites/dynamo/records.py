@@ -124,10 +124,9 @@ class RecordConverter:
                 yield from zip(self._convert([r for r, _ in chunk]), (c for _, c in chunk), strict=True)
             return
         context = multiprocessing.get_context("forkserver")
-        pool = ProcessPoolExecutor(
+        with ProcessPoolExecutor(
             max_workers=self.processes, mp_context=context, initializer=exit_with, initargs=(os.getpid(),)
-        )
-        with pool:
+        ) as pool:
             in_flight: deque[tuple[Future[list[Record]] | None, list[RowInput], list[T]]] = deque()
             waiting: Iterator[list[tuple[RowInput, T]]] = itertools.chain([first], chunks)
             broken = False
@@ -196,8 +195,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's process: alive
+        pass
     return True
 
 

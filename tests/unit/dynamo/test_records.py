@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 
+from bench.common import descendants
 from bulkwrites.dynamo.items import KeyAttribute, KeySchema, item_size
 from bulkwrites.dynamo.records import Record, RecordConverter, convert_rows
 
@@ -126,38 +131,19 @@ for record, _ in converter.convert(rows()):
 """
 
 
-def children_of(pids: set[int]) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if parent in pids:
-                found.add(int(entry))
-    return found
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="walks /proc to find the conversion processes")
 def test_conversion_processes_exit_when_the_staging_process_is_killed() -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
     staging = subprocess.Popen([sys.executable, "-c", CONVERTING_FOREVER], stdout=subprocess.PIPE, text=True)
     try:
         assert staging.stdout is not None
         assert staging.stdout.readline().strip() == "converting"
-        helpers = children_of({staging.pid})  # the forkserver, and multiprocessing's resource tracker
-        converters = children_of(helpers)
-        assert len(converters) == 2  # what the test is about is running
+        # the forkserver, the 2 conversion processes it forked, multiprocessing's resource tracker
+        below = set(descendants(staging.pid))
+        assert len(below) >= 3  # what the test is about is running
     finally:
         staging.send_signal(signal.SIGKILL)  # no cleanup of its own: as RQ's timeout or the OOM killer
         staging.wait()
-    left = helpers | converters
+    left = below
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         left = {pid for pid in left if os.path.exists(f"/proc/{pid}") and not _zombie(pid)}
