@@ -35,6 +35,7 @@ from django.db.models import Exists, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
+from bulkwrites import ledger_copy
 from bulkwrites.dynamo import verify
 from bulkwrites.dynamo.backoff import Backoff
 from bulkwrites.dynamo.batching import MAX_REQUESTS_PER_CALL
@@ -650,20 +651,23 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
     def copy_in(self) -> Iterator[ItemCopy]:
         """``COPY ... FROM STDIN`` into the items table, then into their payloads' (:class:`ItemPayload`).
 
-        Rows as :data:`ItemCopy.COLUMNS`. One connection runs one COPY at a time: the payloads of
-        the rows written are kept (references to the caller's strings, not copies) and copied
-        when the items' COPY has ended.
+        Items as :data:`ledger_copy.ITEM_COLUMNS`, as rows or as COPY text. One connection runs
+        one COPY at a time: the payloads written are kept (references to the caller's strings,
+        not copies) and copied when the items' COPY has ended.
         """
-        columns = ", ".join(column for column in ItemCopy.COLUMNS if column != "payload")
-        payloads: list[tuple[Any, Any, Any]] = []
+        payloads: list[tuple[Any, Any, Any] | str] = []
         with connection.cursor() as cursor:
+            columns = ", ".join(ledger_copy.ITEM_COLUMNS)
             with cursor.cursor.copy(f"COPY {Item._meta.db_table} ({columns}) FROM STDIN") as copy:
                 yield ItemCopy(copy, payloads)
             if payloads:
-                table = ItemPayload._meta.db_table
-                with cursor.cursor.copy(f"COPY {table} (job_id, position, payload) FROM STDIN") as copy:
-                    for row in payloads:
-                        copy.write_row(row)
+                table, columns = ItemPayload._meta.db_table, ", ".join(ledger_copy.PAYLOAD_COLUMNS)
+                with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                    for payload in payloads:
+                        if isinstance(payload, str):
+                            copy.write(payload)
+                        else:
+                            copy.write_row(payload)
 
     def with_payload(self) -> ItemQuerySet:
         """The items, each with its payload (``Item.payload``) fetched in the same statement."""
@@ -825,26 +829,24 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
 
 
 class ItemCopy:
-    """Rows for :meth:`ItemQuerySet.copy_in`, in the order of ``COLUMNS``."""
+    """Items for :meth:`ItemQuerySet.copy_in`: rows in the order of ``ledger_copy.ITEM_COLUMNS``, or COPY text."""
 
-    COLUMNS: ClassVar[tuple[str, ...]] = (
-        "job_id", "position", "key", "payload", "raw", "size", "wire_bytes", "status", "attempts",
-        "error_code", "error_message", "history", "updated_at", "key_hash",
-    )  # fmt: skip
-
-    _PAYLOAD = COLUMNS.index("payload")
-
-    def __init__(self, copy: Any, payloads: list[tuple[Any, Any, Any]]) -> None:
+    def __init__(self, copy: Any, payloads: list[tuple[Any, Any, Any] | str]) -> None:
         self._copy = copy
         self._payloads = payloads
 
-    def write_row(self, row: Sequence[Any]) -> None:
-        """One item; its payload (None for a row that could not be read) goes to :class:`ItemPayload`."""
-        at = self._PAYLOAD
-        payload = row[at]
+    def write_row(self, row: Sequence[Any], payload: str | None = None) -> None:
+        """One item; its payload (none for a row that cannot be sent) goes to :class:`ItemPayload`."""
         if payload is not None:
             self._payloads.append((row[0], row[1], payload))
-        self._copy.write_row((*row[:at], *row[at + 1 :]))
+        self._copy.write_row(row)
+
+    def write_text(self, items: str, payloads: str) -> None:
+        """Items, and their payloads, already in COPY's text format (``ledger_copy.PendingRows``)."""
+        if items:
+            self._copy.write(items)
+        if payloads:
+            self._payloads.append(payloads)
 
 
 class Item(models.Model):

@@ -18,7 +18,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple, TypeVar
@@ -28,6 +28,7 @@ from .items import KeySchema, key_hash, prepare_item
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 # (position, cells or None when the row could not be read, why it could not be read)
 RowInput = tuple[int, Mapping[str, Any] | None, str | None]
@@ -92,6 +93,18 @@ def convert_rows(rows: Iterable[RowInput], key_schema: KeySchema, *, delete: boo
     return records
 
 
+def records_as_they_are(records: list[Record]) -> list[Record]:
+    """The pack of :meth:`RecordConverter.convert`: the records themselves."""
+    return records
+
+
+def convert_and_pack[P](
+    rows: list[RowInput], key_schema: KeySchema, *, delete: bool, dynamodb_json: bool, pack: Callable[[list[Record]], P]
+) -> P:
+    """What a conversion process does with one chunk."""
+    return pack(convert_rows(rows, key_schema, delete=delete, dynamodb_json=dynamodb_json))
+
+
 class RecordConverter:
     """Converts a stream of rows in chunks, in ``processes`` worker processes, results in order.
 
@@ -115,19 +128,33 @@ class RecordConverter:
         self.chunk_rows = chunk_rows
 
     def convert(self, rows: Iterable[tuple[RowInput, T]]) -> Iterator[tuple[Record, T]]:
+        """Each row's record with its companion, in order."""
+        for records, companions in self.convert_chunks(rows, records_as_they_are):
+            yield from zip(records, companions, strict=True)
+
+    def convert_chunks(
+        self, rows: Iterable[tuple[RowInput, T]], pack: Callable[[list[Record]], P]
+    ) -> Iterator[tuple[P, list[T]]]:
+        """Each chunk's records as ``pack`` made them, with the chunk's companions, in order.
+
+        ``pack`` runs where the chunk was converted, usually a conversion process, so that what
+        the caller does with each record (formatting it for a COPY, say) is done there too and
+        only its result crosses back. It must pickle (a module-level function, or an instance of
+        a module-level class) and import nothing that needs Django settings.
+        """
         chunks = _chunks(rows, self.chunk_rows)
         first = next(chunks, None)
         if first is None:
             return
         if self.processes <= 0 or len(first) < self.chunk_rows:
             for chunk in itertools.chain([first], chunks):
-                yield from zip(self._convert([r for r, _ in chunk]), (c for _, c in chunk), strict=True)
+                yield pack(self._convert([r for r, _ in chunk])), [c for _, c in chunk]
             return
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(
             max_workers=self.processes, mp_context=context, initializer=exit_with, initargs=(os.getpid(),)
         ) as pool:
-            in_flight: deque[tuple[Future[list[Record]] | None, list[RowInput], list[T]]] = deque()
+            in_flight: deque[tuple[Future[P] | None, list[RowInput], list[T]]] = deque()
             waiting: Iterator[list[tuple[RowInput, T]]] = itertools.chain([first], chunks)
             broken = False
             while True:
@@ -137,11 +164,12 @@ class RecordConverter:
                     if not broken:
                         try:
                             future = pool.submit(
-                                convert_rows,
+                                convert_and_pack,
                                 inputs,
                                 self.key_schema,
                                 delete=self.delete,
                                 dynamodb_json=self.dynamodb_json,
+                                pack=pack,
                             )
                         except BrokenProcessPool:
                             broken = True
@@ -150,15 +178,15 @@ class RecordConverter:
                     return
                 future, inputs, companions = in_flight.popleft()
                 try:
-                    records = self._convert(inputs) if future is None else future.result()
+                    packed = pack(self._convert(inputs)) if future is None else future.result()
                 except BrokenProcessPool:
                     # A worker died (killed, out of memory, or it could not start here): the
                     # rest is converted in this process, more slowly, but nothing is lost.
                     logger.warning("staging: conversion processes failed; converting in the staging process")
                     broken = True
-                    records = self._convert(inputs)
+                    packed = pack(self._convert(inputs))
                     in_flight = deque((None, i, c) for _, i, c in in_flight)
-                yield from zip(records, companions, strict=True)
+                yield packed, companions
 
     def _convert(self, chunk: list[RowInput]) -> list[Record]:
         return convert_rows(chunk, self.key_schema, delete=self.delete, dynamodb_json=self.dynamodb_json)

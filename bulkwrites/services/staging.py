@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
@@ -26,6 +25,7 @@ from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_
 from bulkwrites.dynamo.estimates import write_units
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
 from bulkwrites.dynamo.records import RecordConverter
+from bulkwrites.ledger_copy import CopyChunk, PendingRows
 from bulkwrites.models import DuplicatePolicy, Item, ItemPayload, ItemStatus, Job, Operation, Slice, payload_of
 from bulkwrites.services.errors import JobError
 from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
@@ -235,23 +235,22 @@ def stage_items(
         if progress is not None:
             progress.tick(force=True)
             rows = progress.counted(rows)
-        records = converter.convert(((row.position, row.values, row.error), row) for row in rows)
-        # COPY in chunks: a source that reads from this same connection (a queryset's
-        # server-side cursor) fetches between two COPYs, never during one.
-        while chunk := list(islice(records, COPY_CHUNK_ROWS)):
+        chunks = converter.convert_chunks(
+            (((row.position, row.values, row.error), row) for row in rows),
+            PendingRows(job.pk, ItemStatus.PENDING.value, now.isoformat()),
+        )
+        # COPY a few chunks at a time: a source that reads from this same connection (a
+        # queryset's server-side cursor) fetches between two COPYs, never during one.
+        while batch := _chunks_of_rows(chunks, COPY_CHUNK_ROWS):
             with Item.objects.copy_in() as copy:
-                for record, row in chunk:
-                    result.rows += 1
-                    if record.error is None:
-                        copy.write_row(
-                            (job.pk, record.position, record.key_json, record.item_json, "", record.size,
-                             record.wire_bytes, ItemStatus.PENDING, 0, "", "", "[]", now, record.key_hash)
-                        )  # fmt: skip
-                    else:
+                for packed, source_rows in batch:
+                    result.rows += packed.rows
+                    copy.write_text(packed.items, packed.payloads)
+                    for index, record in packed.invalid:
                         result.invalid += 1
                         copy.write_row(
-                            (job.pk, record.position, record.key_json, None, _raw(row), 0, 0, ItemStatus.FAILED,
-                             0, CODE_INVALID_ROW, record.error, "[]", now, record.key_hash)
+                            (job.pk, record.position, record.key_json, _raw(source_rows[index]), 0, 0,
+                             ItemStatus.FAILED, 0, CODE_INVALID_ROW, record.error, "[]", now, record.key_hash)
                         )  # fmt: skip
             if progress is not None:
                 progress.tick()
@@ -280,6 +279,19 @@ def stage_items(
         job.pk, result.rows, result.invalid, result.superseded, result.rejected_duplicates,
     )  # fmt: skip
     return result
+
+
+type _Packed = tuple[CopyChunk, list[SourceRow]]
+
+
+def _chunks_of_rows(chunks: Iterator[_Packed], rows: int) -> list[_Packed]:
+    """The next chunks, together at least ``rows`` rows (fewer at the end of the source)."""
+    taken: list[_Packed] = []
+    count = 0
+    while count < rows and (chunk := next(chunks, None)) is not None:
+        taken.append(chunk)
+        count += chunk[0].rows
+    return taken
 
 
 def preview_from_ledger(job: Job, *, sample_size: int = 10, max_problems: int = 1000) -> Preview:

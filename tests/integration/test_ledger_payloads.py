@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
 
+from bulkwrites.dynamo.items import key_hash
 from bulkwrites.dynamo.writer import CallStats, Outcome
 from bulkwrites.models import Item, ItemPayload, ItemStatus, Job, SourceKind
 from bulkwrites.resources import export_items
@@ -41,6 +43,20 @@ def test_staging_writes_each_readable_rows_payload_apart_from_its_item() -> None
     assert stored == {1: {"pk": {"S": "a"}, "n": {"N": "1"}}, 3: {"pk": {"S": "c"}, "n": {"N": "3"}}}
     a, b, c = Item.objects.filter(job=job).order_by("position")
     assert (a.payload, b.payload, c.payload) == (stored[1], None, stored[3])  # the unreadable row has none
+
+
+def test_what_copy_text_must_escape_reaches_the_ledger_as_it_was() -> None:
+    # Staging writes pending items as COPY text it builds itself (ledger_copy.PendingRows): a
+    # backslash, tab, line break or "\\N" that were not escaped would shift or end a field.
+    awkward = 'a\\b\tc\nd\r\ne \\N \\t \\\\ "q" é 😀'
+    job = staged_job([{"pk": awkward, "v": awkward + "!"}, {"pk": "bad\t\\row", "n:N": "x\ty"}])
+
+    good, bad = Item.objects.filter(job=job).order_by("position").with_payload()
+    assert good.key == {"pk": {"S": awkward}}
+    assert good.payload == {"pk": {"S": awkward}, "v": {"S": awkward + "!"}}
+    assert (good.status, good.key_hash) == (ItemStatus.PENDING, key_hash({"pk": {"S": awkward}}))
+    assert good.wire_bytes == len(json.dumps(good.payload, ensure_ascii=False, separators=(",", ":")).encode())
+    assert (bad.status, bad.key, bad.payload) == (ItemStatus.FAILED, {"pk": {"S": "bad\t\\row"}}, None)
 
 
 def test_recording_outcomes_leaves_payloads_alone_and_counts_each_item_once() -> None:
