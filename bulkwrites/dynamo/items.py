@@ -620,6 +620,32 @@ def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
 
 def validate_item(item: Mapping[str, Mapping[str, Any]], key_schema: KeySchema) -> int:
     """Check an item against the key schema and the size limit; return its size in bytes."""
+    try:
+        return _checked_size(item, key_schema)
+    except UnicodeEncodeError:  # sizing encodes every name and text as UTF-8
+        raise ItemError(_not_unicode(item)) from None
+
+
+def _not_unicode(item: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why an item whose text cannot be encoded as UTF-8 cannot be sent: a lone surrogate.
+
+    Python's JSON readers turn an escape such as ``"\\ud800"`` with no partner into a string
+    holding half a UTF-16 pair. That is no Unicode text: DynamoDB, which stores UTF-8, refuses
+    it, and so would PostgreSQL, so the row fails here with the attribute named.
+    """
+    for name, value in item.items():
+        try:
+            attribute_size(name, value)
+        except UnicodeEncodeError as exc:
+            char = exc.object[exc.start]
+            return (
+                f"attribute {name!r} holds a lone surrogate (U+{ord(char):04X}), half of a UTF-16 pair, as an "
+                f"unpaired JSON escape \\u{ord(char):04x} writes; it is not Unicode text and DynamoDB cannot store it"
+            )
+    return "the item holds text that is not valid Unicode"
+
+
+def _checked_size(item: Mapping[str, Mapping[str, Any]], key_schema: KeySchema) -> int:
     for attribute in key_schema.attributes:
         if attribute.name not in item:
             raise ItemError(f"missing key attribute {attribute.name!r} ({attribute.type})")

@@ -88,3 +88,34 @@ def test_a_json_array_loads_in_every_process(
     items = {item["pk"]["S"]: item for item in scan(table)}
     assert len(items) == 3000
     assert items["k0001234"] == {"pk": {"S": "k0001234"}, "n": {"N": "34"}, "v": {"S": "ab"}}
+
+
+LONE_SURROGATES = b'{"pk": "a", "v": "ok"}\n{"pk": "b", "v": "x\\ud800y"}\n{"pk": "c\\udfff"}\n{"pk": "d"}\n'
+
+
+def test_a_lone_surrogate_fails_its_row_with_the_attribute_named_everywhere(
+    admin_client_tx: Any, make_table: Any, run_worker: Any, scan: Any, tmp_path: Path
+) -> None:
+    # "\ud800" with no partner is valid JSON but no Unicode: DynamoDB and PostgreSQL both refuse
+    # it. Staging crashed on it (UnicodeEncodeError while sizing the item), the job left in draft.
+    table = make_table()
+    path = tmp_path / "surrogates.jsonl"
+    path.write_bytes(LONE_SURROGATES)
+    message = "attribute 'v' holds a lone surrogate (U+D800)"
+
+    response = upload(admin_client_tx, table, path.read_bytes(), name=path.name)
+    preview = admin_client_tx.get(response["Location"])
+    assert preview.context["preview"].invalid == 2
+    assert escape(message) in preview.content.decode()
+    code, out, _ = run_cli("load", str(path), "--table", table, "--dry-run")
+    assert (code, out.strip().splitlines()[-1]) == (3, "dry run: 2 valid, 2 invalid")  # 3: invalid rows
+
+    job = Job.objects.get()
+    admin_client_tx.post(reverse("admin:bulkwrites_job_action", args=[job.pk, "start"]))
+    run_worker()
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items, job.failed_items) == (JobStatus.COMPLETED_WITH_FAILURES, 2, 2)
+    failed = dict(job.items.filter(status="failed").values_list("position", "error_message"))
+    assert failed[2].startswith(message)
+    assert failed[3].startswith("attribute 'pk' holds a lone surrogate (U+DFFF)")
+    assert sorted(item["pk"]["S"] for item in scan(table)) == ["a", "d"]

@@ -691,6 +691,24 @@ def test_prepare_item_put() -> None:
     assert prepared.size == 13
 
 
+@pytest.mark.parametrize(
+    ("values", "dynamodb_json", "where"),
+    [
+        ({"pk": "a", "sk": "1", "note": "x\ud800"}, False, "attribute 'note'"),
+        ({"pk": "a\udfff", "sk": "1"}, False, "attribute 'pk'"),
+        ({"pk": {"S": "a"}, "sk": {"N": "1"}, "m": {"M": {"in\udc00": {"S": "v"}}}}, True, "attribute 'm'"),
+    ],
+)
+def test_prepare_item_a_lone_surrogate_fails_the_row_not_the_staging(
+    values: dict[str, Any], dynamodb_json: bool, where: str
+) -> None:
+    prepared = prepare_item(4, values, PK_S_SK_N, dynamodb_json=dynamodb_json)
+    assert not prepared.is_valid
+    assert prepared.error is not None
+    assert prepared.error.startswith(f"{where} holds a lone surrogate (U+D")
+    assert "not Unicode text" in prepared.error
+
+
 def test_prepare_item_delete_carries_only_the_key() -> None:
     prepared = prepare_item(0, {"pk": "a", "sk": "1", "note": "hi"}, PK_S_SK_N, delete=True)
     assert prepared.is_valid
