@@ -10,7 +10,6 @@ the caller reads the source and COPYs the records into PostgreSQL.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -22,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple, TypeVar
+
+import orjson
 
 from .items import KeySchema, key_hash, prepare_item
 
@@ -48,9 +49,9 @@ class Record(NamedTuple):
         return self.error is None
 
 
-# One encoder each, made once: json.dumps with options builds a new encoder on every call.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_encode_sorted = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+def _encode_sorted(key: Mapping[str, Any]) -> str:
+    """A key's JSON text, names sorted: one text per key."""
+    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def convert_rows(rows: Iterable[RowInput], key_schema: KeySchema, *, delete: bool, dynamodb_json: bool) -> list[Record]:
@@ -76,16 +77,19 @@ def convert_rows(rows: Iterable[RowInput], key_schema: KeySchema, *, delete: boo
                 )
             )
             continue
-        item_json = _encode(prepared.item)
+        # orjson: compact UTF-8, the text json.dumps(ensure_ascii=False, separators=(",", ":"))
+        # writes for DynamoDB JSON (strings, booleans, lists and maps), ~10x faster; encoding was a
+        # quarter of a conversion process's time.
+        item_bytes = orjson.dumps(prepared.item)
         key = prepared.key
         assert key is not None  # a valid row has its key
         records.append(
             Record(
                 position,
                 _encode_sorted(key),
-                item_json,
+                item_bytes.decode(),
                 prepared.size,
-                len(item_json.encode("utf-8")),
+                len(item_bytes),
                 None,
                 key_hash(key),
             )
