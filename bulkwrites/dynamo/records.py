@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, suppress
+from queue import Empty, Queue
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -230,6 +232,59 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive
         pass
     return True
+
+
+@contextmanager
+def pulled_ahead[R](items: Iterable[R], depth: int) -> Iterator[Iterator[R]]:
+    """``items``, pulled by a thread of their own up to ``depth`` ahead of the caller.
+
+    Staging alternated: the staging process read and parsed the source (Python, holding the GIL)
+    while PostgreSQL waited, then PostgreSQL took the COPY while the process waited for it.
+    With the source pulled here, the reading goes on while the caller's thread waits on the
+    database (psycopg waits without the GIL). Only for a source that does not read through the
+    caller's database connection (Django's connections belong to one thread each).
+
+    An exception in the source reaches the caller at the point it was raised in the stream.
+    When the caller stops early (an error, a timeout), the thread stops at its next item and
+    closes the source, so a conversion pool in it shuts down with it.
+    """
+    queue: Queue[tuple[bool, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pull() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                queue.put((True, item))
+                if stop.is_set():
+                    return
+            queue.put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            queue.put((False, exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def pulled() -> Iterator[R]:
+        while True:
+            more, value = queue.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+
+    thread = threading.Thread(target=pull, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        yield pulled()
+    finally:
+        stop.set()
+        while thread.is_alive():  # free a put() waiting on a full queue
+            with suppress(Empty):
+                queue.get_nowait()
+            thread.join(0.01)
 
 
 def _chunks[R](rows: Iterable[R], size: int) -> Iterator[list[R]]:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from bulkwrites.conf import app_settings
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_SUPERSEDED
 from bulkwrites.dynamo.estimates import write_units
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
-from bulkwrites.dynamo.records import RecordConverter
+from bulkwrites.dynamo.records import RecordConverter, pulled_ahead
 from bulkwrites.ledger_copy import CopyChunk, PendingRows
 from bulkwrites.models import DuplicatePolicy, Item, ItemPayload, ItemStatus, Job, Operation, Slice, payload_of
 from bulkwrites.services.errors import JobError
@@ -33,6 +34,7 @@ from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
 logger = logging.getLogger(__name__)
 
 COPY_CHUNK_ROWS = 5000
+COPY_CHUNKS_AHEAD = 4  # converted chunks (RecordConverter.chunk_rows each) read ahead of the COPYs
 
 
 @dataclass(frozen=True)
@@ -201,23 +203,36 @@ class StagingResult:
 
 
 def stage_job(
-    job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool, progress: StagingProgress | None = None
+    job: Job,
+    rows: Iterable[SourceRow],
+    *,
+    dynamodb_json: bool,
+    progress: StagingProgress | None = None,
+    read_ahead: bool = False,
 ) -> StagingResult:
     """Store the job's items from its source rows and mark it staged, in one transaction."""
     with transaction.atomic():
-        result = stage_items(job, rows, dynamodb_json=dynamodb_json, progress=progress)
+        result = stage_items(job, rows, dynamodb_json=dynamodb_json, progress=progress, read_ahead=read_ahead)
         job.staged_at = timezone.now()
         job.save(update_fields=["staged_at"])
     return result
 
 
 def stage_items(
-    job: Job, rows: Iterable[SourceRow], *, dynamodb_json: bool, progress: StagingProgress | None = None
+    job: Job,
+    rows: Iterable[SourceRow],
+    *,
+    dynamodb_json: bool,
+    progress: StagingProgress | None = None,
+    read_ahead: bool = False,
 ) -> StagingResult:
     """Write one item per source row, then the duplicate policy, slices and counters.
 
     Runs in one transaction: a crash leaves no half-staged job, and staging can simply
-    run again. ``progress`` hears of the rows read after each chunk.
+    run again. ``progress`` hears of the rows read after each chunk. ``read_ahead``: the rows
+    are read and converted on a thread of their own while PostgreSQL takes the COPYs
+    (``records.pulled_ahead``); only for a source that does not read through this process's
+    database connection.
     """
     key_schema = KeySchema.from_json(job.key_schema)
     result = StagingResult()
@@ -239,21 +254,22 @@ def stage_items(
             (((row.position, row.values, row.error), row) for row in rows),
             PendingRows(job.pk, ItemStatus.PENDING.value, now.isoformat()),
         )
-        # COPY a few chunks at a time: a source that reads from this same connection (a
-        # queryset's server-side cursor) fetches between two COPYs, never during one.
-        while batch := _chunks_of_rows(chunks, COPY_CHUNK_ROWS):
-            with Item.objects.copy_in() as copy:
-                for packed, source_rows in batch:
-                    result.rows += packed.rows
-                    copy.write_text(packed.items, packed.payloads)
-                    for index, record in packed.invalid:
-                        result.invalid += 1
-                        copy.write_row(
-                            (job.pk, record.position, record.key_json, _raw(source_rows[index]), 0, 0,
-                             ItemStatus.FAILED, 0, CODE_INVALID_ROW, record.error, "[]", now, record.key_hash)
-                        )  # fmt: skip
-            if progress is not None:
-                progress.tick()
+        with pulled_ahead(chunks, depth=COPY_CHUNKS_AHEAD) if read_ahead else nullcontext(chunks) as chunks:
+            # COPY a few chunks at a time: a source that reads from this same connection (a
+            # queryset's server-side cursor) fetches between two COPYs, never during one.
+            while batch := _chunks_of_rows(chunks, COPY_CHUNK_ROWS):
+                with Item.objects.copy_in() as copy:
+                    for packed, source_rows in batch:
+                        result.rows += packed.rows
+                        copy.write_text(packed.items, packed.payloads)
+                        for index, record in packed.invalid:
+                            result.invalid += 1
+                            copy.write_row(
+                                (job.pk, record.position, record.key_json, _raw(source_rows[index]), 0, 0,
+                                 ItemStatus.FAILED, 0, CODE_INVALID_ROW, record.error, "[]", now, record.key_hash)
+                            )  # fmt: skip
+                if progress is not None:
+                    progress.tick()
         if progress is not None:
             progress.tick(force=True)  # every row read: what is left is the duplicate policy and slices
         result.superseded, result.rejected_duplicates = Item.objects.apply_duplicate_policy(

@@ -59,7 +59,8 @@ def job_stage(job: Job) -> bool:
         progress = staging.StagingProgress(job.pk)
         try:
             with job_source_rows(job, track_bytes=progress.track_bytes) as (rows, dynamodb_json):
-                staging.stage_job(job, rows, dynamodb_json=dynamodb_json, progress=progress)
+                # None of a job's sources reads through this connection (SQL ones open their own).
+                staging.stage_job(job, rows, dynamodb_json=dynamodb_json, progress=progress, read_ahead=True)
         except (formats.SourceError, JobError) as exc:
             if job.fail(CODE_SOURCE_UNREADABLE, str(exc)):
                 notify.job_ended(job)  # enqueued once this transaction commits

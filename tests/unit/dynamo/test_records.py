@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from bench.common import descendants
 from bulkwrites.dynamo.items import KeyAttribute, KeySchema, item_size
-from bulkwrites.dynamo.records import Record, RecordConverter, convert_rows
+from bulkwrites.dynamo.records import Record, RecordConverter, convert_rows, pulled_ahead
 
 SCHEMA = KeySchema((KeyAttribute("pk", "S", "HASH"), KeyAttribute("sk", "N", "RANGE")))
 
@@ -159,3 +162,39 @@ def _zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def test_pulled_ahead_hands_over_every_item_in_order_and_the_source_error_where_it_was_raised() -> None:
+    def source() -> Iterator[int]:
+        yield from range(100)
+        raise ValueError("line 101: unclosed quote")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="line 101"), pulled_ahead(source(), depth=3) as items:
+        got.extend(items)
+    assert got == list(range(100))
+
+
+def test_pulled_ahead_stops_and_closes_its_source_when_the_caller_stops_early() -> None:
+    pulled: list[int] = []
+    closed = threading.Event()
+
+    def source() -> Iterator[int]:
+        try:
+            for n in itertools.count():
+                pulled.append(n)
+                yield n
+        finally:
+            closed.set()
+
+    def copy_until_it_fails() -> None:
+        with pulled_ahead(source(), depth=3) as items:
+            for n in items:
+                if n == 10:
+                    raise RuntimeError("COPY failed")
+
+    with pytest.raises(RuntimeError, match="COPY failed"):
+        copy_until_it_fails()
+    assert closed.is_set()  # the source's finally ran: a conversion pool in it shuts down
+    assert len(pulled) <= 10 + 1 + 3 + 2  # what the caller took, the queue, one in hand: not the endless source
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())
