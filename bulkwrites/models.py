@@ -652,10 +652,10 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
         """``COPY ... FROM STDIN`` into the items table, then into their payloads' (:class:`ItemPayload`).
 
         Items as :data:`ledger_copy.ITEM_COLUMNS`, as rows or as COPY text. One connection runs
-        one COPY at a time: the payloads written are kept (references to the caller's strings,
-        not copies) and copied when the items' COPY has ended.
+        one COPY at a time: the payloads' text is kept (references to the caller's strings, not
+        copies) and copied when the items' COPY has ended.
         """
-        payloads: list[tuple[Any, Any, Any] | str] = []
+        payloads: list[str] = []
         with connection.cursor() as cursor:
             columns = ", ".join(ledger_copy.ITEM_COLUMNS)
             with cursor.cursor.copy(f"COPY {Item._meta.db_table} ({columns}) FROM STDIN") as copy:
@@ -663,11 +663,8 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
             if payloads:
                 table, columns = ItemPayload._meta.db_table, ", ".join(ledger_copy.PAYLOAD_COLUMNS)
                 with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                    for payload in payloads:
-                        if isinstance(payload, str):
-                            copy.write(payload)
-                        else:
-                            copy.write_row(payload)
+                    for text in payloads:
+                        copy.write(text)
 
     def with_payload(self) -> ItemQuerySet:
         """The items, each with its payload (``Item.payload``) fetched in the same statement."""
@@ -831,14 +828,12 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
 class ItemCopy:
     """Items for :meth:`ItemQuerySet.copy_in`: rows in the order of ``ledger_copy.ITEM_COLUMNS``, or COPY text."""
 
-    def __init__(self, copy: Any, payloads: list[tuple[Any, Any, Any] | str]) -> None:
+    def __init__(self, copy: Any, payloads: list[str]) -> None:
         self._copy = copy
         self._payloads = payloads
 
-    def write_row(self, row: Sequence[Any], payload: str | None = None) -> None:
-        """One item; its payload (none for a row that cannot be sent) goes to :class:`ItemPayload`."""
-        if payload is not None:
-            self._payloads.append((row[0], row[1], payload))
+    def write_row(self, row: Sequence[Any]) -> None:
+        """One item that cannot be sent: no payload (only pending items have one, written as text)."""
         self._copy.write_row(row)
 
     def write_text(self, items: str, payloads: str) -> None:
