@@ -13,7 +13,7 @@ Django. ``models.ItemQuerySet.copy_in`` names its columns from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from bulkwrites.dynamo.records import Record
 
@@ -38,13 +38,21 @@ def copy_text(value: str) -> str:
     return value
 
 
+def unsendable_row(
+    job_id: int, record: Record, raw: str, *, status: str, code: str, updated_at: Any
+) -> tuple[Any, ...]:
+    """The item row (``ITEM_COLUMNS``) of a record that cannot be sent: no payload, the source row's text."""
+    return (job_id, record.position, record.key_json, raw, 0, 0, status, 0, code, record.error, "[]", updated_at,
+            record.key_hash)  # fmt: skip
+
+
 class CopyChunk(NamedTuple):
     """One chunk of records, ready for the two COPYs."""
 
     rows: int
     items: str  # the valid records' item rows, COPY text, one line each
     payloads: str  # their payload rows, likewise
-    invalid: list[tuple[int, Record]]  # (index in the chunk, record): rows the caller writes itself
+    invalid: list[tuple[int, Record]]  # (index in the chunk, record): rows the caller writes (unsendable_row)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW, CODE_
 from bulkwrites.dynamo.estimates import write_units
 from bulkwrites.dynamo.items import KeySchema, PreparedItem, key_identity, prepare_item
 from bulkwrites.dynamo.records import RecordConverter, pulled_ahead
-from bulkwrites.ledger_copy import CopyChunk, PendingRows
+from bulkwrites.ledger_copy import CopyChunk, PendingRows, unsendable_row
 from bulkwrites.models import DuplicatePolicy, Item, ItemPayload, ItemStatus, Job, Operation, Slice, payload_of
 from bulkwrites.services.errors import JobError
 from bulkwrites.sources.rows import RAW_LIMIT, SourceRow
@@ -264,10 +264,12 @@ def stage_items(
                         copy.write_text(packed.items, packed.payloads)
                         for index, record in packed.invalid:
                             result.invalid += 1
+                            raw = _raw(source_rows[index])
                             copy.write_row(
-                                (job.pk, record.position, record.key_json, _raw(source_rows[index]), 0, 0,
-                                 ItemStatus.FAILED, 0, CODE_INVALID_ROW, record.error, "[]", now, record.key_hash)
-                            )  # fmt: skip
+                                unsendable_row(
+                                    job.pk, record, raw, status=ItemStatus.FAILED, code=CODE_INVALID_ROW, updated_at=now
+                                )
+                            )
                 if progress is not None:
                     progress.tick()
         if progress is not None:
