@@ -257,6 +257,29 @@ def test_a_probe_above_the_last_good_rate_ends_at_its_first_refused_item(make_jo
     assert round_at(now + 0.25, refused=True) == "cut"
 
 
+def test_a_probes_answer_cuts_at_once_and_by_at_least_the_probe_cut(make_job: Any) -> None:
+    job = make_job()
+    assert job.calls(T0, n=80, refused=5, span=1.0).event == "cut"
+    w_max = float(job.control()["w_max"])
+    now = T0 + 0.25
+    while job.rate(now) <= 1.01 * w_max:  # rounds of 0.25 s at the allowed rate, nothing refused
+        n = max(POLICY.min_calls, round(job.rate(now) * 0.25 / 25))
+        assert job.calls(now + 0.25, n=n, acquired_at=now + 0.01).event == ""
+        now += 0.25
+    sending = job.rate(now)
+    # The first call of the next round comes back with one item of 25 refused: the table's burst
+    # has just run out under the probe. The round decides on it (before, it waited for eight
+    # calls, every one of them sent into a table already refusing: about half of the partly
+    # refused calls of a 20 s job at 1,000 WCU/s) ...
+    limits = job.calls(now + 0.05, n=1, refused=1, acquired_at=now + 0.01)
+    assert limits.event == "cut"
+    # ... and one call shows only the start of the overshoot (4 % here): the cut is TCP's
+    # multiplicative decrease at least, less the headroom, not 4 %.
+    floor = (1 - POLICY.probe_cut) * (1 - POLICY.headroom)
+    assert limits.rate <= floor * sending * 1.01
+    assert limits.rate >= 0.5 * sending
+
+
 def test_probes_that_find_the_table_where_the_last_cut_did_come_less_often(make_job: Any) -> None:
     job = make_job()
     # Unlimited for a second: 2,000 units/s sent, the table took 80 %.
@@ -526,6 +549,17 @@ def test_a_probe_hidden_by_the_burst_does_not_teach_the_capacity_limit_as_backgr
     result = ratesim.simulate(client, ratesim.CapacityTable(1000.0), items=20_000, seed=0, jitter=0.03)
     assert result.wcu_per_s >= 0.9 * 1000
     assert result.calls_refused <= 0.1 * result.calls
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_steady_table_costs_few_partly_refused_calls_once_found(client: redis_lib.Redis, seed: int) -> None:
+    # 100 s at 1,000 WCU/s, answers 10 ms late on average: what is left after the start is the
+    # probes. Each one used to cost a round of eight calls sent into a table already refusing
+    # (3.3 % of calls partly refused with these seeds); a probe's first refused item now cuts
+    # (1.6-1.8 %).
+    result = ratesim.simulate(client, ratesim.CapacityTable(1000.0), items=100_000, seed=seed, jitter=0.01)
+    assert result.wcu_per_s >= 0.95 * 1000
+    assert result.calls_refused <= 0.025 * result.calls
 
 
 @pytest.mark.parametrize("seed", [0, 4])

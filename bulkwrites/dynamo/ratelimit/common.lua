@@ -100,7 +100,7 @@ end
 local POLICY_FIELDS = {'burst', 'cap_window', 'c', 'max_over', 'min_rate', 'min_round', 'rtt_rounds',
   'min_calls', 'z', 'headroom', 'floor_fraction', 'floor_window', 'release_after', 'bg_weight',
   'min_excess', 'linear', 'min_background', 'linear_for', 'chain_cuts', 'bg_cuts', 'evidence_window',
-  'hold_first', 'hold_max'}
+  'hold_first', 'hold_max', 'probe_cut'}
 
 local function read_policy(first)
   local p = {}

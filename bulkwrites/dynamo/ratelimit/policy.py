@@ -56,6 +56,11 @@ class RatePolicy:
     # calls partly refused after the start. A capacity that grows is found hold_max s later.
     hold_first: float = 1.0
     hold_max: float = 8.0
+    # A probe's first refused unit cuts at once (report.lua, `answered`), before a round's worth of
+    # calls has measured the share: by at least this much, TCP's multiplicative decrease on a loss.
+    # The call that answers is the first after the table's burst ran out and shows only part of
+    # the overshoot.
+    probe_cut: float = 0.1
 
     def args(self) -> list[float]:
         return [float(x) for x in astuple(self)]

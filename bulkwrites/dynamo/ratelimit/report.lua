@@ -129,9 +129,20 @@ local round_len = math.max(p.min_round, p.rtt_rounds * (ctl.srtt or 0))
 if ctl.mode ~= 'ctl' and not cap and (ctl.rr or 0) > 0 then
   round_len = ctl.srtt or 0  -- an unlimited job refused: decide within a round trip
 end
-if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
-  local seconds = now - ctl.rs
+-- A probe answered: above the last good rate, with no background share learnt, the first refused
+-- unit is the table's limit (see `significant` below), and the round decides at once. Waiting for
+-- it to fill (eight calls, two round trips) sent every call of that time into a table already
+-- refusing: each probe cost a round of partly refused calls (tests/ratesim.py at 1,000 WCU/s:
+-- about half of the calls partly refused in a 20 s job, the other half being the start).
+local answered = probing and background() <= 0 and ctl.chk ~= 1 and (ctl.rp or 0) > 0
+local full = (ctl.rn or 0) >= p.min_calls and now - (ctl.rs or now) >= round_len
+if ctl.rs and (full or answered) then
+  local seconds = math.max(now - ctl.rs, 0.001)
   local sent = ctl.ru / seconds  -- units/s attempted in the round
+  if not full and ctl.sent then
+    -- A round of a call or two measures no rate: the one sent in the rounds before stands for it.
+    sent = ctl.sent
+  end
   local n = ctl.rn
   local mean = ctl.rsh / n
   local var = math.max(0, ctl.rsq / n - mean * mean)
@@ -235,6 +246,13 @@ if ctl.rs and (ctl.rn or 0) >= p.min_calls and now - ctl.rs >= round_len then
     -- and cut far below the table (bench: 965 -> 482 WCU/s on a 1,000 WCU/s table).
     local estimate = current * (1 - excess)
     local consumed_rate = (ctl.rc or 0) / seconds
+    if not full then
+      -- A probe answered by a call or two: they show only the start of the overshoot (the
+      -- table's burst has just run out under the probe), and a few milliseconds measure no
+      -- consumption. The cut is TCP's multiplicative decrease at least.
+      estimate = current * (1 - math.max(excess, p.probe_cut))
+      consumed_rate = 0
+    end
     local took = math.max(estimate, consumed_rate)
     -- At most halve in one round (TCP's decrease): a round's take is an estimate, and a deep
     -- cut on a noisy one costs seconds of climbing back.
