@@ -157,7 +157,7 @@ if ctl.rs and (full or answered) then
   -- near the last good rate) a round must stand out of its noise: there, cutting on every
   -- refused unit ratchets the rate down (measured: 54-68 % of the capacity delivered).
   local significant = excess >= p.min_excess and (mean - bg) > p.z * se
-  if bg <= 0 and probing and ctl.chk ~= 1 and (ctl.rp or 0) > 0 then significant = true end
+  if answered then significant = true end
   local current = sent
   if ctl.mode ~= 'ctl' and not cap and ctl.sent and ctl.sent > current then
     -- An unlimited job's first refusals close their round within a round trip, on calls that
