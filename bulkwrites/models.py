@@ -629,6 +629,21 @@ def server_bound_cursor() -> Iterator[Any]:
         yield cursor
 
 
+@contextmanager
+def planner_without(cursor: Any, method: str) -> Iterator[None]:
+    """One of PostgreSQL's plan methods off for the statements inside, in the caller's transaction.
+
+    For the ledger's statements whose right plan never depends on statistics that can be stale
+    (rows just copied, or an ANALYZE taken while no item was pending). Back to the default after
+    them: a caller's outer transaction plans its next statements as usual.
+    """
+    if method not in ("enable_nestloop", "enable_seqscan"):
+        raise ValueError(f"not a plan method switched off here: {method!r}")
+    cursor.execute(f"SET LOCAL {method} = off")
+    yield
+    cursor.execute(f"SET LOCAL {method} = DEFAULT")
+
+
 class ItemQuerySet(EstimatedCountQuerySet["Item"]):
     def pending(self) -> ItemQuerySet:
         return self.filter(status=ItemStatus.PENDING)
@@ -704,12 +719,11 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
                 FROM ranked AS r WHERE i.id = r.id AND i.job_id = %s AND r.copies > 1
             """
             with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute("SET LOCAL enable_nestloop = off")
-                cursor.execute(
-                    sql, [job_id, ItemStatus.PENDING, job_id, ItemStatus.PENDING, ItemStatus.FAILED, code, job_id]
-                )
-                rejected = cursor.rowcount
-                cursor.execute("SET LOCAL enable_nestloop = DEFAULT")
+                with planner_without(cursor, "enable_nestloop"):
+                    cursor.execute(
+                        sql, [job_id, ItemStatus.PENDING, job_id, ItemStatus.PENDING, ItemStatus.FAILED, code, job_id]
+                    )
+                    rejected = cursor.rowcount  # before the planner's setting is put back
                 return 0, rejected
         order, winner = ("DESC", "last") if policy == DuplicatePolicy.LAST else ("ASC", "first")
         sql = f"""
@@ -725,12 +739,11 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
             FROM ranked AS r WHERE i.id = r.id AND i.job_id = %s AND r.rank > 1
         """
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET LOCAL enable_nestloop = off")
-            cursor.execute(
-                sql, [job_id, ItemStatus.PENDING, job_id, ItemStatus.PENDING, ItemStatus.SKIPPED, code, job_id]
-            )
-            superseded = cursor.rowcount
-            cursor.execute("SET LOCAL enable_nestloop = DEFAULT")
+            with planner_without(cursor, "enable_nestloop"):
+                cursor.execute(
+                    sql, [job_id, ItemStatus.PENDING, job_id, ItemStatus.PENDING, ItemStatus.SKIPPED, code, job_id]
+                )
+                superseded = cursor.rowcount  # before the planner's setting is put back
             return superseded, 0
 
     def record_outcomes(self, job_id: int, outcomes: Sequence[Outcome], stats: CallStats) -> None:
@@ -769,10 +782,8 @@ class ItemQuerySet(EstimatedCountQuerySet["Item"]):
         # ANALYZE taken while a job had no pending items estimates `status = 'pending'` at one
         # row, and the planner then scanned the whole table once per outcome in a nested loop:
         # 4.4 s a flush, a job standing still for 20-35 s (bench sink runs, auto_explain).
-        with transaction.atomic(), server_bound_cursor() as cursor:
-            cursor.execute("SET LOCAL enable_seqscan = off")
+        with transaction.atomic(), server_bound_cursor() as cursor, planner_without(cursor, "enable_seqscan"):
             cursor.execute(RECORD_OUTCOMES_SQL, params)
-            cursor.execute("SET LOCAL enable_seqscan = DEFAULT")
 
     def has_retryable_failures(self, job_id: int) -> bool:
         """Whether :meth:`reopen_failed` would reopen any item of the job.
@@ -1600,8 +1611,7 @@ class ItemCheckQuerySet(EstimatedCountQuerySet["ItemCheck"]):
             CheckOutcome.VERIFIED, CheckOutcome.MISSING, CheckOutcome.DIFFERENT, CheckOutcome.ERROR,
             stats.calls, stats.throttled_calls, stats.unprocessed, stats.consumed_rcu, verification_id,
         ]  # fmt: skip
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET LOCAL enable_nestloop = off")
+        with transaction.atomic(), connection.cursor() as cursor, planner_without(cursor, "enable_nestloop"):
             cursor.execute(sql, params)
 
 
