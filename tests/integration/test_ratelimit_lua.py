@@ -173,9 +173,11 @@ def test_refusals_are_weighed_by_their_share(make_job: Any) -> None:
     # more) less 5 % headroom ...
     took = max(current * (1 - 11 * 2 / 12 / 25), (25 + 11 * 23) / 0.3)
     assert light.rate(T0 + 0.3) == pytest.approx(took * 0.95, rel=1e-6)
-    # ... but by at most half in one round: a round's take is an estimate.
-    assert current * (1 - 11 * 20 / 12 / 25) * 0.95 < current / 2
-    assert heavy.rate(T0 + 0.3) == pytest.approx(current / 2, rel=1e-6)
+    # ... also below half the rate when what the table consumed bears the share out (a round's
+    # take alone, an estimate, halves at most: see test_a_cut_goes_straight_to_the_take_...).
+    heavy_took = max(current * (1 - 11 * 20 / 12 / 25), (25 + 11 * 5) / 0.3)
+    assert heavy_took * 0.95 < current / 2
+    assert heavy.rate(T0 + 0.3) == pytest.approx(heavy_took * 0.95, rel=1e-6)
 
 
 def test_a_round_decides_once_and_calls_admitted_before_a_cut_do_not_count(make_job: Any) -> None:
@@ -459,6 +461,25 @@ def test_a_cut_goes_no_lower_than_what_the_table_consumed_in_the_round(make_job:
     # (the round's own calls' take, 45 % of it, was lower still): 965 -> 482 WCU/s on a 1,000
     # WCU/s table in a bench run.
     assert limits.rate == pytest.approx(consumed / 0.2 * 0.95, rel=1e-6)
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_a_cut_goes_straight_to_the_take_when_two_measures_of_it_agree(make_job: Any, agree: bool) -> None:
+    job = make_job(cap=8000.0)
+    # A round at 7,250 units/s of which 80 % is refused: the rate sent less its share says the
+    # table took 1,450 units/s; so does what it consumed (reported with the calls), or not.
+    consumed = 50 + 8 * 30 if agree else 50 + 8 * 10
+    job.calls(T0, n=1, units=250, refused=200, consumed=50, acquired_at=T0)
+    limits = job.calls(T0 + 0.2, n=8, units=150, refused=120, consumed=consumed - 50, acquired_at=T0)
+    assert limits.event == "cut"
+    if agree:
+        # Cut once to the take less headroom. Halving first (to 3,625) left two or three more
+        # rounds of refused calls above the table (bench: 6,180 -> 3,090 -> 1,548 -> 991 WCU/s).
+        assert limits.rate == pytest.approx(1450 * 0.95, rel=1e-6)
+    else:
+        # The measures disagree (the table consumed far less than the share says it took): the
+        # round's take is an estimate, and a cut halves at most.
+        assert limits.rate == pytest.approx(7250 * 0.5, rel=1e-6)
 
 
 def test_an_unlimited_jobs_first_cut_goes_to_what_the_table_consumed_and_aims_back_up(make_job: Any) -> None:
