@@ -76,6 +76,11 @@ FATAL_CODES = frozenset(
 # Codes an operator sees on items whose calls were refused or given up on.
 CODE_UNPROCESSED = "UnprocessedItems"
 CODE_CONNECTION = "EndpointUnreachable"
+# DynamoDB answered every call with a server error (5xx) for as long as a batch may retry, and no
+# other call of the writer wrote anything meanwhile: an outage, not the items' fault.
+CODE_SERVER_FAILING = "EndpointFailing"
+# Job-level codes whose items stay pending: the job (or rule) can simply be run again later.
+ENDPOINT_CODES = frozenset({CODE_CONNECTION, CODE_SERVER_FAILING})
 CODE_INVALID_ROW = "InvalidRow"
 CODE_DUPLICATE_KEY = "DuplicateKey"
 CODE_SUPERSEDED = "Superseded"

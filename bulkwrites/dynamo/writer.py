@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 from .backoff import Backoff
 from .batching import chunk_requests
-from .errors import CODE_CONNECTION, CODE_UNPROCESSED, ErrorInfo, ErrorKind, classify
+from .errors import CODE_CONNECTION, CODE_SERVER_FAILING, CODE_UNPROCESSED, ErrorInfo, ErrorKind, classify
 from .items import Item, Key, from_wire, key_identity, to_wire
 from .pipeline import run_pipelined
 
@@ -222,6 +222,9 @@ class BatchWriter:
         self.should_stop = should_stop
         self.limiter = limiter
         self.endpoint = endpoint
+        # When a call of this writer (any thread) last wrote an item: a batch that exhausted its
+        # retries on server errors while no call wrote anything is an outage (see _give_up).
+        self._wrote_at = -math.inf
 
     # --- one call's worth -------------------------------------------------------------
 
@@ -249,6 +252,8 @@ class BatchWriter:
         started = self.clock()
         retry = 0  # calls made for these requests so far
         stalled = 0  # consecutive calls that made no progress; drives the backoff and giving up
+        stalled_since = started  # when the first of them was sent
+        server_errors_only = True  # every one of them answered with a server error (5xx)
         last_error: ErrorInfo | None = None
         while pending:
             if self.should_stop():
@@ -263,14 +268,20 @@ class BatchWriter:
                 self.sleep(self.policy.backoff.delay(max(0, stalled - 1)))
             for request in pending:
                 attempts[request.ref] += 1
+            sent_at = self.clock()
+            if not stalled:
+                stalled_since, server_errors_only = sent_at, True
             error, unprocessed = self._call(pending, result.stats)
             retry += 1
             if error is None:
                 done = len(pending) - len(unprocessed)
+                if done:
+                    self._wrote_at = self.clock()
                 result.outcomes.extend(Outcome(r.ref, True, attempts[r.ref]) for r in pending if r not in unprocessed)
                 if not unprocessed:
                     return
                 stalled = 0 if done else stalled + 1
+                server_errors_only = False
                 last_error = ErrorInfo(
                     ErrorKind.RETRYABLE,
                     CODE_UNPROCESSED,
@@ -286,9 +297,13 @@ class BatchWriter:
             else:
                 stalled += 1
                 last_error = error
+                server_error = error.kind is ErrorKind.RETRYABLE and not error.is_throttling
+                server_errors_only = server_errors_only and server_error
             elapsed = self.clock() - started
             if stalled >= self.policy.max_attempts or elapsed >= self.policy.max_elapsed:
-                self._give_up(pending, last_error, attempts, elapsed, result)
+                outage = server_errors_only and self._wrote_at < stalled_since
+                silent = self.clock() - stalled_since if outage else None
+                self._give_up(pending, last_error, attempts, elapsed, result, outage_seconds=silent)
                 return
 
     def _isolate_rejected(
@@ -321,6 +336,8 @@ class BatchWriter:
         attempts: Counter[int],
         elapsed: float,
         result: BatchResult,
+        *,
+        outage_seconds: float | None = None,
     ) -> None:
         assert error is not None
         if error.kind is ErrorKind.CONNECTION:
@@ -329,6 +346,19 @@ class BatchWriter:
                 ErrorKind.FATAL,
                 CODE_CONNECTION,
                 f"{error.message} (gave up after {attempts[requests[0].ref]} attempts over {elapsed:.1f} s)",
+            )
+            return
+        if outage_seconds is not None:
+            # Only server errors, and nothing written by any call meanwhile: DynamoDB (or what is in
+            # front of it) is failing, and so would every other batch, one retry budget at a time
+            # (a 10M-item job: weeks of failing items). The items stay pending, as for an
+            # unreachable endpoint. A batch that fails while other calls write fails its items.
+            result.fatal = ErrorInfo(
+                ErrorKind.FATAL,
+                CODE_SERVER_FAILING,
+                f"DynamoDB answered every call with a server error and wrote nothing for {outage_seconds:.1f} s "
+                f"(last: {error.code}: {error.message}; {attempts[requests[0].ref]} attempts); "
+                "the items were left pending: resume once DynamoDB answers again",
             )
             return
         for request in requests:

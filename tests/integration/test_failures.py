@@ -225,6 +225,31 @@ def test_unreachable_endpoint_stops_the_job_with_items_pending(
     assert Item.objects.filter(job=job, status=ItemStatus.PENDING).count() == 30
 
 
+def test_an_endpoint_answering_only_server_errors_stops_the_job_with_items_pending(
+    proxy: FaultProxy, make_table: Any, scan: Any, run_worker: Any
+) -> None:
+    table = make_table()
+    rows = rows_of(200)
+    job = new_job(table, rows, max_attempts=3, **FAST_BACKOFF)
+    proxy.outage(120.0, code="InternalServerError")  # every call, for longer than the test
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error_code == "EndpointFailing"
+    assert "every call with a server error" in job.error_message
+    assert "InternalServerError" in job.error_message
+    # Nothing failed one retry budget at a time: every item waits for the endpoint to come back.
+    assert Item.objects.filter(job=job, status=ItemStatus.PENDING).count() == 200
+    assert job.failed_items == 0
+
+    proxy.configure(outage_until=None)  # DynamoDB answers again
+    control.job_resume(job=job)
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert table_state(scan, table) == dict(rows)
+
+
 @pytest.mark.parametrize(
     ("policy", "expected_value", "expected_counts"),
     [("last", 3, (2, 0, 2)), ("first", 1, (2, 0, 2)), ("reject", None, (1, 3, 0))],

@@ -42,7 +42,7 @@ from django.utils import timezone
 from bulkwrites.conf import app_settings
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo import ratelimit
-from bulkwrites.dynamo.errors import CODE_CONNECTION, CODE_UNPROCESSED, RETRYABLE_CODES, ErrorInfo
+from bulkwrites.dynamo.errors import CODE_UNPROCESSED, ENDPOINT_CODES, RETRYABLE_CODES, ErrorInfo
 from bulkwrites.dynamo.items import KeySchema
 from bulkwrites.dynamo.record_writes import RecordOutcome, TargetKey, write_records
 from bulkwrites.dynamo.streams import LATEST, ShardReader, StreamError, describe_stream
@@ -72,7 +72,7 @@ RATE_HALF_LIFE_SECONDS = 20.0  # of the records/s average shown per shard
 CODE_TRIMMED = "RecordsTrimmed"
 CODE_SHARD_GONE = "ShardTrimmed"
 # Failures that are not the record's fault: read again later rather than written to the ledger.
-_NOT_THE_RECORDS_FAULT = frozenset(RETRYABLE_CODES | {CODE_UNPROCESSED, CODE_CONNECTION, "Stopped"})
+_NOT_THE_RECORDS_FAULT = frozenset(RETRYABLE_CODES | ENDPOINT_CODES | {CODE_UNPROCESSED, "Stopped"})
 
 
 @dataclass
@@ -350,7 +350,7 @@ class RuleConsumer:
         )
         self.report.batches += 1
         if result.fatal is not None:
-            if result.fatal.code == CODE_CONNECTION:
+            if result.fatal.code in ENDPOINT_CODES:  # tried again later, as for a network blip
                 raise _Unreachable(result.fatal.message)
             raise _Fatal(result.fatal)
         settled = _settled_prefix(result.outcomes)

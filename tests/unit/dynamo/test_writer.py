@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from bulkwrites.dynamo.backoff import Backoff
-from bulkwrites.dynamo.errors import CODE_CONNECTION, CODE_UNPROCESSED
+from bulkwrites.dynamo.errors import CODE_CONNECTION, CODE_SERVER_FAILING, CODE_UNPROCESSED
 from bulkwrites.dynamo.writer import BatchWriter, WriteRequest, WriterPolicy
 
 TABLE = "t"
@@ -202,13 +202,56 @@ def test_whole_call_retryable_errors_resend_the_same_items(code: str, status: in
     assert len(clock.sleeps) == 2
 
 
-def test_server_errors_exhausted_fail_items_with_the_last_error() -> None:
+def test_server_errors_on_every_call_stop_the_writer_with_its_items_pending() -> None:
+    """An outage: failing the items one retry budget at a time would fail a whole job slowly."""
     client = FakeClient(*([raise_(client_error("InternalServerError", 500, "try later"))] * 5))
-    result = make_writer(client, max_attempts=3).write([put(1)])
+    result = make_writer(client, max_attempts=3).write([put(1), put(2)])
+    assert result.outcomes == []  # pending
+    assert result.fatal is not None
+    assert result.fatal.code == CODE_SERVER_FAILING
+    assert "every call with a server error" in result.fatal.message
+    assert "InternalServerError: try later" in result.fatal.message
+    assert "left pending" in result.fatal.message
+    assert len(client.calls) == 3
+
+
+def test_server_errors_exhausted_while_other_calls_write_fail_the_items_with_the_last_error() -> None:
+    """Server errors for one batch while the table takes the others' items: the items' fault."""
+    clock = Clock()
+    client = FakeClient(
+        raise_(client_error("InternalServerError", 500, "try later")),
+        accept,  # another batch, written during the first one's backoff
+        *([raise_(client_error("InternalServerError", 500, "try later"))] * 2),
+    )
+    writer = make_writer(client, clock, max_attempts=3)
+    others: list[Any] = []
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if not others:
+            others.append(writer.write([put(9)]))
+
+    writer.sleep = sleep
+    result = writer.write([put(1)])
+    assert others[0].outcomes[0].succeeded
     (outcome,) = result.outcomes
+    assert result.fatal is None
     assert not outcome.succeeded
     assert outcome.error_code == "InternalServerError"
     assert outcome.error_message.startswith("try later (gave up after 3 attempts")
+
+
+def test_a_stall_that_was_also_throttled_fails_its_items() -> None:
+    """Throttling says DynamoDB is there and busy: the items fail as before, the job goes on."""
+    client = FakeClient(
+        raise_(client_error("InternalServerError", 500)),
+        raise_(client_error("ThrottlingException", 400, "slow down")),
+        raise_(client_error("InternalServerError", 500, "try later")),
+    )
+    result = make_writer(client, max_attempts=3).write([put(1)])
+    (outcome,) = result.outcomes
+    assert result.fatal is None
+    assert (outcome.succeeded, outcome.error_code) == (False, "InternalServerError")
 
 
 def test_a_poisoned_call_writes_every_good_item() -> None:
