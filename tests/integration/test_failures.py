@@ -230,7 +230,7 @@ def test_an_endpoint_answering_only_server_errors_stops_the_job_with_items_pendi
 ) -> None:
     table = make_table()
     rows = rows_of(200)
-    job = new_job(table, rows, max_attempts=3, **FAST_BACKOFF)
+    job = new_job(table, rows, max_attempts=3, backoff_base=0.002, backoff_cap=0.05)
     proxy.outage(120.0, code="InternalServerError")  # every call, for longer than the test
     run_worker()
     job.refresh_from_db()
