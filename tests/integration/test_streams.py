@@ -21,7 +21,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.test import override_settings
 
-from bulkwrites.models import StreamFailure, StreamFailureStatus, StreamRule, StreamShard
+from bulkwrites.models import StreamFailure, StreamFailureStatus, StreamRule, StreamRuleStatus, StreamShard
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.streams import consume, rules
 from faultproxy import FaultProxy
@@ -245,6 +245,35 @@ def test_writes_throttled_beyond_the_writers_retries_are_read_again_not_dropped(
     proxy.configure()  # the table recovers
     report = consume.stream_rule_consume(rule, worker="test", until_caught_up=True, policy=impatient)
     assert (report.records, report.writes_succeeded) == (40, 40)
+    assert keys_in(scan, target) == set()
+
+
+def test_a_target_answering_only_server_errors_is_tried_again_later_not_failed(
+    proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    from bulkwrites.dynamo.backoff import Backoff
+    from bulkwrites.dynamo.writer import WriterPolicy
+
+    source, target = make_stream_table(), make_table()
+    keys = [f"k{n:02d}" for n in range(10)]
+    batch_put(dynamodb, target, [{"pk": {"S": k}} for k in keys])
+    batch_put(dynamodb, source, [{"pk": {"S": k}} for k in keys])
+    batch_delete(dynamodb, source, keys)
+    rule = scavenging_rule(source, target, start=False)
+    impatient = WriterPolicy(max_attempts=2, backoff=Backoff(base=0.01, cap=0.05))
+
+    proxy.outage(120.0, code="InternalServerError")  # only BatchWriteItem: the stream is read as usual
+    report = consume.stream_rule_consume(rule, worker="test", budget_seconds=2, policy=impatient)
+    assert report.stopped_by == "unreachable"  # an outage: the rule is not failed
+    rule.refresh_from_db()
+    assert rule.status != StreamRuleStatus.FAILED
+    assert report.writes_failed == 0
+    assert not StreamFailure.objects.filter(rule=rule).exists()
+    assert keys_in(scan, target) == set(keys)
+
+    proxy.configure(outage_until=None)  # DynamoDB answers again
+    report = consume.stream_rule_consume(rule, worker="test", until_caught_up=True, policy=impatient)
+    assert report.writes_succeeded == 10
     assert keys_in(scan, target) == set()
 
 
