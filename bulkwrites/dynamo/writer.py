@@ -254,27 +254,23 @@ class BatchWriter:
         stalled = 0  # consecutive calls that made no progress; drives the backoff and giving up
         stalled_since = started  # when the first of them was sent
         server_errors_only = True  # every one of them answered with a server error (5xx)
-        quiet = 0  # of those, the calls during which no other call of this writer wrote either
         last_error: ErrorInfo | None = None
         while pending:
             if self.should_stop():
                 result.stopped = True
                 return
             if retry:
-                # The backoff grows only while nothing gets written: a call that wrote some of
-                # its items, or any other call of this writer that wrote meanwhile, says the table
-                # is taking writes (how fast is the rate limiter's business), so the rest go again
-                # after a base-sized jittered pause. Growing it on every call left the last items
-                # of a batch waiting seconds under a steady 30 % of unprocessed items; growing it
-                # on this batch's calls alone let a lone tail item that random faults refused
-                # 7-10 times in a row sleep up to 10 s a time while the job wrote everything
-                # else (chaos bench: 5,000-item runs of 20-125 s, against 3-5 s most times).
-                self.sleep(self.policy.backoff.delay(max(0, quiet - 1)))
+                # The backoff grows only while calls make no progress: a call that wrote some of
+                # its items says the table is taking writes (how fast is the rate limiter's
+                # business), so the rest go again after a base-sized jittered pause. Growing it on
+                # every call left the last items of a batch waiting seconds under a steady 30 %
+                # of unprocessed items.
+                self.sleep(self.policy.backoff.delay(max(0, stalled - 1)))
             for request in pending:
                 attempts[request.ref] += 1
             sent_at = self.clock()
             if not stalled:
-                stalled_since, server_errors_only, quiet = sent_at, True, 0
+                stalled_since, server_errors_only = sent_at, True
             error, unprocessed = self._call(pending, result.stats)
             retry += 1
             if error is None:
@@ -285,7 +281,6 @@ class BatchWriter:
                 if not unprocessed:
                     return
                 stalled = 0 if done else stalled + 1
-                quiet = 0 if done or self._wrote_at >= sent_at else quiet + 1
                 server_errors_only = False
                 last_error = ErrorInfo(
                     ErrorKind.RETRYABLE,
@@ -301,7 +296,6 @@ class BatchWriter:
                 return
             else:
                 stalled += 1
-                quiet = 0 if self._wrote_at >= sent_at else quiet + 1
                 last_error = error
                 server_error = error.kind is ErrorKind.RETRYABLE and not error.is_throttling
                 server_errors_only = server_errors_only and server_error

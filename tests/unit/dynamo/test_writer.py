@@ -241,30 +241,6 @@ def test_server_errors_exhausted_while_other_calls_write_fail_the_items_with_the
     assert outcome.error_message.startswith("try later (gave up after 3 attempts")
 
 
-@pytest.mark.parametrize("others_write", [True, False])
-def test_the_backoff_grows_only_while_no_call_of_the_writer_writes(others_write: bool) -> None:
-    """A lone tail item refused by random faults while the table takes every other batch: its
-    retries stay at the base pause. Nothing written anywhere: the pause grows (overload, outage)."""
-    clock = Clock()
-    fail = raise_(client_error("InternalServerError", 500))
-    reactions = [fail, accept, fail, accept, fail, accept, accept] if others_write else [fail, fail, fail, accept]
-    client = FakeClient(*reactions)
-    writer = make_writer(client, clock)
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        clock.sleep(seconds)
-        if others_write:
-            writer.write([put(100 + len(sleeps))])  # another batch, written meanwhile
-
-    writer.sleep = sleep
-    (outcome,) = writer.write([put(1)]).outcomes
-    assert (outcome.succeeded, outcome.attempts) == (True, 4)
-    # base 0.1 s, the ceiling itself (deterministic jitter)
-    assert sleeps == ([0.1, 0.1, 0.1] if others_write else [0.1, 0.2, 0.4])
-
-
 def test_a_stall_that_was_also_throttled_fails_its_items() -> None:
     """Throttling says DynamoDB is there and busy: the items fail as before, the job goes on."""
     client = FakeClient(
