@@ -268,9 +268,8 @@ class BatchWriter:
                 self.sleep(self.policy.backoff.delay(max(0, stalled - 1)))
             for request in pending:
                 attempts[request.ref] += 1
-            sent_at = self.clock()
             if not stalled:
-                stalled_since, server_errors_only = sent_at, True
+                stalled_since, server_errors_only = self.clock(), True
             error, unprocessed = self._call(pending, result.stats)
             retry += 1
             if error is None:

@@ -220,19 +220,32 @@ def test_throttling_on_the_target_slows_the_rule_but_every_write_lands(
     assert not StreamFailure.objects.filter(rule=rule).exists()
 
 
-def test_writes_throttled_beyond_the_writers_retries_are_read_again_not_dropped(
-    proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
-) -> None:
-    from bulkwrites.dynamo.backoff import Backoff
-    from bulkwrites.dynamo.writer import WriterPolicy
-
+def removed_from_source(
+    dynamodb: Any, make_stream_table: Any, make_table: Any, count: int
+) -> tuple[str, list[str], StreamRule]:
+    """A source whose ``count`` items were put then deleted (its stream holds both), a target
+    holding the same keys, and a scavenging rule between them, not started: (target, keys, rule)."""
     source, target = make_stream_table(), make_table()
-    keys = [f"k{n:02d}" for n in range(40)]
+    keys = [f"k{n:02d}" for n in range(count)]
     batch_put(dynamodb, source, [{"pk": {"S": k}} for k in keys])
     batch_put(dynamodb, target, [{"pk": {"S": k}} for k in keys])
     batch_delete(dynamodb, source, keys)
-    rule = scavenging_rule(source, target, start=False)
-    impatient = WriterPolicy(max_attempts=2, backoff=Backoff(base=0.01, cap=0.05))
+    return target, keys, scavenging_rule(source, target, start=False)
+
+
+def impatient_writer() -> Any:
+    """A writer policy that gives up within a fraction of a second."""
+    from bulkwrites.dynamo.backoff import Backoff
+    from bulkwrites.dynamo.writer import WriterPolicy
+
+    return WriterPolicy(max_attempts=2, backoff=Backoff(base=0.01, cap=0.05))
+
+
+def test_writes_throttled_beyond_the_writers_retries_are_read_again_not_dropped(
+    proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
+) -> None:
+    target, keys, rule = removed_from_source(dynamodb, make_stream_table, make_table, 40)
+    impatient = impatient_writer()
 
     proxy.configure(unprocessed_share=1.0)  # the target takes nothing
     report = consume.stream_rule_consume(rule, worker="test", budget_seconds=2, policy=impatient)
@@ -251,16 +264,8 @@ def test_writes_throttled_beyond_the_writers_retries_are_read_again_not_dropped(
 def test_a_target_answering_only_server_errors_is_tried_again_later_not_failed(
     proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
 ) -> None:
-    from bulkwrites.dynamo.backoff import Backoff
-    from bulkwrites.dynamo.writer import WriterPolicy
-
-    source, target = make_stream_table(), make_table()
-    keys = [f"k{n:02d}" for n in range(10)]
-    batch_put(dynamodb, target, [{"pk": {"S": k}} for k in keys])
-    batch_put(dynamodb, source, [{"pk": {"S": k}} for k in keys])
-    batch_delete(dynamodb, source, keys)
-    rule = scavenging_rule(source, target, start=False)
-    impatient = WriterPolicy(max_attempts=2, backoff=Backoff(base=0.01, cap=0.05))
+    target, keys, rule = removed_from_source(dynamodb, make_stream_table, make_table, 10)
+    impatient = impatient_writer()
 
     proxy.outage(120.0, code="InternalServerError")  # only BatchWriteItem: the stream is read as usual
     report = consume.stream_rule_consume(rule, worker="test", budget_seconds=2, policy=impatient)
