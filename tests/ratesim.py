@@ -123,6 +123,7 @@ def simulate(
     left = items
     server_free = start
     unlimited = True
+    background = 0.0
     recheck_at = -math.inf
     pending = Outcomes()
     pending_since: float | None = None
@@ -130,7 +131,7 @@ def simulate(
     done = 0
 
     def report(outcome: Outcomes, acquired_at: float | None = None, delta: float = 0.0) -> None:
-        nonlocal unlimited, pending, pending_since
+        nonlocal unlimited, pending, pending_since, background
         merged, span = outcome, 0.0
         if pending.calls:
             span = now - (pending_since or now)
@@ -148,6 +149,7 @@ def simulate(
             pending, pending_since = Outcomes(), None
         limits = scripts.report(keys, merged, acquired_at=acquired_at, delta=delta, now=now)
         unlimited = limits.rate is None
+        background = limits.background
         if on_sample:
             on_sample(now - start, limits.rate)
         result.rates.append((now - start, limits.rate))
@@ -235,8 +237,14 @@ def simulate(
                         recheck_at = now + recheck
                         report(Outcomes())
             if remaining:
-                # The writer's backoff: it grows only over calls in a row that made no progress.
-                stalled = 0 if taken and answer != "drop" else retry + 1
+                # The writer's backoff: it grows only over calls in a row that made no progress,
+                # and not for refusals once the limiter learnt a background share.
+                if taken and answer != "drop":
+                    stalled = 0
+                elif answer in ("fault", "drop") or background <= 0:
+                    stalled = retry + 1
+                else:
+                    stalled = retry
                 delay = rng.uniform(0, min(backoff_cap, backoff_base * 2 ** max(0, stalled - 1)))
                 at(now + delay, "acquire", (worker, remaining, stalled, None))
             else:

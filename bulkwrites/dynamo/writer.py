@@ -200,6 +200,11 @@ class RateLimiter(Protocol):
         capacity (5xx, connection)."""
         ...
 
+    def background_share(self) -> float:
+        """The share of each call DynamoDB refuses whatever the rate, as the limiter learnt it
+        (0: none learnt, refusals are taken for capacity)."""
+        ...
+
 
 class BatchWriter:
     def __init__(
@@ -251,7 +256,8 @@ class BatchWriter:
         pending = requests
         started = self.clock()
         retry = 0  # calls made for these requests so far
-        stalled = 0  # consecutive calls that made no progress; drives the backoff and giving up
+        stalled = 0  # consecutive calls that made no progress: giving up counts them
+        backing_off = 0  # those of them that lengthen the pause (see _refusal_backs_off)
         stalled_since = started  # when the first of them was sent
         server_errors_only = True  # every one of them answered with a server error (5xx)
         last_error: ErrorInfo | None = None
@@ -265,7 +271,7 @@ class BatchWriter:
                 # business), so the rest go again after a base-sized jittered pause. Growing it on
                 # every call left the last items of a batch waiting seconds under a steady 30 %
                 # of unprocessed items.
-                self.sleep(self.policy.backoff.delay(max(0, stalled - 1)))
+                self.sleep(self.policy.backoff.delay(max(0, backing_off - 1)))
             for request in pending:
                 attempts[request.ref] += 1
             if not stalled:
@@ -279,7 +285,11 @@ class BatchWriter:
                 result.outcomes.extend(Outcome(r.ref, True, attempts[r.ref]) for r in pending if r not in unprocessed)
                 if not unprocessed:
                     return
-                stalled = 0 if done else stalled + 1
+                if done:
+                    stalled = backing_off = 0
+                else:
+                    stalled += 1
+                    backing_off += self._refusal_backs_off()
                 server_errors_only = False
                 last_error = ErrorInfo(
                     ErrorKind.RETRYABLE,
@@ -295,6 +305,7 @@ class BatchWriter:
                 return
             else:
                 stalled += 1
+                backing_off += self._refusal_backs_off() if error.is_throttling else 1
                 last_error = error
                 server_error = error.kind is ErrorKind.RETRYABLE and not error.is_throttling
                 server_errors_only = server_errors_only and server_error
@@ -304,6 +315,22 @@ class BatchWriter:
                 silent = self.clock() - stalled_since if outage else None
                 self._give_up(pending, last_error, attempts, elapsed, result, outage_seconds=silent)
                 return
+
+    def _refusal_backs_off(self) -> int:
+        """1 if a call refused whole for capacity should lengthen the next pause, else 0.
+
+        Backing off is how a writer relieves a table short of capacity. Once the job's rate limiter
+        has learnt that DynamoDB refuses a share of every call whatever the rate (random faults;
+        a share beyond it still cuts the rate), a request refused again and again is that share's
+        bad luck, and the limiter already paces what the table is sent: the request goes again
+        after a base-sized pause. Doubling it left a batch's last item, alone in its call, waiting
+        up to the 10 s cap after seven unlucky calls in a row while the table took everything
+        else (bench chaos runs of 10-25 s among runs of 3-5 s; tests/ratesim.py: two runs in 30).
+        Without a limiter, or with no background share learnt, refusals are capacity's.
+        """
+        if self.limiter is not None and self.limiter.background_share() > 0:
+            return 0
+        return 1
 
     def _isolate_rejected(
         self,

@@ -341,6 +341,7 @@ def test_faults_that_answer_a_cut_the_same_way_become_background_and_the_cut_is_
     # Unlimited for a second: 3,000 units/s sent, 8 of every 25 refused (a third, at random).
     first = job.calls(T0, n=120, refused=8, span=1.0)
     assert first.event == "cut"
+    assert first.background == 0
     before = float(job.control()["pre"])
     # At the lower rate (below what the table delivered), a third is still refused: a capacity
     # limit would refuse nothing there. Once could still be a table whose burst ran out during
@@ -350,6 +351,7 @@ def test_faults_that_answer_a_cut_the_same_way_become_background_and_the_cut_is_
     assert undo.event == "undo"
     control = job.control()
     assert float(control["bg"]) == pytest.approx(8 / 25, rel=0.01)
+    assert undo.background == pytest.approx(8 / 25, rel=0.01)  # what the writer is told (its backoff)
     assert job.rate(T0 + 0.3) == pytest.approx(before, rel=0.01)
     # The same share from now on is background: no more cuts.
     for k in range(10):

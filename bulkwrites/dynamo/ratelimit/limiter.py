@@ -102,6 +102,7 @@ class JobRateLimiter:
         self._pending_since: float | None = None  # clock() of the first of those
         self._cap: float | None = None
         self._cap_known = False
+        self._background = 0.0  # the background share in the last report's answer
 
     # --- the writer's protocol ----------------------------------------------------------------
 
@@ -161,6 +162,11 @@ class JobRateLimiter:
             if self._pending_since is None:
                 self._pending_since = call.started
         self._skip_redis()  # sends the outcomes once per recheck interval
+
+    def background_share(self) -> float:
+        """The share of each call DynamoDB refuses whatever the rate, as of the last report (an
+        unlimited job reports once per ``recheck_seconds``, or at once when refused)."""
+        return self._background
 
     # --- the operator's cap, the job page ---------------------------------------------------------
 
@@ -250,6 +256,7 @@ class JobRateLimiter:
                         self._pending_since = since if self._pending_since is None else min(since, self._pending_since)
                 raise
         self._set_unlimited(limits.rate is None)
+        self._background = limits.background
         if limits.event:
             logger.info("rate of %s: %s, now %s WCU/s", self.keys.control, limits.event, limits.rate)
         return limits

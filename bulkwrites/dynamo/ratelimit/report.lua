@@ -4,7 +4,7 @@
 --       5 sum of their squares, 6 units consumed, 7 seconds the report covers, 8 sum of latencies,
 --       9 acquired_at or '', 10 bucket charge, 11 now or '' (tests), 12 state ttl ms,
 --       13 consumed ttl ms, then RatePolicy.args() from 14.
--- Returns {cap or '', rate or '', now, event or ''}.
+-- Returns {cap or '', rate or '', now, event or '', background share}.
 --
 -- Capacity evidence is the share of each call's units DynamoDB refused (a throttling error
 -- refuses them all; UnprocessedItems some): calls that failed for other reasons (5xx, a dropped
@@ -357,4 +357,4 @@ rate = current_rate(KEYS[1], ctl, now, p)
 local cap_text, rate_text = '', ''
 if cap then cap_text = fmt(cap) end
 if rate then rate_text = fmt(rate) end
-return {cap_text, rate_text, fmt(now), event}
+return {cap_text, rate_text, fmt(now), event, fmt(set.bg or ctl.bg or 0)}

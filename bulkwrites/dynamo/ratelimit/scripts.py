@@ -46,6 +46,9 @@ class Limits:
     rate: float | None  # what calls may use now (paced cap and adaptive rate together); None = unlimited
     now: float
     event: str = ""  # "cut", "undo", "open" when this report made the round's decision
+    # The share of each call DynamoDB refuses whatever the rate, as learnt from the rounds (0: none
+    # learnt; refusals are taken for capacity).
+    background: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class Scripts:
         now: float | None = None,
     ) -> Limits:
         o = outcomes
-        cap, rate, server_now, event = self._report(
+        cap, rate, server_now, event, background = self._report(
             keys=list(keys.all()),
             args=[
                 o.calls,
@@ -116,4 +119,4 @@ class Scripts:
                 *self.policy.args(),
             ],
         )
-        return Limits(positive(cap), positive(rate), float(server_now), text(event))
+        return Limits(positive(cap), positive(rate), float(server_now), text(event), float(background))

@@ -228,6 +228,9 @@ class FakeLimiter:
         with self.lock:
             self.recorded.append((consumed, refused, fault))
 
+    def background_share(self) -> float:
+        return 0.0
+
 
 def make_reader(table: FakeTable, clock: Clock | None = None, **options: Any) -> BatchReader:
     clock = clock or Clock()

@@ -172,6 +172,48 @@ def test_the_backoff_grows_only_while_calls_make_no_progress() -> None:
     assert clock.sleeps == [0.1, 0.2, 0.1, 0.1]  # base * 2**(calls without progress in a row - 1)
 
 
+class LearntLimiter:
+    """A rate limiter that lets every call go and has learnt ``background`` (see JobRateLimiter)."""
+
+    def __init__(self, background: float) -> None:
+        self.background = background
+
+    def acquire(self, write_units: float) -> None:
+        pass
+
+    def record(self, *, consumed: float, refused: float, fault: bool = False) -> None:
+        pass
+
+    def background_share(self) -> float:
+        return self.background
+
+
+@pytest.mark.parametrize(
+    ("background", "pauses"), [(0.0, [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]), (0.3, [0.1, 0.1, 0.1, 0.1, 0.2, 0.2])]
+)
+def test_refusals_the_limiter_knows_as_background_do_not_lengthen_the_pause(
+    background: float, pauses: list[float]
+) -> None:
+    # Three refusals (unprocessed, unprocessed, throttled), two server errors, one more refusal:
+    # with a background share learnt only the server errors lengthen the pause.
+    clock = Clock()
+    throttled = raise_(client_error("ThrottlingException"))
+    server_error = raise_(client_error("InternalServerError", 500))
+    client = FakeClient(leave_all, leave_all, throttled, server_error, server_error, leave_all, accept)
+    backoff = Backoff(base=0.1, cap=2.0, random=lambda: 1.0)
+    writer = BatchWriter(
+        client,
+        TABLE,
+        policy=WriterPolicy(backoff=backoff),
+        sleep=clock.sleep,
+        clock=clock,
+        limiter=LearntLimiter(background),
+    )
+    result = writer.write([put(1)])
+    assert [o.succeeded for o in result.outcomes] == [True]
+    assert clock.sleeps == pauses
+
+
 def test_progress_resets_the_attempt_limit() -> None:
     # Each call takes one more item: never four calls in a row without progress.
     requests = [put(n) for n in range(6)]
