@@ -375,6 +375,37 @@ def test_a_fault_is_learnt_even_when_a_short_round_measures_a_burst_above_the_cu
     assert float(job.control()["bg"]) == pytest.approx(0.3, rel=0.01)
 
 
+def test_a_round_noisier_than_the_last_cut_does_not_break_the_chain_that_finds_a_fault(make_job: Any) -> None:
+    job = make_job()
+    # The chaos mix: ~30 % of every call refused whatever the rate, and a throttled call (all of
+    # its units refused) now and then, so a round of eight calls refuses 25-50 %.
+    assert job.calls(T0, n=120, refused=7.5, span=1.0).event == "cut"  # 0.30
+    assert job.calls(T0 + 0.1001, n=9, refused=6.25, acquired_at=T0 + 0.001).event == "cut"  # 0.25
+    # 0.51: over twice the last cut's 0.25, but not twice what the chain found (0.275). Judged
+    # against the last cut alone, this round restarted the chain, and under the chaos mix the
+    # chain restarted again and again: the job was cut to 10 WCU/s for 86 s (tests/ratesim.py).
+    assert job.calls(T0 + 0.2002, n=8, refused=12.75, acquired_at=T0 + 0.101).event == "cut"
+    undo = job.calls(T0 + 0.3003, n=8, refused=7.5, acquired_at=T0 + 0.201)  # 0.30
+    assert undo.event == "undo"
+    # What is learnt is the chain's share, not the last round's alone.
+    assert undo.background == pytest.approx((0.30 + 0.25 + 0.51 + 0.30) / 4, abs=0.005)
+
+
+def test_a_round_that_finds_the_fault_again_without_a_cut_keeps_the_test_going(make_job: Any) -> None:
+    job = make_job()
+    assert job.calls(T0, n=120, refused=7.5, span=1.0).event == "cut"  # 30 % refused at 3,000/s
+    # Below the cut, 30 % again, but calls sent before the cut came back in this round and the
+    # table consumed more than the rate sent: there is nothing to cut. The test goes on.
+    quiet = job.calls(T0 + 0.1001, n=9, refused=7.5, acquired_at=T0 + 0.001, consumed=2500 * 0.1)
+    assert quiet.event == ""
+    # The next round finds it once more: a fault, learnt, and the cut undone. Before, the test
+    # ended with the quiet round, this round started a new chain with a cut, and with 30 ms of
+    # answer jitter the chain rarely grew long enough: jobs cut to 3 WCU/s for ten minutes.
+    undo = job.calls(T0 + 0.2002, n=8, refused=7.5, acquired_at=T0 + 0.101)
+    assert undo.event == "undo"
+    assert undo.background == pytest.approx(0.3, abs=0.005)
+
+
 def test_a_capacity_limit_is_not_mistaken_for_background(make_job: Any) -> None:
     job = make_job()
     # Unlimited for a second: 2,000 units/s sent, the table took half.
@@ -620,4 +651,16 @@ def test_under_the_chaos_fault_mix_the_job_keeps_going_near_full_speed(client: r
     chaos = ratesim.simulate(client, ratesim.FaultMix(), items=5_000, seed=seed)
     clean = ratesim.simulate(client, ratesim.FaultMix(0, 0, 0, 0), items=5_000, seed=seed)
     # A third of every call refused and retried costs time; a rate that collapsed would cost minutes.
+    assert chaos.seconds <= 5 * clean.seconds
+
+
+@pytest.mark.parametrize(("seed", "jitter"), [(18, 0.01), (7, 0.03)])
+def test_under_the_chaos_fault_mix_with_late_answers_the_fault_is_found_and_the_job_keeps_going(
+    client: redis_lib.Redis, seed: int, jitter: float
+) -> None:
+    # With answers 10-30 ms late on average, the rounds that test each cut broke the chain that
+    # finds a fault (a noisy round, or one with nothing to cut) and the job was cut round after
+    # round: 93 s for seed 18, not done in 600 s for seed 7, against 1.1-1.2 s without faults.
+    chaos = ratesim.simulate(client, ratesim.FaultMix(), items=5_000, seed=seed, jitter=jitter)
+    clean = ratesim.simulate(client, ratesim.FaultMix(0, 0, 0, 0), items=5_000, seed=seed, jitter=jitter)
     assert chaos.seconds <= 5 * clean.seconds

@@ -32,6 +32,10 @@ The rate a call may use is the lower of
     capacity caused the refusals, the table's take stayed the same and the share falls as the
     rate does. If the share stays, it does not depend on the rate: it becomes the background
     (which then follows the rounds' shares, and fades when the faults stop) and the cut is undone.
+    A chain of such tests compares each round with the share pooled over the chain's rounds, and
+    learns that pooled share: one round of eight calls is too noisy to stand for it. The writer
+    is told the background with each report: a refusal it explains does not lengthen the
+    writer's backoff.
     The test starts again whenever a call sent before the cut comes back during it: until then
     the table was still spending its capacity on the old rate.
   - An uncapped job starts unlimited (no Redis call per call); its first round with refusals starts
