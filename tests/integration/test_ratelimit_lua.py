@@ -406,6 +406,21 @@ def test_a_round_that_finds_the_fault_again_without_a_cut_keeps_the_test_going(m
     assert undo.background == pytest.approx(0.3, abs=0.005)
 
 
+def test_an_undo_goes_back_to_where_a_run_of_cuts_began(make_job: Any) -> None:
+    job = make_job()
+    assert job.calls(T0, n=120, refused=7.5, span=1.0).event == "cut"  # 30 % refused at 3,000/s
+    # A round below the cut that happens to refuse nothing ends its test: capacity, it seems.
+    assert job.calls(T0 + 0.1001, n=9, refused=0, acquired_at=T0 + 0.001).event == ""
+    # The share comes back: a new chain of cuts finds it below two cuts in a row.
+    assert job.calls(T0 + 0.2002, n=8, refused=7.5, acquired_at=T0 + 0.101).event == "cut"
+    assert job.calls(T0 + 0.3003, n=8, refused=7.5, acquired_at=T0 + 0.201).event == "cut"
+    undo = job.calls(T0 + 0.4004, n=8, refused=7.5, acquired_at=T0 + 0.301)
+    assert undo.event == "undo"
+    # Back to the rate before the first cut of the run, not to where the last chain began
+    # (under the chaos mix: back to 449 WCU/s where the job had run at 3,390, 20 s to climb).
+    assert float(job.control()["ev_to"]) == pytest.approx(3000, rel=0.01)
+
+
 def test_a_capacity_limit_is_not_mistaken_for_background(make_job: Any) -> None:
     job = make_job()
     # Unlimited for a second: 2,000 units/s sent, the table took half.
