@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar, cast
 
+from .backoff import Stall
 from .errors import CODE_CONNECTION, ErrorInfo, ErrorKind, classify
 from .items import Item, Key, from_wire, key_identity, to_wire
 from .pipeline import run_pipelined
-from .writer import RateLimiter, WriterPolicy
+from .writer import RateLimiter, WriterPolicy, refusals_are_background
 
 logger = logging.getLogger(__name__)
 
@@ -343,14 +344,14 @@ class BatchReader:
         pending = requests
         started = self.clock()
         retry = 0
-        stalled = 0
+        stall = Stall(self.policy.backoff)
         last_error: ErrorInfo | None = None
         while pending:
             if self.should_stop():
                 result.stopped = True
                 return
             if retry:
-                self.sleep(self.policy.backoff.delay(retry - 1))
+                self.sleep(stall.pause())
             for request in pending:
                 attempts[request.ref] += 1
             error, found, unprocessed = self._call(pending, result.stats)
@@ -361,7 +362,10 @@ class BatchReader:
                         result.checks.append(self._judge(request, found.get(request.identity), attempts[request.ref]))
                 if not unprocessed:
                     return
-                stalled = 0 if len(unprocessed) < len(pending) else stalled + 1
+                if len(unprocessed) < len(pending):
+                    stall.progressed()
+                else:
+                    stall.refused(background=refusals_are_background(self.limiter))
                 last_error = ErrorInfo(ErrorKind.RETRYABLE, CODE_UNPROCESSED_KEYS, "DynamoDB returned the key unread")
                 pending = [r for r in pending if r in unprocessed]
             elif error.kind is ErrorKind.FATAL:
@@ -371,10 +375,13 @@ class BatchReader:
                 self._isolate_rejected(pending, error, attempts, result)
                 return
             else:
-                stalled += 1
+                if error.is_throttling:
+                    stall.refused(background=refusals_are_background(self.limiter))
+                else:
+                    stall.failed()
                 last_error = error
             elapsed = self.clock() - started
-            if stalled >= self.policy.max_attempts or elapsed >= self.policy.max_elapsed:
+            if stall.calls >= self.policy.max_attempts or elapsed >= self.policy.max_elapsed:
                 self._give_up(pending, last_error, attempts, elapsed, result)
                 return
 

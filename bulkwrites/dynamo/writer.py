@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .backoff import Backoff
+from .backoff import Backoff, Stall
 from .batching import chunk_requests
 from .errors import CODE_CONNECTION, CODE_SERVER_FAILING, CODE_UNPROCESSED, ErrorInfo, ErrorKind, classify
 from .items import Item, Key, from_wire, key_identity, to_wire
@@ -206,6 +206,11 @@ class RateLimiter(Protocol):
         ...
 
 
+def refusals_are_background(limiter: RateLimiter | None) -> bool:
+    """Whether the job's rate limiter has learnt a background share (see ``backoff.Stall.refused``)."""
+    return limiter is not None and limiter.background_share() > 0
+
+
 class BatchWriter:
     def __init__(
         self,
@@ -256,9 +261,8 @@ class BatchWriter:
         pending = requests
         started = self.clock()
         retry = 0  # calls made for these requests so far
-        stalled = 0  # consecutive calls that made no progress: giving up counts them
-        backing_off = 0  # those of them that lengthen the pause (see _refusal_backs_off)
-        stalled_since = started  # when the first of them was sent
+        stall = Stall(self.policy.backoff)
+        stalled_since = started  # when the first of the calls in a row without progress was sent
         server_errors_only = True  # every one of them answered with a server error (5xx)
         last_error: ErrorInfo | None = None
         while pending:
@@ -266,15 +270,10 @@ class BatchWriter:
                 result.stopped = True
                 return
             if retry:
-                # The backoff grows only while calls make no progress: a call that wrote some of
-                # its items says the table is taking writes (how fast is the rate limiter's
-                # business), so the rest go again after a base-sized jittered pause. Growing it on
-                # every call left the last items of a batch waiting seconds under a steady 30 %
-                # of unprocessed items.
-                self.sleep(self.policy.backoff.delay(max(0, backing_off - 1)))
+                self.sleep(stall.pause())
             for request in pending:
                 attempts[request.ref] += 1
-            if not stalled:
+            if not stall.calls:
                 stalled_since, server_errors_only = self.clock(), True
             error, unprocessed = self._call(pending, result.stats)
             retry += 1
@@ -286,10 +285,9 @@ class BatchWriter:
                 if not unprocessed:
                     return
                 if done:
-                    stalled = backing_off = 0
+                    stall.progressed()
                 else:
-                    stalled += 1
-                    backing_off += self._refusal_backs_off()
+                    stall.refused(background=refusals_are_background(self.limiter))
                 server_errors_only = False
                 last_error = ErrorInfo(
                     ErrorKind.RETRYABLE,
@@ -304,33 +302,19 @@ class BatchWriter:
                 self._isolate_rejected(pending, error, attempts, result, stop_at_first_failure=stop_at_first_failure)
                 return
             else:
-                stalled += 1
-                backing_off += self._refusal_backs_off() if error.is_throttling else 1
+                if error.is_throttling:
+                    stall.refused(background=refusals_are_background(self.limiter))
+                else:
+                    stall.failed()
                 last_error = error
                 server_error = error.kind is ErrorKind.RETRYABLE and not error.is_throttling
                 server_errors_only = server_errors_only and server_error
             elapsed = self.clock() - started
-            if stalled >= self.policy.max_attempts or elapsed >= self.policy.max_elapsed:
+            if stall.calls >= self.policy.max_attempts or elapsed >= self.policy.max_elapsed:
                 outage = server_errors_only and self._wrote_at < stalled_since
                 silent = self.clock() - stalled_since if outage else None
                 self._give_up(pending, last_error, attempts, elapsed, result, outage_seconds=silent)
                 return
-
-    def _refusal_backs_off(self) -> int:
-        """1 if a call refused whole for capacity should lengthen the next pause, else 0.
-
-        Backing off is how a writer relieves a table short of capacity. Once the job's rate limiter
-        has learnt that DynamoDB refuses a share of every call whatever the rate (random faults;
-        a share beyond it still cuts the rate), a request refused again and again is that share's
-        bad luck, and the limiter already paces what the table is sent: the request goes again
-        after a base-sized pause. Doubling it left a batch's last item, alone in its call, waiting
-        up to the 10 s cap after seven unlucky calls in a row while the table took everything
-        else (bench chaos runs of 10-25 s among runs of 3-5 s; tests/ratesim.py: two runs in 30).
-        Without a limiter, or with no background share learnt, refusals are capacity's.
-        """
-        if self.limiter is not None and self.limiter.background_share() > 0:
-            return 0
-        return 1
 
     def _isolate_rejected(
         self,

@@ -215,7 +215,8 @@ class Clock:
 
 
 class FakeLimiter:
-    def __init__(self) -> None:
+    def __init__(self, background: float = 0.0) -> None:
+        self.background = background
         self.acquired: list[float] = []
         self.recorded: list[tuple[float, float, bool]] = []
         self.lock = threading.Lock()
@@ -229,7 +230,7 @@ class FakeLimiter:
             self.recorded.append((consumed, refused, fault))
 
     def background_share(self) -> float:
-        return 0.0
+        return self.background
 
 
 def make_reader(table: FakeTable, clock: Clock | None = None, **options: Any) -> BatchReader:
@@ -278,7 +279,10 @@ def test_only_unprocessed_keys_are_read_again_after_a_backoff() -> None:
     checks = by_ref(result)
     assert all(c.verdict == VERIFIED for c in checks.values())
     assert (checks[7].attempts, checks[3].attempts, checks[0].attempts) == (3, 2, 1)
-    assert clock.sleeps == [0.1, 0.2]
+    # Both calls read some of their keys: the pause stays at its base, as the writer's does
+    # (it doubled on every call before, and a steady share of unread keys left the last ones
+    # of a batch waiting seconds).
+    assert clock.sleeps == [0.1, 0.1]
     assert result.stats.unprocessed == 3
     assert result.stats.throttled_calls == 2
 
@@ -303,6 +307,18 @@ def test_whole_call_retryable_errors_read_the_same_keys_again(code: str, status:
     assert all(c.verdict == VERIFIED and c.attempts == 3 for c in result.checks)
     assert result.stats.error_codes[code] == 2
     assert len(clock.sleeps) == 2
+
+
+@pytest.mark.parametrize(("background", "pauses"), [(0.0, [0.1, 0.2, 0.4]), (0.3, [0.1, 0.1, 0.1])])
+def test_unread_keys_the_limiter_knows_as_background_do_not_lengthen_the_pause(
+    background: float, pauses: list[float]
+) -> None:
+    clock = Clock()
+    table = FakeTable({"k1": stored(1)})
+    table.reactions = [table.leave("k1")] * 3
+    result = make_reader(table, clock, limiter=FakeLimiter(background)).read([request(1)])
+    assert [c.verdict for c in result.checks] == [VERIFIED]
+    assert clock.sleeps == pauses
 
 
 def test_gives_up_after_max_attempts_without_progress() -> None:
