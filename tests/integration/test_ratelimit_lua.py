@@ -421,6 +421,22 @@ def test_an_undo_goes_back_to_where_a_run_of_cuts_began(make_job: Any) -> None:
     assert float(job.control()["ev_to"]) == pytest.approx(3000, rel=0.01)
 
 
+def test_a_run_of_cuts_lasts_at_most_twice_the_floor_window(make_job: Any) -> None:
+    job = make_job()
+    assert job.calls(T0, n=120, refused=7.5, span=1.0).event == "cut"  # from 3,000/s
+    pres = []
+    for t in (9, 18, 27):  # each cut tested by a quiet round, the next cut 9 s after the last
+        assert job.calls(T0 + t - 0.3, n=8, refused=0, acquired_at=T0 + t - 0.35).event == ""
+        assert job.calls(T0 + t, n=8, refused=8, acquired_at=T0 + t - 0.1).event == "cut"
+        pres.append(float(job.control()["pre"]))
+    # Within 20 s of the run's first cut an undo would go back to 3,000/s; later the run starts
+    # again where it is: a job held at a table's limit for an hour cuts every few seconds, and
+    # the rate it started at is no rate to go back to.
+    assert pres[:2] == [pytest.approx(3000, rel=0.01)] * 2
+    assert pres[2] == pytest.approx(float(job.control()["ev_from"]), rel=1e-6)
+    assert pres[2] < 2000
+
+
 def test_a_capacity_limit_is_not_mistaken_for_background(make_job: Any) -> None:
     job = make_job()
     # Unlimited for a second: 2,000 units/s sent, the table took half.

@@ -321,10 +321,13 @@ if ctl.rs and (full or answered) then
       -- So is a run of cuts each within floor_window seconds of the last, even where a test
       -- round in between ended the chain: the undo goes back to where the run began. Taken
       -- from the last chain alone, an undo under the chaos mix went back to 449 WCU/s where the
-      -- job had run at 3,390 before the run of cuts, and the job crept back up for 20 s.
+      -- job had run at 3,390 before the run of cuts, and the job crept back up for 20 s. A run
+      -- lasts at most twice floor_window: a job held at a table's limit for an hour cuts every
+      -- few seconds, and the rate it started at is no rate to go back to.
       local pre = current
-      local running = ctl.chk == 1 or (last_cut and now - last_cut <= p.floor_window)
-      if running and ctl.pre then pre = math.max(ctl.pre, current) end
+      local running = ctl.chk == 1
+        or (last_cut and now - last_cut <= p.floor_window and now - (ctl.pre_at or now) <= 2 * p.floor_window)
+      if running and ctl.pre then pre = math.max(ctl.pre, current) else set.pre_at = now end
       set.chk, set.pre, set.e0, set.a0, set.t0, set.chain = 1, pre, excess, took, estimate, chain
       if chain > 0 then
         set.cs, set.cc = (ctl.cs or ctl.e0 or 0) + excess, (ctl.cc or 1) + 1
