@@ -3,7 +3,7 @@
 The scripts run in a real Redis with the simulated clock passed as their ``now``, so what is
 tested is the Lua itself; only DynamoDB (a capacity bucket, or the random fault mix of the
 chaos bench) and the worker (``concurrency`` calls in flight, a server that takes ~0.2 ms of
-CPU per item, capped full-jitter backoff of unprocessed items) are modelled. Deterministic for a
+CPU per item, the writer's own backoff rule, ``backoff.Stall``) are modelled. Deterministic for a
 seed. Run it to see a scenario::
 
     eval "$(make -s services)" && .venv/bin/python -m tests.ratesim capacity   # or chaos, cap, mixed
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bulkwrites.dynamo.backoff import Backoff, Stall
 from bulkwrites.dynamo.ratelimit import JobKeys, Outcomes, RatePolicy, Scripts, delete_rate_state, set_rate_cap
 from bulkwrites.dynamo.ratelimit.policy import charge_delta, refused_share
 
@@ -123,6 +124,7 @@ def simulate(
     on_sample: Callable[[float, float | None], None] | None = None,
 ) -> Result:
     rng = random.Random(seed)
+    backoff = Backoff(backoff_base, backoff_cap, random=rng.random)
     scope = f"sim-{uuid.uuid4().hex[:10]}"
     keys = JobKeys.for_job(scope)
     scripts = Scripts(redis, policy or RatePolicy())
@@ -178,7 +180,7 @@ def simulate(
             return
         n = min(25, left)
         left -= n
-        at(now, "acquire", (worker, [1] * n, 0, None))
+        at(now, "acquire", (worker, [1] * n, Stall(backoff), None))
 
     for w in range(concurrency):
         next_batch(w)
@@ -188,30 +190,30 @@ def simulate(
         if now - start > limit_seconds:
             break
         if kind == "acquire":
-            worker, units, retry, ticket = data
+            worker, units, stall, ticket = data
             if unlimited and now < recheck_at:
-                at(now, "send", (worker, units, retry, None))
+                at(now, "send", (worker, units, stall, None))
                 continue
             if unlimited:
                 recheck_at = now + recheck
             take = scripts.take(keys, len(units), ticket, now=now)
             if take.status == "unlimited":
                 unlimited = True
-                at(now, "send", (worker, units, retry, None))
+                at(now, "send", (worker, units, stall, None))
             elif take.status == "granted":
                 unlimited = False
-                at(now, "send", (worker, units, retry, take.now))
+                at(now, "send", (worker, units, stall, take.now))
             else:
-                at(now + min(0.5, max(0.001, take.wait)), "acquire", (worker, units, retry, take.ticket))
+                at(now + min(0.5, max(0.001, take.wait)), "acquire", (worker, units, stall, take.ticket))
         elif kind == "send":
-            worker, units, retry, acquired_at = data
+            worker, units, stall, acquired_at = data
             service = per_call_cpu + per_item_cpu * len(units)
             server_free = max(server_free, now) + service
             # A loaded machine: the answer is heard late, by a random delay (mean ``jitter`` s).
             heard = server_free + (rng.expovariate(1 / jitter) if jitter else 0.0)
-            at(heard, "answer", (worker, units, retry, acquired_at, now))
+            at(heard, "answer", (worker, units, stall, acquired_at, now))
         elif kind == "answer":
-            worker, units, retry, acquired_at, sent_at = data
+            worker, units, stall, acquired_at, sent_at = data
             answer, taken = table.answer(now, units, rng)
             result.calls += 1
             consumed = float(sum(units[:taken]))
@@ -255,16 +257,14 @@ def simulate(
                         recheck_at = now + recheck
                         report(Outcomes())
             if remaining:
-                # The writer's backoff: it grows only over calls in a row that made no progress,
-                # and not for refusals once the limiter learnt a background share.
+                # The writer's own rule for the pause (backoff.Stall).
                 if taken and answer != "drop":
-                    stalled = 0
-                elif answer in ("fault", "drop") or background <= 0:
-                    stalled = retry + 1
+                    stall.progressed()
+                elif answer in ("fault", "drop"):
+                    stall.failed()
                 else:
-                    stalled = retry
-                delay = rng.uniform(0, min(backoff_cap, backoff_base * 2 ** max(0, stalled - 1)))
-                at(now + delay, "acquire", (worker, remaining, stalled, None))
+                    stall.refused(background=background > 0)
+                at(now + stall.pause(), "acquire", (worker, remaining, stall, None))
             else:
                 next_batch(worker)
     result.seconds = now - start
