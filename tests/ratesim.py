@@ -164,6 +164,7 @@ def simulate(
                 pending.consumed + outcome.consumed,
                 span,
                 pending.latency + outcome.latency,
+                pending.refused_calls + outcome.refused_calls,
             )
             acquired_at = None
             pending, pending_since = Outcomes(), None
@@ -233,7 +234,7 @@ def simulate(
             else:
                 refused = float(sum(remaining)) if answer == "ok" else estimate
                 share = refused_share(estimate, refused)
-                outcome = Outcomes(1, estimate, refused, share, share * share, consumed, 0.0, latency)
+                outcome = Outcomes(1, estimate, refused, share, share * share, consumed, 0.0, latency, int(refused > 0))
                 if acquired_at is not None:
                     report(outcome, acquired_at, charge_delta(estimate, consumed, throttled=refused > 0))
                 elif refused > 0:
@@ -252,6 +253,7 @@ def simulate(
                         pending.consumed + consumed,
                         0.0,
                         pending.latency + latency,
+                        pending.refused_calls + int(refused > 0),
                     )
                     if now >= recheck_at:
                         recheck_at = now + recheck

@@ -23,6 +23,10 @@ The rate a call may use is the lower of
     (a rate 1-2 % above the table's refuses one item in some calls, never significant in a round).
   - *Cut to what the table took* (TCP Westwood): the rate sent x (1 - the share beyond background),
     less 5 % headroom, never below a **floor**: 90 % of what the table delivered over the last 10 s.
+    Where the table refused nearly every call of a round it was empty throughout, and what those
+    calls consumed over the time they were sent is its rate, if lower. A probe answered far above
+    the last take a full round measured goes back to that take (the table's burst hid how far
+    above it the probe had gone).
   - *Probe back, then beyond* (CUBIC): W(t) = w_max (1 + c (t - k)^3) climbs back to w_max, the rate
     the table last took, in k = cbrt(cut / c) seconds, lingers there, then probes above it:
     linearly at 2 % of w_max per second for 5 s (a table's burst capacity hides an overshoot
@@ -39,7 +43,9 @@ The rate a call may use is the lower of
     The test starts again whenever a call sent before the cut comes back during it: until then
     the table was still spending its capacity on the old rate.
   - An uncapped job starts unlimited (no Redis call per call); its first round with refusals starts
-    the adaptive rate from what was sent in that round, over a real round, with an empty bucket.
+    the adaptive rate from what was sent in that round, over a real round, with an empty bucket,
+    cut by the share of the calls the table refused (not diluted by those its burst served whole),
+    and aimed back up where the diluted estimates put the table.
     After 10 s without a cut and a curve above twice what it sends, it is unlimited again.
 
 The last decision and its numbers are kept in the control hash for the job page

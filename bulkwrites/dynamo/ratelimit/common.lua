@@ -55,7 +55,7 @@ local function probe_rate(ctl, now, c, max_over, min_rate, linear, linear_for)
 end
 
 local CTL_FIELDS = {'mode', 'w_max', 'k', 'epoch', 'sent', 'dlv', 'srtt', 'bg', 'bg_at',
-  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'chk', 'pre', 'pre_at', 'e0', 'a0', 't0', 'chain', 'cs', 'cc', 'hold'}
+  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'rk', 'fk', 'fc', 'f1', 'fa', 'fz', 'chk', 'pre', 'pre_at', 'e0', 'a0', 'am', 't0', 'chain', 'cs', 'cc', 'hold'}
 
 local function read_ctl(key)
   local raw = redis.call('HMGET', key, unpack(CTL_FIELDS))

@@ -56,6 +56,7 @@ def _add(a: Outcomes, b: Outcomes) -> Outcomes:
         a.consumed + b.consumed,
         0.0,
         a.latency + b.latency,
+        a.refused_calls + b.refused_calls,
     )
 
 
@@ -144,6 +145,7 @@ class JobRateLimiter:
             share_sq=share * share,
             consumed=observed,
             latency=max(0.0, self.clock() - call.started),
+            refused_calls=1 if refused > 0 else 0,
         )
         if call.charged:
             delta = charge_delta(estimate, consumed, throttled=refused > 0)

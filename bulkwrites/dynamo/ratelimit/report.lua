@@ -3,7 +3,7 @@
 -- ARGV: 1 calls, 2 units attempted, 3 units refused, 4 sum of the calls' refused shares,
 --       5 sum of their squares, 6 units consumed, 7 seconds the report covers, 8 sum of latencies,
 --       9 acquired_at or '', 10 bucket charge, 11 now or '' (tests), 12 state ttl ms,
---       13 consumed ttl ms, then RatePolicy.args() from 14.
+--       13 consumed ttl ms, 14 calls refused some units, then RatePolicy.args() from 15.
 -- Returns {cap or '', rate or '', now, event or '', background share}.
 --
 -- Capacity evidence is the share of each call's units DynamoDB refused (a throttling error
@@ -24,7 +24,8 @@ local calls, units, refused = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARG
 local share_sum, share_sq, consumed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local span, latency_sum, acquired_at = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local delta, state_ttl, consumed_ttl = tonumber(ARGV[10]), ARGV[12], ARGV[13]
-local p = read_policy(14)
+local refused_calls = tonumber(ARGV[14])
+local p = read_policy(15)
 local ctl = read_ctl(KEYS[2])
 local rate, cap, paced = current_rate(KEYS[1], ctl, now, p)
 
@@ -71,7 +72,7 @@ local set = {}  -- fields to write
 local event = ''
 
 -- A new round from `at`: its sums start from nothing (in the state read and the fields written).
-local ROUND_SUMS = {'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp'}
+local ROUND_SUMS = {'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'rk', 'fk', 'fc', 'f1', 'fa', 'fz'}
 local function new_round(at)
   ctl.rs, set.rs = at, at
   for _, name in ipairs(ROUND_SUMS) do ctl[name], set[name] = 0, 0 end
@@ -96,6 +97,8 @@ if calls > 0 and counts then
   ctl.rr = (ctl.rr or 0) + refused
   ctl.rsh = (ctl.rsh or 0) + share_sum
   ctl.rsq = (ctl.rsq or 0) + share_sq
+  ctl.rk = (ctl.rk or 0) + refused_calls
+  set.rk = ctl.rk
   if latency_sum > 0 then
     local sample = latency_sum / calls
     if ctl.srtt then ctl.srtt = (7 * ctl.srtt + sample) / 8 else ctl.srtt = sample end
@@ -104,6 +107,17 @@ if calls > 0 and counts then
   set.rs, set.rn, set.ru, set.rr, set.rsh, set.rsq = ctl.rs, ctl.rn, ctl.ru, ctl.rr, ctl.rsh, ctl.rsq
   ctl.rc = (ctl.rc or 0) + consumed
   set.rc = ctl.rc
+  if refused > 0 and calls == 1 then
+    -- A refused call, timed by when it was sent (see `refusing_rate` below).
+    local sent_at = now - latency_sum
+    if (ctl.fk or 0) == 0 or sent_at < ctl.fa then
+      if (ctl.fk or 0) == 0 then ctl.fz = sent_at end
+      ctl.fa, ctl.f1 = sent_at, consumed
+    end
+    if sent_at > ctl.fz then ctl.fz = sent_at end
+    ctl.fk, ctl.fc = (ctl.fk or 0) + 1, (ctl.fc or 0) + consumed
+    set.fk, set.fc, set.f1, set.fa, set.fz = ctl.fk, ctl.fc, ctl.f1, ctl.fa, ctl.fz
+  end
   if probing and refused > 0 then
     -- refused while probing: what the probe's cut answers (a round gathering evidence from
     -- below w_max may run into the probe; those older refusals are not the probe's answer)
@@ -248,6 +262,14 @@ if ctl.rs and (full or answered) then
     end
   end
 
+  -- What the table took while it refused, from the refused calls alone: a table whose capacity
+  -- (and burst) has run out gives each call what refilled since the call before it, so the units
+  -- the refused calls consumed after the first (which may have had the burst's last units),
+  -- over the time from the first one's sending to the last one's, is the table's rate.
+  local refusing_rate = nil
+  if (ctl.fk or 0) >= 4 and ctl.fz - ctl.fa >= 0.01 then
+    refusing_rate = (ctl.fc - ctl.f1) / (ctl.fz - ctl.fa)
+  end
   if not decided and significant then
     local floor = p.floor_fraction * delivered(p.floor_window)
     -- What the table took: the rate sent less the refused share, or, if higher, what it consumed
@@ -258,12 +280,25 @@ if ctl.rs and (full or answered) then
     -- and cut far below the table (bench: 965 -> 482 WCU/s on a 1,000 WCU/s table).
     local estimate = current * (1 - excess)
     local consumed_rate = (ctl.rc or 0) / seconds
+    local measured = full and not (ctl.mode ~= 'ctl' and not cap)  -- the take is a full round's measure
     if not full then
       -- A probe answered by a call or two: they show only the start of the overshoot (the
       -- table's burst has just run out under the probe), and a few milliseconds measure no
       -- consumption. The cut is TCP's multiplicative decrease at least.
       estimate = current * (1 - math.max(excess, p.probe_cut))
       consumed_rate = 0
+      if ctl.a0 and ctl.am == 1 then
+        -- The probe went above what the last cut found the table to take (a0), and a table with
+        -- burst capacity hid the overshoot until the burst ran out: by then the probe was 20-50 %
+        -- above (a 1 s burst drained at the linear pace takes ~10 s). A cut of probe_cut left it
+        -- above, and a second round of refused calls cut again (7-25 calls per probe in runs
+        -- of scripts/capacity_runs.py). Back to the last take, by halving at most, if a full
+        -- round measured it (`am`): an unlimited start's first take is where its cut landed,
+        -- often far below the table (the simulator's capacity cases: 89 % delivered when it was
+        -- used). A cut that lands at or below it keeps it as the table's measure.
+        if ctl.a0 < estimate then estimate = math.max(ctl.a0, current * 0.5) end
+        measured = estimate <= ctl.a0
+      end
     end
     local took = math.max(estimate, consumed_rate)
     -- At most halve in one round (TCP's decrease): a round's take is an estimate, and a deep
@@ -289,6 +324,23 @@ if ctl.rs and (full or answered) then
       bound = 0
       if consumed_rate > 0 then took = math.max(consumed_rate, estimate * 0.5) end
     end
+    local aim_take = took
+    if first and (ctl.rk or 0) >= 4 then
+      -- Both estimates above are diluted: the round's mean share by the calls the burst served
+      -- whole, and its consumption by the burst's last units. Calls refused some units met the
+      -- table empty, where each gets what refilled since the one before: the rate sent less
+      -- *their* share is the table's rate. In runs of scripts/capacity_runs.py the first cut's
+      -- take came out at 1.1-6.7x the table's (1,000 WCU/s), and each further round at that rate sent 7-30
+      -- more calls into the empty table; this one came out at 0.4-1.4x. Below the table the
+      -- aim of the curve (below) brings the job back up within a second.
+      took = math.min(took, current * (1 - ctl.rsh / ctl.rk))
+    elseif full and bg <= 0 and refusing_rate and (ctl.fk or 0) >= 0.8 * n then
+      -- Nearly every call of the round refused: the table was empty throughout, and what the
+      -- refused calls consumed over the time they were sent is its rate. After an unlimited
+      -- start the second cut's take was 1.0-1.3x the table's, this rate 0.9-1.0x: the third
+      -- cut, and its round of refused calls, is no longer needed.
+      took = math.min(took, math.max(refusing_rate, 0.5 * took))
+    end
     local new = math.max(took * (1 - p.headroom), bound, floor, p.min_rate)
     if new < current then
       if first then
@@ -305,7 +357,10 @@ if ctl.rs and (full or answered) then
         -- it delivered). The curve aims at TCP's halved rate instead, no more than twice the
         -- take: back near the table in 2-3 s. Above the take the job is probing (see
         -- `probing`): the first refused item there cuts, so a take that was right costs little.
-        w_max = math.max(w_max, math.min(current * 0.5, 2 * took))
+        -- The aim is taken from the estimates that overstate the table, never below them: the
+        -- refused calls' own share is only where the cut lands (aimed at half a rate sent that
+        -- was measured low, one job climbed for 10 s at 66 % of the table).
+        w_max = math.max(w_max, aim_take, math.min(current * 0.5, 2 * aim_take))
       end
       local k = 0
       if new < w_max then k = math.pow((1 - new / w_max) / p.c, 1 / 3) end
@@ -329,6 +384,7 @@ if ctl.rs and (full or answered) then
         or (last_cut and now - last_cut <= p.floor_window and now - (ctl.pre_at or now) <= 2 * p.floor_window)
       if running and ctl.pre then pre = math.max(ctl.pre, current) else set.pre_at = now end
       set.chk, set.pre, set.e0, set.a0, set.t0, set.chain = 1, pre, excess, took, estimate, chain
+      if measured then set.am = 1 else set.am = 0 end
       if chain > 0 then
         set.cs, set.cc = (ctl.cs or ctl.e0 or 0) + excess, (ctl.cc or 1) + 1
       else

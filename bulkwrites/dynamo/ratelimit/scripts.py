@@ -63,6 +63,7 @@ class Outcomes:
     consumed: float = 0.0  # units DynamoDB reported consumed (or estimated for successes)
     span: float = 0.0  # seconds these outcomes cover (0: just now)
     latency: float = 0.0  # sum of the calls' round trips, seconds
+    refused_calls: int = 0  # calls of which DynamoDB refused some or all units
 
 
 def _arg(value: float | None) -> str:
@@ -116,6 +117,7 @@ class Scripts:
                 _arg(now),
                 STATE_TTL_MS,
                 CONSUMED_TTL_MS,
+                o.refused_calls,
                 *self.policy.args(),
             ],
         )
