@@ -325,6 +325,7 @@ if ctl.rs and (full or answered) then
       if consumed_rate > 0 then took = math.max(consumed_rate, estimate * 0.5) end
     end
     local aim_take = took
+    local cut_share = excess  -- the share the cut answers: its test weighs the next rounds with it
     if first and (ctl.rk or 0) >= 4 then
       -- Both estimates above are diluted: the round's mean share by the calls the burst served
       -- whole, and its consumption by the burst's last units. Calls refused some units met the
@@ -333,7 +334,12 @@ if ctl.rs and (full or answered) then
       -- take came out at 1.1-6.7x the table's (1,000 WCU/s), and each further round at that rate sent 7-30
       -- more calls into the empty table; this one came out at 0.4-1.4x. Below the table the
       -- aim of the curve (below) brings the job back up within a second.
-      took = math.min(took, current * (1 - ctl.rsh / ctl.rk))
+      local share = ctl.rsh / ctl.rk
+      took = math.min(took, current * (1 - share))
+      -- So is the share the cut answers. Weighed against the diluted one, a round below the cut
+      -- still above the table refused about as much, looked like a fault that ignores the rate,
+      -- and a capacity run learnt its limit as background (49.8 % of its calls partly refused).
+      if share > bg and bg < 1 then cut_share = math.max(excess, (share - bg) / (1 - bg)) end
     elseif full and bg <= 0 and refusing_rate and (ctl.fk or 0) >= 0.8 * n then
       -- Nearly every call of the round refused: the table was empty throughout, and what the
       -- refused calls consumed over the time they were sent is its rate. After an unlimited
@@ -383,12 +389,12 @@ if ctl.rs and (full or answered) then
       local running = ctl.chk == 1
         or (last_cut and now - last_cut <= p.floor_window and now - (ctl.pre_at or now) <= 2 * p.floor_window)
       if running and ctl.pre then pre = math.max(ctl.pre, current) else set.pre_at = now end
-      set.chk, set.pre, set.e0, set.a0, set.t0, set.chain = 1, pre, excess, took, estimate, chain
+      set.chk, set.pre, set.e0, set.a0, set.t0, set.chain = 1, pre, cut_share, took, estimate, chain
       if measured then set.am = 1 else set.am = 0 end
       if chain > 0 then
         set.cs, set.cc = (ctl.cs or ctl.e0 or 0) + excess, (ctl.cc or 1) + 1
       else
-        set.cs, set.cc = excess, 1
+        set.cs, set.cc = cut_share, 1
       end
       event = 'cut'
       set.ev, set.ev_at, set.ev_s, set.ev_bg, set.ev_from, set.ev_to, set.ev_floor =
