@@ -90,6 +90,14 @@ class Job:
     def rate(self, now: float) -> float | None:
         return self.scripts.report(self.keys, now=now).rate
 
+    def climb_past(self, now: float, above: float) -> float:
+        """Rounds of 0.25 s at the allowed rate, nothing refused, until the rate is past ``above``."""
+        while (rate := self.rate(now)) is not None and rate <= above:
+            n = max(POLICY.min_calls, round(rate * 0.25 / 25))
+            assert self.calls(now + 0.25, n=n, acquired_at=now + 0.01).event == ""
+            now += 0.25
+        return now
+
     def control(self) -> dict[str, str]:
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.control)  # type: ignore[assignment]
         return {k.decode(): v.decode() for k, v in raw.items()}
@@ -264,11 +272,7 @@ def test_a_probes_answer_cuts_at_once_and_by_at_least_the_probe_cut(make_job: An
     job = make_job()
     assert job.calls(T0, n=80, refused=5, span=1.0).event == "cut"
     w_max = float(job.control()["w_max"])
-    now = T0 + 0.25
-    while job.rate(now) <= 1.01 * w_max:  # rounds of 0.25 s at the allowed rate, nothing refused
-        n = max(POLICY.min_calls, round(job.rate(now) * 0.25 / 25))
-        assert job.calls(now + 0.25, n=n, acquired_at=now + 0.01).event == ""
-        now += 0.25
+    now = job.climb_past(T0 + 0.25, 1.01 * w_max)
     sending = job.rate(now)
     # The first call of the next round comes back with one item of 25 refused: the table's burst
     # has just run out under the probe. The round decides on it (before, it waited for eight
@@ -547,16 +551,24 @@ def test_a_cut_goes_straight_to_the_take_when_two_measures_of_it_agree(make_job:
         assert limits.rate == pytest.approx(7250 * 0.5, rel=1e-6)
 
 
-def test_an_unlimited_jobs_first_cut_goes_to_what_the_table_consumed_and_aims_back_up(make_job: Any) -> None:
-    job = make_job()
-    for k in range(4):  # unlimited, a quarter second per report: 4,000 units/s
+def burst_runs_out(job: Job, *, refused: Callable[[int], float], spacing: float) -> tuple[str, float]:
+    """Unlimited for a second at 4,000 units/s (a report per quarter second), then the table's
+    burst runs out: eight calls come back one by one from T0 + 1.01, ``spacing`` s apart, call
+    ``k`` with ``refused(k)`` of its 25 units refused. The last event, and when it was reported."""
+    for k in range(4):
         job.calls(T0 + 0.25 * (k + 1), n=40, span=0.25)
-    # The burst runs out: eight calls that were in flight together come back refused over 0.1 s
-    # (their own rate, 1,800 units/s, is a fraction of the 4,000 sent).
     event, now = "", T0
     for k in range(8):
-        now = T0 + 1.01 + k * 0.0143
-        event = job.calls(now, n=1, refused=18).event or event
+        now = T0 + 1.01 + k * spacing
+        event = job.calls(now, n=1, refused=refused(k)).event or event
+    return event, now
+
+
+def test_an_unlimited_jobs_first_cut_goes_to_what_the_table_consumed_and_aims_back_up(make_job: Any) -> None:
+    job = make_job()
+    # The burst runs out: eight calls that were in flight together come back refused over 0.1 s
+    # (their own rate, 1,800 units/s, is a fraction of the 4,000 sent).
+    event, now = burst_runs_out(job, refused=lambda k: 18, spacing=0.0143)
     assert event == "cut"
     # The take: what the table consumed in the round (56 units in 0.11 s), but no less than half
     # of the rate sent before less the round's share (4,000 x 7/25 = 1,120). Cut to it less
@@ -574,15 +586,10 @@ def test_an_unlimited_jobs_first_cut_goes_to_what_the_table_consumed_and_aims_ba
 
 def test_an_unlimited_jobs_first_cut_is_measured_on_the_calls_the_table_refused(make_job: Any) -> None:
     job = make_job()
-    for k in range(4):  # unlimited, a quarter second per report: 4,000 units/s
-        job.calls(T0 + 0.25 * (k + 1), n=40, span=0.25)
     # The burst runs out. Calls come back in turn: those sent into the empty table refused 88 %
     # (it gives each what refilled since the last), and between them calls the burst's last units
     # served whole, which were in flight together with them.
-    event, now = "", T0
-    for k in range(8):
-        now = T0 + 1.01 + k * 0.005
-        event = job.calls(now, n=1, refused=0 if k % 2 else 22).event or event
+    event, now = burst_runs_out(job, refused=lambda k: 0 if k % 2 else 22, spacing=0.005)
     assert event == "cut"
     sent = 8 * 25 / (now - (T0 + 1.0))  # the round began a round trip (10 ms) before the first refusal
     # The table's rate: what the rate sent leaves of the refused calls' share (12 %). Before, the
@@ -600,13 +607,8 @@ def test_an_unlimited_jobs_first_cut_is_measured_on_the_calls_the_table_refused(
 
 def test_the_first_cuts_test_weighs_the_next_round_against_the_refused_calls_share(make_job: Any) -> None:
     job = make_job()
-    for k in range(4):  # unlimited, 4,000 units/s; then the burst runs out as above
-        job.calls(T0 + 0.25 * (k + 1), n=40, span=0.25)
-    now = T0
-    for k in range(8):
-        now = T0 + 1.01 + k * 0.005
-        job.calls(now, n=1, refused=0 if k % 2 else 22)
-    assert job.control()["ev"] == "cut"
+    event, now = burst_runs_out(job, refused=lambda k: 0 if k % 2 else 22, spacing=0.005)  # as above
+    assert event == "cut"
     # The round below the cut's take (as its rate sent is measured: in the run, still above the
     # table) refuses 36 %: near the first round's diluted share (44 %), far from the refused
     # calls' (88 %). Weighed against the diluted share, it looked like a fault that ignores the
@@ -642,19 +644,15 @@ def test_a_probe_answered_far_above_the_last_measured_take_goes_back_to_it(make_
     assert job.calls(T0 + 0.2, n=8, units=150, refused=120, consumed=240, acquired_at=T0).event == "cut"
     took = float(job.control()["a0"])
     assert took == pytest.approx(1450, rel=1e-6)
-    now = T0 + 0.25
     # The table's burst hides the probe until it has run out, when the probe is far above the
     # table (a 1 s burst at the linear pace: ~20 % after 10 s).
-    while job.rate(now) <= 1.3 * took:
-        n = max(POLICY.min_calls, round(job.rate(now) * 0.25 / 25))
-        assert job.calls(now + 0.25, n=n, acquired_at=now + 0.01).event == ""
-        now += 0.25
+    now = job.climb_past(T0 + 0.25, 1.3 * took)
     sending = job.rate(now)
     limits = job.calls(now + 0.05, n=1, refused=1, acquired_at=now + 0.01)
     assert limits.event == "cut"
     # Back to the last measured take, held there as a cut that found the table where the last one
     # did. Before: cut by the probe cut (10 %), still ~17 % above, and a second round of refused
-    # calls cut again (7-25 calls per probe in bench capacity runs).
+    # calls cut again (7-25 calls per probe in runs of scripts/capacity_runs.py).
     assert limits.rate == pytest.approx(took * (1 - POLICY.headroom), rel=1e-6)
     assert limits.rate < (1 - POLICY.probe_cut) * (1 - POLICY.headroom) * sending / 1.1
     assert float(job.control()["hold"]) == POLICY.hold_first
