@@ -280,7 +280,8 @@ if ctl.rs and (full or answered) then
     -- and cut far below the table (bench: 965 -> 482 WCU/s on a 1,000 WCU/s table).
     local estimate = current * (1 - excess)
     local consumed_rate = (ctl.rc or 0) / seconds
-    local measured = full and not (ctl.mode ~= 'ctl' and not cap)  -- the take is a full round's measure
+    local first = ctl.mode ~= 'ctl' and not cap  -- an unlimited job's first cut
+    local measured = full and not first  -- the take is a full round's measure (`am` below)
     if not full then
       -- A probe answered by a call or two: they show only the start of the overshoot (the
       -- table's burst has just run out under the probe), and a few milliseconds measure no
@@ -311,7 +312,6 @@ if ctl.rs and (full or answered) then
       -- runs: 6,180 -> 3,090 -> 1,548 -> 991 WCU/s with a take of ~1,080 measured each time).
       bound = 0
     end
-    local first = ctl.mode ~= 'ctl' and not cap
     if first then
       -- An unlimited job's first cut: no halving bound on the rate (the rate it sent was the
       -- machine's, not one the table took; halving it left the job above the table for more
@@ -331,9 +331,9 @@ if ctl.rs and (full or answered) then
       -- whole, and its consumption by the burst's last units. Calls refused some units met the
       -- table empty, where each gets what refilled since the one before: the rate sent less
       -- *their* share is the table's rate. In runs of scripts/capacity_runs.py the first cut's
-      -- take came out at 1.1-6.7x the table's (1,000 WCU/s), and each further round at that rate sent 7-30
-      -- more calls into the empty table; this one came out at 0.4-1.4x. Below the table the
-      -- aim of the curve (below) brings the job back up within a second.
+      -- take came out at 1.1-6.7x the table's (1,000 WCU/s), and each further round at that
+      -- rate sent 7-30 more calls into the empty table; this one came out at 0.4-1.4x. Below the
+      -- table the aim of the curve (below) brings the job back up within a second.
       local share = ctl.rsh / ctl.rk
       took = math.min(took, current * (1 - share))
       -- So is the share the cut answers. Weighed against the diluted one, a round below the cut
