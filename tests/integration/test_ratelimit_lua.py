@@ -411,6 +411,28 @@ def test_a_round_that_finds_the_fault_again_without_a_cut_keeps_the_test_going(m
     assert undo.background == pytest.approx(0.3, abs=0.005)
 
 
+def test_a_share_refused_in_most_rounds_below_the_tables_take_becomes_background(make_job: Any) -> None:
+    job = make_job()
+    # Unlimited at 3,000 units/s, 1 of every 25 refused: cut.
+    assert job.calls(T0, n=120, refused=1, span=1.0).event == "cut"
+    # Below the take, every round refuses again, 1 or 3 of every 25 by turns (a small share, noisy
+    # the way whole calls throttled now and then make it). Each round is significant and cuts; no
+    # two in a row are alike, so no chain of cut tests ever finds the fault, and before this rule
+    # the job was cut round after round (tests/ratesim.py: not done in 200 s on a table at its
+    # limit). Eight rounds below the take, most of them refusing, are the evidence instead.
+    now, outcome = T0, None
+    for k in range(POLICY.seen_rounds):
+        assert job.control().get("mode") == "ctl"
+        outcome = job.calls(now + 0.3, n=8, refused=1 if k % 2 else 3, acquired_at=now + 0.001)
+        now += 0.3
+    assert outcome is not None
+    assert outcome.event == "undo"
+    assert outcome.background == pytest.approx(1 / 25, rel=0.01)  # the seen_rank-th lowest share
+    assert job.rate(now) is None  # back to unlimited: only a share beyond the background cuts now
+    assert "whatever the rate" in explain(job.control(), cap=None, allowed=None, policy=POLICY)
+    assert job.calls(now + 0.3, n=8, refused=1, acquired_at=now + 0.001).event == ""
+
+
 def test_an_undo_goes_back_to_where_a_run_of_cuts_began(make_job: Any) -> None:
     job = make_job()
     assert job.calls(T0, n=120, refused=7.5, span=1.0).event == "cut"  # 30 % refused at 3,000/s
@@ -762,6 +784,42 @@ def test_a_small_random_share_found_below_cut_after_cut_becomes_background(clien
     faults = ratesim.simulate(client, ratesim.FaultMix(0.04, 0, 0, 0), items=40_000, seed=seed, limit_seconds=60)
     clean = ratesim.simulate(client, ratesim.FaultMix(0, 0, 0, 0), items=40_000, seed=seed)
     assert faults.seconds <= 3 * clean.seconds
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_small_random_share_with_calls_throttled_now_and_then_keeps_the_job_near_full_speed(
+    client: redis_lib.Redis, seed: int
+) -> None:
+    # 1 or 2 items of every call refused, and 2 % of calls throttled whole: a round's share goes
+    # from 0.04 to 0.3, too noisy for a chain of cut tests, and each round cut again: 24 s (seed 0)
+    # and 71 s (seed 3) against 4 s without faults. The rounds below the take find it (~6 s).
+    faults = ratesim.simulate(client, ratesim.FaultMix(0.05, 0.02, 0.02, 0.0), items=20_000, seed=seed)
+    clean = ratesim.simulate(client, ratesim.FaultMix(0, 0, 0, 0), items=20_000, seed=seed)
+    assert faults.seconds <= 3 * clean.seconds
+
+
+@pytest.mark.parametrize(("seed", "jitter"), [(0, 0.0), (1, 0.01)])
+def test_a_table_at_its_limit_that_also_refuses_a_small_share_at_random_is_kept_busy(
+    client: redis_lib.Redis, seed: int, jitter: float
+) -> None:
+    # The same small random share on a table at its limit (1,000 WCU/s): cut round after round to
+    # 60-90 WCU/s, not done in 200 s. With the share known as background, only what goes beyond it
+    # cuts, and the table's limit is found as without the faults.
+    table = ratesim.FaultsAtCapacity(ratesim.CapacityTable(1000.0), ratesim.FaultMix(0.05, 0.02, 0.02, 0.0))
+    result = ratesim.simulate(client, table, items=20_000, seed=seed, jitter=jitter, limit_seconds=60)
+    assert result.wcu_per_s >= 0.8 * 1000
+
+
+def test_a_table_whose_capacity_falls_under_the_job_does_not_teach_its_refusals_as_background(
+    client: redis_lib.Redis,
+) -> None:
+    # 1,000 then 400 WCU/s from 8 s on: the floor holds the job above the table for seconds, and
+    # every round refuses. Only rounds at or below the last cut's take say what is refused
+    # whatever the rate; counting every round made those refusals background, and the job went
+    # on above the table (90 % of calls partly refused with this seed, 35 % either way without).
+    table = ratesim.CapacityDrop(ratesim.CapacityTable(1000.0), 400.0, 8.0)
+    result = ratesim.simulate(client, table, items=30_000, seed=0)
+    assert result.calls_refused <= 0.5 * result.calls
 
 
 @pytest.mark.parametrize("seed", [1, 2])

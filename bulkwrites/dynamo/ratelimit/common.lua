@@ -55,7 +55,7 @@ local function probe_rate(ctl, now, c, max_over, min_rate, linear, linear_for)
 end
 
 local CTL_FIELDS = {'mode', 'w_max', 'k', 'epoch', 'sent', 'dlv', 'srtt', 'bg', 'bg_at',
-  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'rk', 'fk', 'fc', 'f1', 'fa', 'fz', 'chk', 'pre', 'pre_at', 'e0', 'a0', 'am', 't0', 'chain', 'cs', 'cc', 'hold'}
+  'rs', 'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'rk', 'fk', 'fc', 'f1', 'fa', 'fz', 'chk', 'pre', 'pre_at', 'e0', 'a0', 'am', 't0', 'chain', 'cs', 'cc', 'hold', 'bq'}
 
 local function read_ctl(key)
   local raw = redis.call('HMGET', key, unpack(CTL_FIELDS))
@@ -100,7 +100,7 @@ end
 local POLICY_FIELDS = {'burst', 'cap_window', 'c', 'max_over', 'min_rate', 'min_round', 'rtt_rounds',
   'min_calls', 'z', 'headroom', 'floor_fraction', 'floor_window', 'release_after', 'bg_weight',
   'min_excess', 'linear', 'min_background', 'linear_for', 'chain_cuts', 'bg_cuts', 'evidence_window',
-  'hold_first', 'hold_max', 'probe_cut'}
+  'hold_first', 'hold_max', 'probe_cut', 'seen_rounds', 'seen_rank'}
 
 local function read_policy(first)
   local p = {}

@@ -61,6 +61,13 @@ class RatePolicy:
     # The call that answers is the first after the table's burst ran out and shows only part of
     # the overshoot.
     probe_cut: float = 0.1
+    # The share refused whatever the rate, read from the rounds themselves (report.lua, `bq`): the
+    # seen_rank-th lowest share of the last seen_rounds rounds run at or below the table's last
+    # measured take, if 1 % (min_excess) or more. The median of 8: the 4th lowest of 16 was
+    # below most rounds' share under a noisy fault, which went on cutting, and 16 rounds took
+    # seconds to gather at a low rate (tests/ratesim.py: 4 % at random 25-31 s instead of 10).
+    seen_rounds: int = 8
+    seen_rank: int = 4
 
     def args(self) -> list[float]:
         return [float(x) for x in astuple(self)]

@@ -60,8 +60,10 @@ local function delivered(window)
   return total / window
 end
 
+-- The share refused whatever the rate: the larger of the one learnt from a cut's test (`bg`) and
+-- the one the recent rounds show (`bq`, below).
 local function background()
-  return ctl.bg or 0
+  return math.max(ctl.bg or 0, ctl.bq or 0)
 end
 
 -- Probing: above w_max on the curve, or above the last cut's take where the curve aims higher.
@@ -423,10 +425,10 @@ if ctl.rs and (full or answered) then
     and seconds < p.evidence_window
   if extend then
     -- (the round's sums stay; it is decided again at the next report)
-  elseif not decided and not significant and bg > 0 then
+  elseif not decided and not significant and (ctl.bg or 0) > 0 then
     -- No evidence this round: a background share, once learnt from a cut's test, follows the
     -- rounds' shares (and fades to nothing when the faults stop).
-    local follow = bg + p.bg_weight * (mean - bg)
+    local follow = ctl.bg + p.bg_weight * (mean - ctl.bg)
     if follow < 0.005 then follow = 0 end
     set.bg, set.bg_at = math.min(0.95, math.max(0, follow)), now
   end
@@ -437,6 +439,46 @@ if ctl.rs and (full or answered) then
       ctl.mode, ctl.hold = 'open', 0
       event = 'open'
       set.ev, set.ev_at, set.ev_from = 'open', now, probe
+    end
+  end
+  if not extend and full and ctl.a0 and (rate or current) <= ctl.a0 then
+    -- The share refused whatever the rate, read from the rounds themselves: the seen_rank-th
+    -- lowest share of the last seen_rounds rounds run at or below the last cut's take (a0),
+    -- where a capacity limit refuses nothing (each cut ends its refusals), while a fault that
+    -- ignores the rate refuses its share there round after round. Learnt from cuts' tests
+    -- alone, a small share made noisy by whole calls throttled now and then (a round's share
+    -- 0.04-0.3) broke chain after chain of tests and each round cut again: 20,000 items took
+    -- 19-44 s where 4 s do without faults, and on a table at its limit were not done in 200 s,
+    -- cut to 60-90 WCU/s (tests/ratesim.py). Rounds above the take do not count: there the
+    -- refusals are a probe's or a table's. Counted, a table whose capacity fell under the job
+    -- (1,000 to 400 WCU/s, the floor holding the job above it for seconds) had its refusals
+    -- learnt as background: 48-92 % of calls partly refused, where 34-36 % are either way.
+    local seen = {}
+    for x in string.gmatch(redis.call('HGET', KEYS[2], 'qs') or '', '[^,]+') do seen[#seen + 1] = tonumber(x) end
+    seen[#seen + 1] = mean
+    while #seen > p.seen_rounds do table.remove(seen, 1) end
+    local parts = {}
+    for i, x in ipairs(seen) do parts[i] = string.format('%.4f', x) end
+    set.qs = table.concat(parts, ',')
+    local before = ctl.bq or 0
+    ctl.bq = 0
+    if #seen >= p.seen_rounds then
+      table.sort(seen)
+      ctl.bq = seen[p.seen_rank]
+      if ctl.bq < p.min_excess then ctl.bq = 0 end
+    end
+    set.bq = ctl.bq
+    if before <= 0 and ctl.bq > (set.bg or ctl.bg or 0) + p.min_excess and ctl.mode == 'ctl' and event ~= 'undo' then
+      -- Found, beyond what a chain of cut tests had learnt: the cuts before were the fault's as
+      -- much as the table's. As when a chain finds it, back to the cap or unlimited, where only
+      -- a share beyond it cuts. Left to climb from where the cuts had put it, a job refused 4 %
+      -- at random took 25-31 s where the chain's undo took 10-12 (tests/ratesim.py, 40,000
+      -- items). Where a chain had found it already (in this round too), going unlimited again
+      -- only cost a round of refused calls and a deep cut (in-process chaos runs: 6.6-7.9 s
+      -- where most take 3).
+      set.mode, ctl.mode, set.hold, ctl.hold = 'open', 'open', 0, 0
+      set.ev, set.ev_at, set.ev_s, set.ev_bg, set.ev_from, set.ev_to = 'undo', now, mean, ctl.bq, current, ''
+      event = 'undo'
     end
   end
   if not extend then new_round(now) end
@@ -456,4 +498,5 @@ rate = current_rate(KEYS[1], ctl, now, p)
 local cap_text, rate_text = '', ''
 if cap then cap_text = fmt(cap) end
 if rate then rate_text = fmt(rate) end
-return {cap_text, rate_text, fmt(now), event, fmt(set.bg or ctl.bg or 0)}
+if set.bg then ctl.bg = set.bg end
+return {cap_text, rate_text, fmt(now), event, fmt(background())}

@@ -44,7 +44,7 @@ def _n(value: float) -> str:
 
 def explain(control: Mapping[str, str], *, cap: float | None, allowed: float | None, policy: RatePolicy) -> str:
     """The limiter's last decision in words, from the control hash (see report.lua's ``ev*`` fields)."""
-    f = {k: float(v) for k, v in control.items() if k not in ("mode", "ev") and v not in ("", None)}
+    f = {k: float(v) for k, v in control.items() if k not in ("mode", "ev", "qs") and v not in ("", None)}
     event, mode = control.get("ev", ""), control.get("mode", "")
     if allowed is None:
         head = "unlimited: DynamoDB has not refused anything the job could not absorb"

@@ -45,8 +45,8 @@ def test_the_policy_reaches_lua_in_the_order_common_lua_reads_it() -> None:
     lua_names = re.findall(r"'(\w+)'", block.group(1))
     assert len(lua_names) == len(dataclasses.fields(RatePolicy)) == len(POLICY.args())
     assert lua_names[:3] == ["burst", "cap_window", "c"]
-    assert lua_names[-1] == "probe_cut"
-    assert [f.name for f in dataclasses.fields(RatePolicy)][-1] == "probe_cut"
+    assert lua_names[-1] == "seen_rank"
+    assert [f.name for f in dataclasses.fields(RatePolicy)][-1] == "seen_rank"
 
 
 def test_keys_share_a_cluster_slot() -> None:
