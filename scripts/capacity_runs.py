@@ -50,7 +50,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--capacity-wcu", type=float, default=1000.0)
+    # Random faults on top of the capacity limit (the proxy applies them first): the mixed case of
+    # issue 10, e.g. --unprocessed-share 0.05 --throttle-share 0.02 --server-error-share 0.02.
+    parser.add_argument("--unprocessed-share", type=float, default=0.0)
+    parser.add_argument("--throttle-share", type=float, default=0.0)
+    parser.add_argument("--server-error-share", type=float, default=0.0)
     args = parser.parse_args()
+    faults = {
+        "unprocessed_share": args.unprocessed_share,
+        "throttle_share": args.throttle_share,
+        "server_error_share": args.server_error_share,
+    }
 
     from bench.app import Bulkwrites, Workers, delete_job, worker_env
     from bench.common import default_concurrency, endpoint, make_client, setup_django
@@ -83,7 +93,7 @@ def main() -> None:
                     csv_path, table, workers=1, concurrency=default_concurrency(), job_endpoint=proxy.url
                 )
                 try:
-                    proxy.configure(capacity_wcu=args.capacity_wcu)
+                    proxy.configure(capacity_wcu=args.capacity_wcu, **faults)
                     proxy.reset_stats()
                     with lock:
                         calls.clear()
