@@ -27,6 +27,8 @@ def measure_capacity(bench: Bench) -> None:
     out: dict[str, Any] = {"capacity_wcu": r, "items": m, "item_bytes": bench.args.item_bytes, "ways": {}}
     with FaultProxy(upstream=endpoint(), seed=1) as proxy:
         for way in ("boto3_batch_writer", "bulkwrites_1_worker"):
+            if way == "boto3_batch_writer" and bench.skipped("capacity_batch_writer"):
+                continue
             runs = []
             for k in range(bench.args.capacity_runs):
                 with bench.tables.fresh(f"cap-{way[:5]}") as table:

@@ -86,7 +86,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir, TimedProxy(upstream=endpoint(), seed=1) as proxy:
         csv_path = write_items_csv(Path(workdir) / "items.csv", make_items(args.items, 1024))
         tables = Tables(make_client(endpoint()))
-        app = Bulkwrites(Workers(Path(workdir)), keep_jobs=False)
+        workers = Workers(Path(workdir))
+        app = Bulkwrites(workers, keep_jobs=False)
         for k in range(args.runs):
             with tables.fresh("capacity-runs") as table:
                 job = app.staged_job(
@@ -114,6 +115,12 @@ def main() -> None:
                         f"{len(refused)}/{len(answered)} calls partly refused ({100 * share:.1f} %); episodes {spans}",
                         flush=True,
                     )
+                except BaseException:
+                    # A run that timed out would leave its worker listening, with this proxy's URL:
+                    # the next invocation's job would be taken by it (bench/run.py does the same).
+                    app.cancel_active()
+                    workers.stop_all()
+                    raise
                 finally:
                     delete_job(job)
     if shares:
