@@ -17,6 +17,7 @@ from bench.common import (
     POLL_SECONDS,
     ROOT,
     BenchError,
+    RunTimedOut,
     bench_redis_url,
     endpoint,
     env_override,
@@ -139,9 +140,11 @@ class Bulkwrites:
         env: dict[str, str],
         label: str,
         before_clock: Callable[[], None] | None = None,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         """Timed: job_start of a staged job, until the job has finished (workers already listening;
-        ``before_clock`` is called once they are)."""
+        ``before_clock`` is called once they are). Past ``timeout`` seconds (default: 300, or 100
+        items/s if longer) the job is cancelled and :class:`RunTimedOut` raised."""
         from bulkwrites.services import control
 
         if job.total_items != expected:
@@ -152,7 +155,7 @@ class Bulkwrites:
         self.active_job = job.pk
         began = time.perf_counter()
         control.job_start(job=job)
-        return self.finish(job, processes, began, expected)
+        return self.finish(job, processes, began, expected, timeout)
 
     def run_from_file(
         self, csv_path: Path, table: str, *, expected: int, workers: int, concurrency: int, env: dict[str, str]
@@ -185,11 +188,19 @@ class Bulkwrites:
         self.workers.wait_ready(processes)
         return processes
 
-    def finish(self, job: Any, processes: list[subprocess.Popen[bytes]], began: float, expected: int) -> dict[str, Any]:
+    def finish(
+        self,
+        job: Any,
+        processes: list[subprocess.Popen[bytes]],
+        began: float,
+        expected: int,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Poll until the job has finished; stop its workers; its figures (every item must have succeeded)."""
         from bulkwrites.models import JobStatus
 
-        timeout = max(300.0, expected / 100)
+        if timeout is None:
+            timeout = max(300.0, expected / 100)
         exited_at = None
         while True:
             status = self.Job.objects.filter(pk=job.pk).values_list("status", flat=True).get()
@@ -204,7 +215,12 @@ class Bulkwrites:
                     )
             if now - began > timeout:
                 tail = self.workers.log_tail(processes)
-                raise BenchError(f"job {job.pk} not finished after {timeout:.0f} s\n{tail}")
+                # Cancelled and stopped here: a worker left listening would take the next run's
+                # job (with this run's proxy URL), and a way may go on to its next run.
+                self.cancel_active()
+                for process in processes:
+                    self.workers.stop(process)
+                raise RunTimedOut(f"job {job.pk} not finished after {timeout:.0f} s\n{tail}", now - began)
             time.sleep(POLL_SECONDS)
         elapsed = time.perf_counter() - began
         self.active_job = None

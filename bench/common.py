@@ -36,6 +36,14 @@ class BenchError(RuntimeError):
     pass
 
 
+class RunTimedOut(BenchError):
+    """A job not finished within the time a way allows it (its job cancelled, its workers stopped)."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
 def log(message: str) -> None:
     print(f"[bench {time.monotonic() - _started:7.1f}s] {message}", file=sys.stderr, flush=True)
 

@@ -196,6 +196,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--capacity-runs", type=int, default=3, help="runs of each capacity way (default 3)")
     parser.add_argument("--chaos-items", type=int, default=5000, help="items of the chaos way (default 5000)")
     parser.add_argument("--chaos-runs", type=int, default=3, help="runs of each chaos way (default 3)")
+    parser.add_argument(
+        "--chaos-timeout",
+        type=float,
+        default=300,
+        help="seconds a bulkwrites chaos run is given before it counts as not finished (default 300)",
+    )
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(SKIPPABLE)}")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"), help="results file (appended to)")
     parser.add_argument(

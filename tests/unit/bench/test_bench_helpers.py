@@ -130,3 +130,34 @@ def test_a_part_not_run_is_not_measured_and_scale_falls_back_to_the_newest_earli
     rows = by_what(target_rows(results, history))
     rate = rows["4. staging rate, 1,000,000 rows (earlier run 2026-01-02 at bbbbbbb)"]
     assert (rate.figure, rate.verdict) == ("55,000 rows/s", "met (at 1M rows, not 10M)")
+
+
+def _chaos_way(seconds: list[float], not_finished: int = 0) -> dict[str, Any]:
+    return {
+        "seconds_median": sorted(seconds)[len(seconds) // 2],
+        "seconds_min": min(seconds),
+        "seconds_max": max(seconds),
+        "runs": len(seconds),
+        "not_finished": not_finished,
+    }
+
+
+def test_a_chaos_run_that_did_not_finish_fails_the_target_whatever_the_median() -> None:
+    from bench.chaos import report_lines
+
+    ways = {"boto3_batch_writer": _chaos_way([12.0, 13.0, 14.0]), "bulkwrites_1_worker": _chaos_way([2.5, 3.0, 60.0])}
+    finished = report_lines({"chaos": {"items": 5000, "ways": ways, "bulkwrites_over_batch_writer": 3.0 / 13.0}})
+    assert finished[-1].endswith("(target <= 1.5: met)")
+
+    ways["bulkwrites_1_worker"] = _chaos_way([2.5, 3.0, 60.0], not_finished=1)
+    stalled = report_lines({"chaos": {"items": 5000, "ways": ways, "bulkwrites_over_batch_writer": 3.0 / 13.0}})
+    assert "1 NOT FINISHED" in stalled[-2]
+    assert stalled[-1].endswith("(target <= 1.5: NOT met: 1 run(s) did not finish)")
+
+
+def test_chaos_without_the_reference_writer_prints_no_ratio() -> None:
+    from bench.chaos import report_lines
+
+    ways = {"bulkwrites_1_worker": _chaos_way([2.5, 3.0, 3.5])}
+    lines = report_lines({"chaos": {"items": 5000, "ways": ways, "bulkwrites_over_batch_writer": None}})
+    assert not any("batch_writer time" in line for line in lines)
