@@ -328,9 +328,10 @@ def main(argv: list[str]) -> None:
                 done = "not done in 200 s" if math.isinf(r.seconds) else f"{r.seconds:.1f} s"
                 print(f"mixed seed {seed} jitter {jitter}: {done}, {r.consumed / min(r.seconds, 200):.0f} WCU/s")
         elif what == "drop":
-            # The table's capacity falls from 1,000 to 400 WCU/s 8 s into the job. Found, not solved
+            # The table's capacity falls from 1,000 to 400 WCU/s 8 s into the job. Found, left as it is
             # (README, issue 10): the floor (90 % of what the table delivered over 10 s) holds the
-            # job above the table for seconds, and about a third of all calls come back partly refused.
+            # job above the table for ~8 s, and about a third of all calls (nearly all of them in those
+            # seconds) come back partly refused.
             r = simulate(client, CapacityDrop(CapacityTable(1000.0), 400.0, 8.0), items=30_000, seed=seed)
             print(f"drop seed {seed}: {r.seconds:.1f} s, {100 * r.calls_refused / r.calls:.1f}% refused some")
         elif what == "cap":
