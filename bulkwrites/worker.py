@@ -13,6 +13,12 @@ ends it ("found an unhandled exception, quitting..."), and a Redis timeout ends 
 those is caught here: the worker waits for Redis with capped backoff and carries on; the work
 horse (the job) keeps running meanwhile and rides the outage out itself (its rate limiter and
 its hand-over retry). A Redis restarted empty has forgotten the worker: it registers again.
+
+Asked to stop (SIGTERM), the worker does RQ's warm shutdown, and the run in its work horse hands
+over at once instead of finishing its time slice (:mod:`bulkwrites.services.shutdown`): the
+horse takes SIGTERM as that request rather than dying of it (a supervisor may signal every
+process of the service), and the worker passes its own SIGTERM on to the horse (a container
+runtime signals only the main process; RQ puts the horse in a process group of its own).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -29,6 +36,7 @@ from rq import worker_registration
 
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import MAX_DELAY, REDIS_DOWN
+from bulkwrites.services import shutdown
 from bulkwrites.services.deletion import reclaim_stalled_deletions
 from bulkwrites.services.schema import SchemaError, check_schema
 from bulkwrites.services.streams.consume import recover_stalled_stream_rules
@@ -52,6 +60,19 @@ class Worker(RQWorker):
         kwargs.setdefault("maintenance_interval", app_settings().sweep_seconds)
         super().__init__(*args, **kwargs)
         self._redis_lost = False
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def setup_work_horse_signals(self) -> None:
+        super().setup_work_horse_signals()  # type: ignore[no-untyped-call]  # SIGINT ignored: the worker decides
+        signal.signal(signal.SIGTERM, lambda signum, frame: shutdown.request())
+
+    def handle_warm_shutdown_request(self) -> None:
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
+        if self.horse_pid:
+            # The horse alone, not its process group: staging's conversion processes follow it.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.horse_pid, signal.SIGTERM)
 
     @property
     def dequeue_timeout(self) -> int:

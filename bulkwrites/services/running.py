@@ -36,7 +36,7 @@ from bulkwrites.dynamo.errors import ErrorInfo
 from bulkwrites.dynamo.items import Item as DynamoItem
 from bulkwrites.dynamo.writer import BatchResult, BatchWriter, CallStats, Outcome, WriteRequest, WriterPolicy
 from bulkwrites.models import Item, Job, JobStatus, Operation, Slice, SliceRun, payload_of
-from bulkwrites.services import dispatch, notify
+from bulkwrites.services import dispatch, notify, shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,14 @@ CAP_REFRESH_SECONDS = 5.0  # how often the ledger's cap is written to Redis agai
 class RunReport:
     slices: int = 0
     items: int = 0
-    stopped_by: str = ""  # "", "cancelled", "paused", "fatal", "budget"
+    stopped_by: str = ""  # "", "cancelled", "paused", "fatal", "budget", "shutdown"
+
+    @property
+    def hands_over(self) -> bool:
+        """The run stopped with work left that nobody stopped: its successor is enqueued now
+        (its time slice ran out, or its worker was asked to stop)."""
+        return self.stopped_by in ("budget", shutdown.REASON)
+
     finished: bool = False
 
 
@@ -102,6 +109,9 @@ class RunControl:
             self._stop.set()
 
     def should_stop(self) -> bool:
+        if not self._stop.is_set() and shutdown.requested():
+            self.stop_reason = shutdown.REASON
+            self._stop.set()
         return self._stop.is_set()
 
 

@@ -230,7 +230,7 @@ def verification_work(verification_id: int, *, worker: str) -> str:
     if verification.staged_at is None and not verification_stage(verification):
         return f"verification {verification_id}: not staged here"
     report = verification_run(verification_id, worker=worker)
-    if report.stopped_by == "budget":
+    if report.hands_over:
         retry_redis(
             lambda: dispatch.enqueue_verification(verification_id), what=f"handing verification {verification_id} over"
         )

@@ -38,7 +38,7 @@ def job_work(job_id: int, *, worker: str) -> str:
         if job.workers > 1:
             dispatch.enqueue_run(job_id, copies=job.workers - 1)
     report = running.job_run(job_id, worker=worker)
-    if report.stopped_by == "budget":
+    if report.hands_over:
         retry_redis(lambda: dispatch.enqueue_run(job_id), what=f"handing job {job_id} over")
     elif report.finished:
         verifying.start_due_verifications(job_id=job_id)

@@ -1,4 +1,5 @@
-"""Jobs ride out their dependencies: the chaos fault mix, Redis stopped or flushed, PostgreSQL restarted.
+"""Jobs ride out their dependencies and their workers: the chaos fault mix, Redis stopped or
+flushed, PostgreSQL restarted, a worker stopped mid-job.
 
 Real services and a real ``manage.py rqworker`` process (it forks a work horse per RQ job, like
 production). Redis and PostgreSQL are this test run's own local servers, restarted through
@@ -10,6 +11,7 @@ are in the bench): each says "without an operator", not "fast".
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,10 +24,10 @@ from django.db import connection
 
 from bulkwrites.dependencies import DATABASE_DOWN
 from bulkwrites.dynamo.ratelimit import JobKeys, get_rate_cap
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SliceRun
 from bulkwrites.services import dispatch
 from faultproxy import FaultProxy
-from tests.conftest import ROOT, test_redis_url, wait_for
+from tests.conftest import ROOT, child_pids, test_redis_url, wait_for
 from tests.integration.test_failures import new_job, rows_of, table_state
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -169,3 +171,40 @@ def test_a_flushed_redis_mid_job_loses_nothing_and_gets_the_cap_back(
     assert_all_written(job, rows, scan, table)
     assert worker.process.poll() is None
     client.close()
+
+
+@pytest.mark.parametrize(
+    "signalled",
+    [
+        pytest.param("worker and horse", id="systemd"),  # KillMode=control-group: every process
+        pytest.param("worker", id="container"),  # docker stop, Kubernetes: the main process only
+    ],
+)
+def test_a_worker_asked_to_stop_hands_its_job_over_at_once(
+    proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any, signalled: str
+) -> None:
+    # Before: a horse signalled too died (RQ's default), and its job waited for its slice lease
+    # and the sweeper (30-45 s and more); a worker signalled alone waited for its horse to
+    # finish a 60 s time slice. Now the run stops as for a pause and enqueues its successor.
+    table = make_table()
+    rows = rows_of(3000)
+    first = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    job = slow_job(proxy, table, rows)
+    wait_for(lambda: succeeded(job) >= 300, timeout=120, what="the job to get going")
+    horses = child_pids(first.process.pid)
+    assert len(horses) == 1, horses
+
+    first.process.send_signal(signal.SIGTERM)
+    if signalled == "worker and horse":
+        os.kill(horses[0], signal.SIGTERM)
+    first.process.wait(timeout=15)  # the horse handed over: the worker's warm shutdown is over
+    log = first.log_path.read_text()
+    assert "Work-horse terminated unexpectedly" not in log, log[-3000:]
+    stopped_at = succeeded(job)
+    assert stopped_at < len(rows), "the job finished before the worker was stopped: nothing tested"
+
+    worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    wait_for(lambda: succeeded(job) > stopped_at, timeout=20, what="the next worker to take the job over")
+    wait_for(lambda: finished(job), timeout=240, interval=0.5, what="the job to finish")
+    assert_all_written(job, rows, scan, table)
+    assert SliceRun.objects.filter(job=job, stopped_by="shutdown").exists()
