@@ -196,6 +196,55 @@ def test_a_sigkilled_worker_is_taken_over_from_its_checkpoint_and_nothing_is_los
     assert shard.leased_by != "" or shard.caught_up
 
 
+@pytest.mark.slow
+def test_a_worker_asked_to_stop_hands_its_stream_rule_over_at_once_and_nothing_is_lost(
+    dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any, worker_process: Any
+) -> None:
+    # Before: the worker waited for its horse's 60 s time slice (or, its horse signalled too, the
+    # horse died and the shard waited for its lease). Now the consumer stops as for a pause,
+    # releases its shard and enqueues its successor. Default lease and stall times: a takeover
+    # within 20 s is the hand-over, not the sweeper.
+    source, target = make_stream_table(), make_table()
+    keys = [f"k{n:04d}" for n in range(1500)]
+    items = [{"pk": {"S": k}} for k in keys]
+    batch_put(dynamodb, source, items)
+    batch_put(dynamodb, target, items)
+    batch_delete(dynamodb, source, keys)  # 1,500 INSERT then 1,500 REMOVE records in the stream
+    with FaultProxy(upstream=os.environ["AWS_ENDPOINT_URL_DYNAMODB"], seed=5) as proxy:
+        proxy.configure(latency_ms=150)  # every BatchWriteItem is slow: the stop lands mid-stream
+        env = {"AWS_ENDPOINT_URL_DYNAMODB": proxy.url, "BULKWRITES_STREAM_RECORDS_PER_READ": "50"}
+        rule = scavenging_rule(source, target)
+        first = worker_process(**env)
+        wait_for(
+            lambda: StreamShard.objects.filter(rule=rule, writes_succeeded__gte=200).exists(),
+            timeout=90,
+            what="the first worker to delete some items",
+        )
+        first.process.send_signal(signal.SIGTERM)  # the worker only, as a container runtime does
+        first.process.wait(timeout=15)
+        (shard,) = StreamShard.objects.filter(rule=rule)
+        assert shard.writes_succeeded < 1500  # stopped mid-stream
+        assert shard.leased_by == ""  # released, not left to expire
+        stopped_at = shard.records_read
+
+        worker_process(**env)
+        wait_for(
+            lambda: StreamShard.objects.get(pk=shard.pk).records_read > stopped_at,
+            timeout=20,
+            what="the next worker to take the rule over",
+        )
+        wait_for(
+            lambda: StreamShard.objects.get(pk=shard.pk).records_read == 3000,
+            timeout=180,
+            interval=0.5,
+            what="the next worker to finish the stream",
+        )
+    shard.refresh_from_db()
+    assert keys_in(scan, target) == set()  # nothing lost
+    assert (shard.records_read, shard.writes_succeeded, shard.writes_failed) == (3000, 1500, 0)
+    assert not StreamFailure.objects.filter(rule=rule).exists()
+
+
 def test_throttling_on_the_target_slows_the_rule_but_every_write_lands(
     proxy: FaultProxy, dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any
 ) -> None:
