@@ -101,19 +101,23 @@ def test_the_chaos_fault_mix_finishes_with_every_item_in_the_table(
     assert worker.process.poll() is None
 
 
-def slow_job(proxy: FaultProxy, table: str, rows: list[tuple[str, int]], **settings: Any) -> Job:
+def slow_job_under_way(
+    proxy: FaultProxy, make_table: Any, worker_process: Any, *, done: int = 500, **settings: Any
+) -> tuple[str, list[tuple[str, int]], Any, Job]:
+    """A worker writing a 3,000-item job slowly, ``done`` items in: (table, rows, worker, job)."""
+    table = make_table()
+    rows = rows_of(3000)
+    worker = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
     proxy.configure(latency_ms=25)  # one call in flight, ~25 ms each: long enough to pull a plug mid-job
-    return new_job(table, rows, concurrency=1, **settings)
+    job = new_job(table, rows, concurrency=1, **settings)
+    wait_for(lambda: succeeded(job) >= done, timeout=120, what="the job to get going")
+    return table, rows, worker, job
 
 
 def test_a_redis_restart_mid_job_neither_stops_the_worker_nor_the_job(
     proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
 ) -> None:
-    table = make_table()
-    rows = rows_of(3000)
-    worker = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
-    job = slow_job(proxy, table, rows)
-    wait_for(lambda: succeeded(job) >= 500, timeout=120, what="the job to get going")
+    table, rows, worker, job = slow_job_under_way(proxy, make_table, worker_process)
 
     services("restart-redis", "3")  # down 3 s, back empty (no persistence)
     back_at = succeeded(job)
@@ -130,11 +134,7 @@ def test_a_redis_restart_mid_job_neither_stops_the_worker_nor_the_job(
 def test_a_postgresql_restart_mid_job_is_ridden_out(
     proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
 ) -> None:
-    table = make_table()
-    rows = rows_of(3000)
-    worker = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
-    job = slow_job(proxy, table, rows)
-    wait_for(lambda: succeeded(job) >= 500, timeout=120, what="the job to get going")
+    table, rows, worker, job = slow_job_under_way(proxy, make_table, worker_process)
 
     services("restart-postgres", "3")
     connection.close()  # this test's own session was cut too
@@ -154,13 +154,10 @@ def test_a_postgresql_restart_mid_job_is_ridden_out(
 def test_a_flushed_redis_mid_job_loses_nothing_and_gets_the_cap_back(
     proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
 ) -> None:
-    table = make_table()
-    rows = rows_of(3000)
-    worker = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
-    job = slow_job(proxy, table, rows, rate_limit_wcu=200)  # 1 WCU an item: ~15 s at the cap
+    # 1 WCU an item: ~15 s at the cap
+    table, rows, worker, job = slow_job_under_way(proxy, make_table, worker_process, rate_limit_wcu=200)
     scope = dispatch.rate_scope(job.pk)
     client = redis_lib.Redis.from_url(test_redis_url())
-    wait_for(lambda: succeeded(job) >= 500, timeout=120, what="the job to get going")
     assert get_rate_cap(client, scope) == 200
 
     client.flushdb()  # the queue, RQ's registries, the worker's registration and the job's rate state
@@ -186,11 +183,7 @@ def test_a_worker_asked_to_stop_hands_its_job_over_at_once(
     # Before: a horse signalled too died (RQ's default), and its job waited for its slice lease
     # and the sweeper (30-45 s and more); a worker signalled alone waited for its horse to
     # finish a 60 s time slice. Now the run stops as for a pause and enqueues its successor.
-    table = make_table()
-    rows = rows_of(3000)
-    first = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
-    job = slow_job(proxy, table, rows)
-    wait_for(lambda: succeeded(job) >= 300, timeout=120, what="the job to get going")
+    table, rows, first, job = slow_job_under_way(proxy, make_table, worker_process, done=300)
     horses = child_pids(first.process.pid)
     assert len(horses) == 1, horses
 

@@ -138,16 +138,27 @@ def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
         yield fault_proxy
 
 
+def finished_exactly(shard: StreamShard, rule: StreamRule, scan: Any, target: str) -> None:
+    """Wait for the 3,000 records of :func:`removed_from_source` (1,500) to be read; every item
+    deleted from the target, each record counted once, nothing in the failed-writes ledger."""
+    wait_for(
+        lambda: StreamShard.objects.get(pk=shard.pk).records_read == 3000,
+        timeout=180,
+        interval=0.5,
+        what="another worker to finish the stream",
+    )
+    shard.refresh_from_db()
+    assert keys_in(scan, target) == set()  # nothing lost
+    assert (shard.records_read, shard.writes_succeeded, shard.writes_failed) == (3000, 1500, 0)
+    assert not StreamFailure.objects.filter(rule=rule).exists()
+
+
 @pytest.mark.slow
 def test_a_sigkilled_worker_is_taken_over_from_its_checkpoint_and_nothing_is_lost(
     dynamodb: Any, make_stream_table: Any, make_table: Any, scan: Any, rq_queue: Any, worker_process: Any, tmp_path: Any
 ) -> None:
-    source, target = make_stream_table(), make_table()
-    keys = [f"k{n:04d}" for n in range(1500)]
-    items = [{"pk": {"S": k}} for k in keys]
-    batch_put(dynamodb, source, items)
-    batch_put(dynamodb, target, items)
-    batch_delete(dynamodb, source, keys)  # 1,500 INSERT then 1,500 REMOVE records in the stream
+    # 1,500 INSERT then 1,500 REMOVE records in the stream; the rule enqueued, no worker yet.
+    target, _, rule = removed_from_source(dynamodb, make_stream_table, make_table, 1500, start=True)
     with FaultProxy(upstream=os.environ["AWS_ENDPOINT_URL_DYNAMODB"], seed=5) as proxy:
         proxy.configure(latency_ms=150)  # every BatchWriteItem is slow: the kill lands mid-stream
         env = {
@@ -157,7 +168,6 @@ def test_a_sigkilled_worker_is_taken_over_from_its_checkpoint_and_nothing_is_los
             "BULKWRITES_SWEEP_SECONDS": "3",
             "BULKWRITES_STREAM_RECORDS_PER_READ": "50",
         }
-        rule = scavenging_rule(source, target)
         victim = subprocess.Popen(
             [sys.executable, "manage.py", "rqworker", TEST_QUEUE],
             cwd=ROOT,
@@ -182,17 +192,8 @@ def test_a_sigkilled_worker_is_taken_over_from_its_checkpoint_and_nothing_is_los
         assert shard.leased_by  # its lease is left behind, to expire
 
         worker_process(**env)  # the sweeper of this worker finds the rule stalled and re-enqueues it
-        wait_for(
-            lambda: StreamShard.objects.get(pk=shard.pk).records_read == 3000,
-            timeout=180,
-            interval=0.5,
-            what="another worker to finish the stream",
-        )
-    shard.refresh_from_db()
-    assert keys_in(scan, target) == set()  # nothing lost
-    # Read again from the checkpoint, counted once: the killed worker's unrecorded batch never counted.
-    assert (shard.records_read, shard.writes_succeeded, shard.writes_failed) == (3000, 1500, 0)
-    assert not StreamFailure.objects.filter(rule=rule).exists()
+        # Read again from the checkpoint, counted once: the killed worker's unrecorded batch never counted.
+        finished_exactly(shard, rule, scan, target)
     assert shard.leased_by != "" or shard.caught_up
 
 
@@ -204,16 +205,11 @@ def test_a_worker_asked_to_stop_hands_its_stream_rule_over_at_once_and_nothing_i
     # horse died and the shard waited for its lease). Now the consumer stops as for a pause,
     # releases its shard and enqueues its successor. Default lease and stall times: a takeover
     # within 20 s is the hand-over, not the sweeper.
-    source, target = make_stream_table(), make_table()
-    keys = [f"k{n:04d}" for n in range(1500)]
-    items = [{"pk": {"S": k}} for k in keys]
-    batch_put(dynamodb, source, items)
-    batch_put(dynamodb, target, items)
-    batch_delete(dynamodb, source, keys)  # 1,500 INSERT then 1,500 REMOVE records in the stream
+    # 1,500 INSERT then 1,500 REMOVE records in the stream; the rule enqueued, no worker yet.
+    target, _, rule = removed_from_source(dynamodb, make_stream_table, make_table, 1500, start=True)
     with FaultProxy(upstream=os.environ["AWS_ENDPOINT_URL_DYNAMODB"], seed=5) as proxy:
         proxy.configure(latency_ms=150)  # every BatchWriteItem is slow: the stop lands mid-stream
         env = {"AWS_ENDPOINT_URL_DYNAMODB": proxy.url, "BULKWRITES_STREAM_RECORDS_PER_READ": "50"}
-        rule = scavenging_rule(source, target)
         first = worker_process(**env)
         wait_for(
             lambda: StreamShard.objects.filter(rule=rule, writes_succeeded__gte=200).exists(),
@@ -233,16 +229,7 @@ def test_a_worker_asked_to_stop_hands_its_stream_rule_over_at_once_and_nothing_i
             timeout=20,
             what="the next worker to take the rule over",
         )
-        wait_for(
-            lambda: StreamShard.objects.get(pk=shard.pk).records_read == 3000,
-            timeout=180,
-            interval=0.5,
-            what="the next worker to finish the stream",
-        )
-    shard.refresh_from_db()
-    assert keys_in(scan, target) == set()  # nothing lost
-    assert (shard.records_read, shard.writes_succeeded, shard.writes_failed) == (3000, 1500, 0)
-    assert not StreamFailure.objects.filter(rule=rule).exists()
+        finished_exactly(shard, rule, scan, target)
 
 
 def test_throttling_on_the_target_slows_the_rule_but_every_write_lands(
@@ -270,16 +257,17 @@ def test_throttling_on_the_target_slows_the_rule_but_every_write_lands(
 
 
 def removed_from_source(
-    dynamodb: Any, make_stream_table: Any, make_table: Any, count: int
+    dynamodb: Any, make_stream_table: Any, make_table: Any, count: int, *, start: bool = False
 ) -> tuple[str, list[str], StreamRule]:
     """A source whose ``count`` items were put then deleted (its stream holds both), a target
-    holding the same keys, and a scavenging rule between them, not started: (target, keys, rule)."""
+    holding the same keys, and a scavenging rule between them, started (enqueued) only if
+    ``start``: (target, keys, rule)."""
     source, target = make_stream_table(), make_table()
     keys = [f"k{n:02d}" for n in range(count)]
     batch_put(dynamodb, source, [{"pk": {"S": k}} for k in keys])
     batch_put(dynamodb, target, [{"pk": {"S": k}} for k in keys])
     batch_delete(dynamodb, source, keys)
-    return target, keys, scavenging_rule(source, target, start=False)
+    return target, keys, scavenging_rule(source, target, start=start)
 
 
 def impatient_writer() -> Any:
