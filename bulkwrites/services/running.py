@@ -58,14 +58,18 @@ class RunReport:
     slices: int = 0
     items: int = 0
     stopped_by: str = ""  # "", "cancelled", "paused", "fatal", "budget", "shutdown"
+    finished: bool = False
 
     @property
     def hands_over(self) -> bool:
-        """The run stopped with work left that nobody stopped: its successor is enqueued now
-        (its time slice ran out, or its worker was asked to stop)."""
-        return self.stopped_by in ("budget", shutdown.REASON)
+        return hands_over(self.stopped_by)
 
-    finished: bool = False
+
+def hands_over(stopped_by: str) -> bool:
+    """A run (a job's, a verification's, a stream rule's) that stopped with work left and nobody
+    having stopped it: its time slice ran out, or its worker was asked to stop. Its successor is
+    enqueued at once."""
+    return stopped_by in ("budget", shutdown.REASON)
 
 
 class RunControl:

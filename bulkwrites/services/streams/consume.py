@@ -56,7 +56,7 @@ from bulkwrites.models import (
     StreamStartPosition,
 )
 from bulkwrites.services import dispatch, shutdown
-from bulkwrites.services.running import JOB_RATE_POLICY
+from bulkwrites.services.running import JOB_RATE_POLICY, hands_over
 from bulkwrites.services.streams.rules import enqueue_consume, rate_scope, resolve_callable, rule_mapping
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ class ConsumeReport:
     batches: int = 0
     caught_up: bool = False
     shards_held: int = 0  # the most shards this pass held at once
-    stopped_by: str = (
-        ""  # budget, shutdown, caught_up, paused/active/failed (status changed), fatal, leased, unreachable
-    )
+    stopped_by: str = ""  # budget, shutdown, caught_up, a status change (paused...), fatal, leased, unreachable
     error: str = ""
 
     def line(self, name: str) -> str:
@@ -107,9 +105,7 @@ def stream_rule_work(rule_id: int, *, worker: str) -> str:
     # worker dies. After a transient error the successor starts after a pause, not at once.
     if report.stopped_by == "unreachable":
         time.sleep(UNREACHABLE_PAUSE_SECONDS)
-    handover = report.stopped_by == "unreachable" or (
-        report.stopped_by in ("budget", shutdown.REASON) and report.shards_held > 0
-    )
+    handover = report.stopped_by == "unreachable" or (hands_over(report.stopped_by) and report.shards_held > 0)
     if handover and StreamRule.objects.status_of(rule_id) == StreamRuleStatus.ACTIVE:
         enqueue_consume(rule_id)
     return f"{report.line(rule.name)}; stopped by {report.stopped_by}"
