@@ -6,7 +6,7 @@ chaos bench) and the worker (``concurrency`` calls in flight, a server that take
 CPU per item, the writer's own backoff rule, ``backoff.Stall``) are modelled. Deterministic for a
 seed. Run it to see a scenario::
 
-    eval "$(make -s services)" && .venv/bin/python -m tests.ratesim capacity   # or chaos, cap, mixed, drop
+    eval "$(make -s services)" && .venv/bin/python -m tests.ratesim capacity   # or chaos, cap, mixed, drop, fades
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from bulkwrites.dynamo.backoff import Backoff, Stall
 from bulkwrites.dynamo.ratelimit import JobKeys, Outcomes, RatePolicy, Scripts, delete_rate_state, set_rate_cap
@@ -107,6 +107,24 @@ class CapacityDrop:
             self.table.wcu = self.to
             self.table.tokens = min(self.table.tokens, self.to * self.table.burst)
         return self.table.answer(now, units, rng)
+
+
+@dataclass
+class FaultsThatStop:
+    """``faulty`` answers until ``after`` s into the job, ``then`` from then on: a fault that goes
+    away (a hot partition cooled down, a bad node replaced) on a table that stays."""
+
+    faulty: Any
+    then: Any
+    after: float
+    start: float | None = None
+
+    def answer(self, now: float, units: list[int], rng: random.Random) -> tuple[str, int]:
+        if self.start is None:
+            self.start = now
+        if now - self.start < self.after:
+            return cast(tuple[str, int], self.faulty.answer(now, units, rng))
+        return cast(tuple[str, int], self.then.answer(now, units, rng))
 
 
 @dataclass
@@ -334,6 +352,16 @@ def main(argv: list[str]) -> None:
             # seconds) come back partly refused.
             r = simulate(client, CapacityDrop(CapacityTable(1000.0), 400.0, 8.0), items=30_000, seed=seed)
             print(f"drop seed {seed}: {r.seconds:.1f} s, {100 * r.calls_refused / r.calls:.1f}% refused some")
+        elif what == "fades":
+            # The mixed case's faults stop 10 s into the job; the table (1,000 WCU/s) stays. The
+            # share read from the rounds once faded only through rounds at or below the take: a
+            # job gone unlimited above it kept it, and let the table's refusals up to it go uncut.
+            for jitter in (0.0, 0.01):
+                capacity = CapacityTable(1000.0)
+                mixed = FaultsAtCapacity(capacity, FaultMix(0.05, 0.02, 0.02, 0.0))
+                r = simulate(client, FaultsThatStop(mixed, capacity, 10.0), items=40_000, seed=seed, jitter=jitter)
+                late = sum(1 for t in r.refused_at if t > 15)
+                print(f"fades seed {seed} jitter {jitter}: {r.seconds:.1f} s, {late} calls refused after 15 s")
         elif what == "cap":
             r = simulate(client, FaultMix(0, 0, 0, 0), items=20_000, cap=500.0, seed=seed)
             print(f"cap 500 seed {seed}: {r.wcu_per_s:.0f} WCU/s in {r.seconds:.1f} s")

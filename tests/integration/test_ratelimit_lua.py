@@ -433,6 +433,27 @@ def test_a_share_refused_in_most_rounds_below_the_tables_take_becomes_background
     assert job.calls(now + 0.3, n=8, refused=1, acquired_at=now + 0.001).event == ""
 
 
+def test_a_background_share_read_from_the_rounds_fades_once_rounds_refuse_nothing_at_any_rate(
+    make_job: Any,
+) -> None:
+    job = make_job()
+    assert job.calls(T0, n=120, refused=1, span=1.0).event == "cut"
+    now = T0
+    for k in range(POLICY.seen_rounds):  # as above: found in the rounds below the take
+        job.calls(now + 0.3, n=8, refused=1 if k % 2 else 3, acquired_at=now + 0.001)
+        now += 0.3
+    assert float(job.control()["bq"]) == pytest.approx(1 / 25, rel=0.01)
+    take = float(job.control()["a0"])
+    # The fault is gone; the job, unlimited again, sends far above the last take and nothing is
+    # refused. Rounds there did not count, and the share stayed: a table's refusals up to 4 %
+    # would have gone uncut for as long as the job ran.
+    for _ in range(POLICY.seen_rank):
+        n = round(2 * take * 0.3 / 25)
+        assert job.calls(now + 0.3, n=n, span=0.3, acquired_at=now + 0.001).event == ""
+        now += 0.3
+    assert float(job.control()["bq"]) == 0
+
+
 def test_an_undo_goes_back_to_where_a_run_of_cuts_began(make_job: Any) -> None:
     job = make_job()
     assert job.calls(T0, n=120, refused=7.5, span=1.0).event == "cut"  # 30 % refused at 3,000/s
@@ -820,6 +841,21 @@ def test_a_table_whose_capacity_falls_under_the_job_does_not_teach_its_refusals_
     table = ratesim.CapacityDrop(ratesim.CapacityTable(1000.0), 400.0, 8.0)
     result = ratesim.simulate(client, table, items=30_000, seed=0)
     assert result.calls_refused <= 0.5 * result.calls
+
+
+@pytest.mark.parametrize("seed", [5, 8])
+def test_a_fault_that_goes_away_leaves_no_background_behind_on_a_table_at_its_limit(
+    client: redis_lib.Redis, seed: int
+) -> None:
+    # The mixed case until 10 s, then the table alone. The share read from the rounds faded only
+    # through rounds at or below the last take; a job gone unlimited above it kept the share and
+    # let the table refuse up to it uncut: 2,261 and 3,192 calls partly refused after 15 s with
+    # these seeds, 4 and 12 now (the table's pace, 39 s, either way).
+    capacity = ratesim.CapacityTable(1000.0)
+    mixed = ratesim.FaultsAtCapacity(capacity, ratesim.FaultMix(0.05, 0.02, 0.02, 0.0))
+    result = ratesim.simulate(client, ratesim.FaultsThatStop(mixed, capacity, 10.0), items=40_000, seed=seed)
+    late = [t for t in result.refused_at if t > 15]
+    assert len(late) <= 100, f"{len(late)} calls partly refused after the fault stopped"
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -441,7 +441,7 @@ if ctl.rs and (full or answered) then
       set.ev, set.ev_at, set.ev_from = 'open', now, probe
     end
   end
-  if not extend and full and ctl.a0 and (rate or current) <= ctl.a0 then
+  if not extend and full and ctl.a0 and ((rate or current) <= ctl.a0 or mean <= 0) then
     -- The share refused whatever the rate, read from the rounds themselves: the seen_rank-th
     -- lowest share of the last seen_rounds rounds run at or below the last cut's take (a0),
     -- where a capacity limit refuses nothing (each cut ends its refusals), while a fault that
@@ -453,6 +453,9 @@ if ctl.rs and (full or answered) then
     -- refusals are a probe's or a table's. Counted, a table whose capacity fell under the job
     -- (1,000 to 400 WCU/s, the floor holding the job above it for seconds) had its refusals
     -- learnt as background: 48-92 % of calls partly refused, where 34-36 % are either way.
+    -- A round that refused nothing counts at any rate (no table and no fault refused it): a
+    -- fault that has gone away fades out of the share even while the job runs unlimited above
+    -- the take, where it would otherwise stay and let a table's refusals up to it go uncut.
     local seen = {}
     for x in string.gmatch(redis.call('HGET', KEYS[2], 'qs') or '', '[^,]+') do seen[#seen + 1] = tonumber(x) end
     seen[#seen + 1] = mean
