@@ -814,7 +814,7 @@ def test_a_small_random_share_with_calls_throttled_now_and_then_keeps_the_job_ne
     # 1 or 2 items of every call refused, and 2 % of calls throttled whole: a round's share goes
     # from 0.04 to 0.3, too noisy for a chain of cut tests, and each round cut again: 24 s (seed 0)
     # and 71 s (seed 3) against 4 s without faults. The rounds below the take find it (~6 s).
-    faults = ratesim.simulate(client, ratesim.FaultMix(0.05, 0.02, 0.02, 0.0), items=20_000, seed=seed)
+    faults = ratesim.simulate(client, ratesim.small_share(), items=20_000, seed=seed)
     clean = ratesim.simulate(client, ratesim.FaultMix(0, 0, 0, 0), items=20_000, seed=seed)
     assert faults.seconds <= 3 * clean.seconds
 
@@ -826,7 +826,7 @@ def test_a_table_at_its_limit_that_also_refuses_a_small_share_at_random_is_kept_
     # The same small random share on a table at its limit (1,000 WCU/s): cut round after round to
     # 60-90 WCU/s, not done in 200 s. With the share known as background, only what goes beyond it
     # cuts, and the table's limit is found as without the faults.
-    table = ratesim.FaultsAtCapacity(ratesim.CapacityTable(1000.0), ratesim.FaultMix(0.05, 0.02, 0.02, 0.0))
+    table = ratesim.FaultsAtCapacity(ratesim.CapacityTable(1000.0), ratesim.small_share())
     result = ratesim.simulate(client, table, items=20_000, seed=seed, jitter=jitter, limit_seconds=60)
     assert result.wcu_per_s >= 0.8 * 1000
 
@@ -852,7 +852,7 @@ def test_a_fault_that_goes_away_leaves_no_background_behind_on_a_table_at_its_li
     # let the table refuse up to it uncut: 2,261 and 3,192 calls partly refused after 15 s with
     # these seeds, 4 and 12 now (the table's pace, 39 s, either way).
     capacity = ratesim.CapacityTable(1000.0)
-    mixed = ratesim.FaultsAtCapacity(capacity, ratesim.FaultMix(0.05, 0.02, 0.02, 0.0))
+    mixed = ratesim.FaultsAtCapacity(capacity, ratesim.small_share())
     result = ratesim.simulate(client, ratesim.FaultsThatStop(mixed, capacity, 10.0), items=40_000, seed=seed)
     late = [t for t in result.refused_at if t > 15]
     assert len(late) <= 100, f"{len(late)} calls partly refused after the fault stopped"
