@@ -14,11 +14,12 @@ import tracemalloc
 import zipfile
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import openpyxl
 import openpyxl.xml
 import pytest
+from openpyxl.worksheet.worksheet import Worksheet
 
 from bulkwrites.sources import formats
 from bulkwrites.sources.formats import (
@@ -37,7 +38,7 @@ def read(data: bytes, fmt: str, **kwargs: Any) -> list[SourceRow]:
     return list(read_rows(io.BytesIO(data), fmt, **kwargs))
 
 
-def values(data: bytes, fmt: str) -> list[dict | None]:
+def values(data: bytes, fmt: str) -> list[dict[str, Any] | None]:
     return [row.values for row in read(data, fmt)]
 
 
@@ -72,6 +73,7 @@ def trickle(data: bytes, most: int = 3) -> ChunkStream:
 def make_xlsx(rows: Iterable[Iterable[object]], *, styled_empty: Iterable[tuple[int, int]] = ()) -> bytes:
     workbook = openpyxl.Workbook()
     sheet = workbook.active
+    assert isinstance(sheet, Worksheet)  # a new workbook has one worksheet, the active one
     for row in rows:
         sheet.append(list(row))
     for row_number, column in styled_empty:  # cells with a format but no value
@@ -92,7 +94,7 @@ def zip_bytes(entries: dict[str, bytes], level: int = 1) -> bytes:
 # --- the contract ---------------------------------------------------------------------
 
 
-def test_formats_and_dynamodb_json_flag():
+def test_formats_and_dynamodb_json_flag() -> None:
     assert FORMATS == {
         "csv": "CSV",
         "tsv": "TSV",
@@ -104,7 +106,7 @@ def test_formats_and_dynamodb_json_flag():
     assert set(ROWS_ARE_DYNAMODB_JSON) == {"ddbjson"}
 
 
-def test_module_does_not_import_django():
+def test_module_does_not_import_django() -> None:
     package = pathlib.Path(formats.__file__).parent
     for path in [*package.glob("*.py"), package.parent / "rows.py", package.parent / "__init__.py"]:
         source = path.read_text()
@@ -117,12 +119,12 @@ def test_module_does_not_import_django():
         assert not {name for name in imported if name.split(".")[0] == "django"}
 
 
-def test_unknown_format_code_raises_at_once():
+def test_unknown_format_code_raises_at_once() -> None:
     with pytest.raises(SourceError, match="Unknown file format"):
         read_rows(io.BytesIO(b"a\n1\n"), "parquet")
 
 
-def test_source_row_is_frozen():
+def test_source_row_is_frozen() -> None:
     row = SourceRow(1, {"a": "x"})
     assert row.error is None
     assert row.raw is None
@@ -133,7 +135,7 @@ def test_source_row_is_frozen():
 # --- CSV and TSV ----------------------------------------------------------------------
 
 
-def test_csv_happy_path_typed_headers_and_empty_cells():
+def test_csv_happy_path_typed_headers_and_empty_cells() -> None:
     rows = read(b"pk,price:N,note\na,9.5,hello\nb,,  spaced  \n", "csv")
     assert rows == [
         SourceRow(1, {"pk": "a", "price:N": "9.5", "note": "hello"}, raw="a,9.5,hello"),
@@ -141,7 +143,7 @@ def test_csv_happy_path_typed_headers_and_empty_cells():
     ]
 
 
-def test_csv_bom_crlf_and_blank_lines():
+def test_csv_bom_crlf_and_blank_lines() -> None:
     data = b"\xef\xbb\xbfpk,n\r\n\r\na,1\r\n\r\n,\r\nb,2\r\n\r\n"
     rows = read(data, "csv")
     assert [(row.position, row.values) for row in rows] == [
@@ -150,11 +152,11 @@ def test_csv_bom_crlf_and_blank_lines():
     ]
 
 
-def test_csv_bare_cr_line_endings():
+def test_csv_bare_cr_line_endings() -> None:
     assert values(b"pk,n\ra,1\rb,2\r", "csv") == [{"pk": "a", "n": "1"}, {"pk": "b", "n": "2"}]
 
 
-def test_csv_quoted_cells_with_newlines_and_commas_count_rows_not_lines():
+def test_csv_quoted_cells_with_newlines_and_commas_count_rows_not_lines() -> None:
     data = b'pk,text\r\na,"one, two"\r\nb,"line 1\r\nline 2\r\n""quoted"""\r\nc,x,extra\r\n'
     rows = read(data, "csv")
     assert rows[0] == SourceRow(1, {"pk": "a", "text": "one, two"}, raw='a,"one, two"')
@@ -164,7 +166,7 @@ def test_csv_quoted_cells_with_newlines_and_commas_count_rows_not_lines():
     assert rows[2] == SourceRow(3, None, error="row 3 (line 6): 3 cells but the header has 2 columns", raw="c,x,extra")
 
 
-def test_csv_too_many_and_too_few_cells():
+def test_csv_too_many_and_too_few_cells() -> None:
     rows = read(b"a,b,c\n1,2,3,4,5\n1\n1,2,3,,\n", "csv")
     assert rows[0].values is None
     assert rows[0].error == "row 1 (line 2): 5 cells but the header has 3 columns"
@@ -173,7 +175,7 @@ def test_csv_too_many_and_too_few_cells():
     assert rows[2].values == {"a": "1", "b": "2", "c": "3"}  # empty cells past the header are harmless
 
 
-def test_csv_header_problems():
+def test_csv_header_problems() -> None:
     with pytest.raises(SourceError, match=r'names "pk" twice \(columns 1 and 3\)'):
         read(b"pk,n,pk\n1,2,3\n", "csv")
     with pytest.raises(SourceError, match=r"CSV file: column 2 of the header row is blank"):
@@ -192,50 +194,50 @@ def test_csv_header_problems():
 
 
 @pytest.mark.parametrize("data", [b"", b"\xef\xbb\xbf", b"\r\n\n", b",,\n"])
-def test_csv_without_header_is_refused(data):
+def test_csv_without_header_is_refused(data: bytes) -> None:
     with pytest.raises(SourceError, match="CSV file: the file is empty"):
         read(data, "csv")
 
 
-def test_csv_header_only_has_no_rows():
+def test_csv_header_only_has_no_rows() -> None:
     assert read(b"pk,n\n", "csv") == []
 
 
-def test_csv_raw_is_truncated():
+def test_csv_raw_is_truncated() -> None:
     rows = read(b"pk\n" + b"x" * 5000 + b"\n", "csv")
     assert rows[0].values == {"pk": "x" * 5000}
     assert rows[0].raw == "x" * 1000
 
 
-def test_csv_cell_longer_than_an_item_is_refused():
+def test_csv_cell_longer_than_an_item_is_refused() -> None:
     data = b'pk,text\na,"' + b"x" * (formats.limits.DEFAULT_MAX_CELL_CHARS + 10) + b'"\n'
     with pytest.raises(SourceError, match=r"row 1 \(line 2\): a cell is longer than"):
         read(data, "csv")
 
 
-def test_tsv_reads_tabs_and_quotes():
+def test_tsv_reads_tabs_and_quotes() -> None:
     data = b'pk\tname:S\tnote\na\tx, y\t"tab\there"\nb\t\t\n'
     assert values(data, "tsv") == [{"pk": "a", "name:S": "x, y", "note": "tab\there"}, {"pk": "b"}]
 
 
-def test_non_utf8_names_offset_and_line():
+def test_non_utf8_names_offset_and_line() -> None:
     with pytest.raises(SourceError) as caught:
         read(b"pk,name\na,caf\xe9\n", "csv")
     assert str(caught.value).startswith("The file is not valid UTF-8 (byte 0xe9 at offset 13, line 2).")
 
 
-def test_non_utf8_offset_past_the_first_chunk():
+def test_non_utf8_offset_past_the_first_chunk() -> None:
     data = b"pk\n" + b"abc\n" * 40_000 + b"x\xff\n"
     with pytest.raises(SourceError, match=r"byte 0xff at offset 160004, line 40002\)"):
         read(data, "csv")
 
 
-def test_utf8_cut_short_at_the_end():
+def test_utf8_cut_short_at_the_end() -> None:
     with pytest.raises(SourceError, match=r"byte 0xc3 at offset 5, line 2"):
         read(b"pk\na,\xc3", "csv")
 
 
-def test_chunk_boundaries_do_not_matter():
+def test_chunk_boundaries_do_not_matter() -> None:
     data = '\ufeffpk,text\r\né,"ü\r\n€"\r\n\r\nb,𝄞\rc,z\n'.encode()
     expected = read(data, "csv")
     assert [row.values for row in expected] == [
@@ -247,7 +249,7 @@ def test_chunk_boundaries_do_not_matter():
         assert list(read_rows(trickle(data, most), "csv")) == expected
 
 
-def test_max_bytes_on_csv():
+def test_max_bytes_on_csv() -> None:
     data = b"pk\n" + (b"x" * 999 + b"\n") * 2000  # 2 MB
     with pytest.raises(SourceError, match=r"^The file is larger than the limit of 1 MB\.$"):
         read(data, "csv", max_bytes=1024 * 1024)
@@ -258,7 +260,7 @@ def test_max_bytes_on_csv():
 # --- JSON arrays ----------------------------------------------------------------------
 
 
-def test_json_array_keeps_types_with_decimal_numbers():
+def test_json_array_keeps_types_with_decimal_numbers() -> None:
     data = b'\xef\xbb\xbf[{"pk": "a", "price": 9.5, "n": 3, "ok": true, "none": null, "l": [1.25], "m": {"x": 0.1}}]'
     rows = read(data, "json")
     assert rows == [
@@ -275,11 +277,13 @@ def test_json_array_keeps_types_with_decimal_numbers():
             },
         )
     ]
-    assert type(rows[0].values["n"]) is int
-    assert not any(isinstance(v, float) for v in rows[0].values.values())
+    first = rows[0].values
+    assert first is not None
+    assert type(first["n"]) is int
+    assert not any(isinstance(v, float) for v in first.values())
 
 
-def test_json_array_non_object_elements_are_row_errors():
+def test_json_array_non_object_elements_are_row_errors() -> None:
     rows = read(b'[{"pk": "a"}, [1, 2], "x", 5.0, {"pk": "b"}]', "json")
     assert [row.position for row in rows] == [1, 2, 3, 4, 5]
     assert rows[1] == SourceRow(2, None, error="element 2: expected a JSON object, got a list", raw="[1, 2]")
@@ -304,12 +308,12 @@ def test_json_array_non_object_elements_are_row_errors():
         (b'["\xff"]', r"^The file is not valid UTF-8 \(byte 0xff at offset 2, line 1\)"),
     ],
 )
-def test_json_array_file_errors(data, message):
+def test_json_array_file_errors(data: bytes, message: str) -> None:
     with pytest.raises(SourceError, match=message):
         read(data, "json")
 
 
-def test_json_array_too_deep_element_is_a_row_error():
+def test_json_array_too_deep_element_is_a_row_error() -> None:
     deep = b'{"a": ' * 200 + b"1" + b"}" * 200
     rows = read(b'[{"pk": "x"}, ' + deep + b', {"pk": "y"}]', "json")
     assert rows[1] == SourceRow(
@@ -321,14 +325,14 @@ def test_json_array_too_deep_element_is_a_row_error():
     assert rows[2].values == {"pk": "y"}
 
 
-def test_json_array_empty_is_no_rows():
+def test_json_array_empty_is_no_rows() -> None:
     assert read(b"[]", "json") == []
 
 
 # --- JSON Lines -----------------------------------------------------------------------
 
 
-def test_jsonl_positions_are_physical_lines_and_bad_lines_do_not_stop_reading():
+def test_jsonl_positions_are_physical_lines_and_bad_lines_do_not_stop_reading() -> None:
     data = (
         b'{"pk": "a", "price": 1.5, "tags": ["x"]}\r\n'
         b"\n"
@@ -347,11 +351,12 @@ def test_jsonl_positions_are_physical_lines_and_bad_lines_do_not_stop_reading():
     assert rows[2] == SourceRow(4, None, error="line 4: expected a JSON object, got a list", raw="[1, 2]")
     assert rows[3] == SourceRow(6, {"pk": "c", "big": 12345678901234567890}, raw=data.split(b"\n")[5].decode())
     assert rows[4].position == 7
+    assert rows[4].error is not None
     assert rows[4].error.startswith("line 7: Infinity is not valid JSON")
     assert rows[5] == SourceRow(8, {"pk": "e"}, raw='{"pk": "e"}')
 
 
-def test_jsonl_pathological_lines_are_row_errors():
+def test_jsonl_pathological_lines_are_row_errors() -> None:
     data = b"[" * 100_000 + b"\n" + b'{"n": ' + b"9" * 5000 + b"}\n" + b'{"pk": "ok"}\n'
     rows = read(data, "jsonl")
     assert rows[0].error == "line 1: the JSON is nested too deeply"
@@ -360,7 +365,7 @@ def test_jsonl_pathological_lines_are_row_errors():
     assert rows[2].values == {"pk": "ok"}
 
 
-def test_jsonl_empty_file_is_refused():
+def test_jsonl_empty_file_is_refused() -> None:
     with pytest.raises(SourceError, match=r"^JSON Lines file: the file is empty\.$"):
         read(b"\n \n", "jsonl")
 
@@ -368,7 +373,7 @@ def test_jsonl_empty_file_is_refused():
 # --- DynamoDB JSON lines ----------------------------------------------------------------
 
 
-def test_ddbjson_with_and_without_the_item_wrapper():
+def test_ddbjson_with_and_without_the_item_wrapper() -> None:
     data = (
         b'{"Item": {"pk": {"S": "a"}, "n": {"N": "1"}, "m": {"M": {"x": {"BOOL": true}}}}}\n'
         b'{"pk": {"S": "b"}, "l": {"L": [{"N": "2.5"}]}}\n'
@@ -381,7 +386,7 @@ def test_ddbjson_with_and_without_the_item_wrapper():
     ]
 
 
-def test_ddbjson_malformed_lines_are_row_errors():
+def test_ddbjson_malformed_lines_are_row_errors() -> None:
     data = (
         b'{"Item": {"pk": {"S": "a"}}}\n'
         b'{"Item": {"pk": "a"}}\n'
@@ -398,7 +403,9 @@ def test_ddbjson_malformed_lines_are_row_errors():
     assert rows[1].error == 'line 2: attribute "pk" is not in DynamoDB JSON form (like {"S": "text"})'
     assert rows[2].error == "line 3: the item has no attributes"
     assert rows[3].error == "line 4: expected a JSON object, got a list"
+    assert rows[4].error is not None
     assert rows[4].error.startswith("line 5: invalid JSON:")
+    assert rows[5].error is not None
     assert rows[5].error.startswith("line 6: this is a change record of an incremental export")
     assert rows[6].error == 'line 7: attribute "pk" is not in DynamoDB JSON form (like {"S": "text"})'
     assert rows[7].values == {"pk": {"S": "ok"}}
@@ -408,11 +415,11 @@ def test_ddbjson_malformed_lines_are_row_errors():
 # --- XLSX -----------------------------------------------------------------------------
 
 
-def test_xlsx_uses_defusedxml():
+def test_xlsx_uses_defusedxml() -> None:
     assert openpyxl.xml.DEFUSEDXML is True
 
 
-def test_xlsx_cells_become_strings():
+def test_xlsx_cells_become_strings() -> None:
     data = make_xlsx(
         [
             ["pk", "price:N", "flag", "when", "day", "at", "took", "note", "blank", "midnight"],
@@ -450,7 +457,7 @@ def test_xlsx_cells_become_strings():
     assert rows[2].values == {"pk": "1000000000000000", "price:N": "1e+20", "flag": "-0.5"}
 
 
-def test_xlsx_blank_and_trailing_rows_and_too_many_cells():
+def test_xlsx_blank_and_trailing_rows_and_too_many_cells() -> None:
     data = make_xlsx(
         [["pk", "n"], ["a", 1], [], ["b", 2, "extra"], ["c"]],
         styled_empty=[(4, 5), (8, 1), (9, 3)],  # cells with formats but no values
@@ -463,7 +470,7 @@ def test_xlsx_blank_and_trailing_rows_and_too_many_cells():
     ]
 
 
-def test_xlsx_header_problems():
+def test_xlsx_header_problems() -> None:
     with pytest.raises(SourceError, match=r"XLSX file: column 2 \(B\) of the header row is blank"):
         read(make_xlsx([["pk", None, "n"], ["a", 1, 2]]), "xlsx")
     with pytest.raises(SourceError, match=r'XLSX file: the header row names "pk" twice \(columns 1 and 2\)'):
@@ -473,7 +480,7 @@ def test_xlsx_header_problems():
     assert read(make_xlsx([[None], ["pk", "n"]]), "xlsx") == []  # header on the first non-blank row
 
 
-def test_xlsx_from_a_non_seekable_stream_and_max_bytes():
+def test_xlsx_from_a_non_seekable_stream_and_max_bytes() -> None:
     data = make_xlsx([["pk"], ["a"]])
     assert [row.values for row in read_rows(trickle(data, 4096), "xlsx")] == [{"pk": "a"}]
     with pytest.raises(SourceError, match="larger than the limit"):
@@ -495,12 +502,12 @@ def test_xlsx_from_a_non_seekable_stream_and_max_bytes():
         ),
     ],
 )
-def test_xlsx_that_is_not_a_workbook(data, message):
+def test_xlsx_that_is_not_a_workbook(data: bytes, message: str) -> None:
     with pytest.raises(SourceError, match=message):
         read(data, "xlsx")
 
 
-def test_xlsx_zip_bomb_is_refused_before_openpyxl(monkeypatch):
+def test_xlsx_zip_bomb_is_refused_before_openpyxl(monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.BytesIO()
     zeros = bytes(1 << 20)
     with (
@@ -512,7 +519,7 @@ def test_xlsx_zip_bomb_is_refused_before_openpyxl(monkeypatch):
     data = out.getvalue()
     assert len(data) < 1_000_000
 
-    def fail(*args, **kwargs):
+    def fail(*args: object, **kwargs: object) -> NoReturn:
         raise AssertionError("openpyxl must not see the file")
 
     monkeypatch.setattr(openpyxl, "load_workbook", fail)
@@ -554,7 +561,7 @@ def test_xlsx_zip_bomb_is_refused_before_openpyxl(monkeypatch):
         ("export.txt", b"pk,name\n", "csv"),
     ],
 )
-def test_detect_format(filename, head, expected):
+def test_detect_format(filename: str, head: bytes, expected: str) -> None:
     assert detect_format(filename, head) == expected
 
 
@@ -567,7 +574,7 @@ def test_detect_format(filename, head, expected):
         ("old.xls", b"\xd0\xcf\x11\xe0", r"old-style Excel workbook \(\.xls\)"),
     ],
 )
-def test_detect_format_refuses(filename, head, message):
+def test_detect_format_refuses(filename: str, head: bytes, message: str) -> None:
     with pytest.raises(SourceError, match=message):
         detect_format(filename, head)
 
@@ -591,7 +598,7 @@ def _only_rows_or_source_error(data: bytes, fmt: str) -> str:
     return "rows"
 
 
-def test_random_garbage_only_yields_rows_or_raises_source_error():
+def test_random_garbage_only_yields_rows_or_raises_source_error() -> None:
     rng = random.Random(20240115)
     alphabet = b'{}[]",:\\\r\n\t ;abcNSIL0123456789.eE-\xef\xbb\xbf\xff\xc3\x00'
     outcomes: dict[str, set[str]] = {fmt: set() for fmt in FORMATS}
@@ -611,7 +618,7 @@ def test_random_garbage_only_yields_rows_or_raises_source_error():
     assert outcomes == {fmt: {"rows", "file error"} if fmt in line_formats else {"file error"} for fmt in FORMATS}
 
 
-def test_mutated_valid_files_only_yield_rows_or_raise_source_error():
+def test_mutated_valid_files_only_yield_rows_or_raise_source_error() -> None:
     rng = random.Random(7)
     structural = b'{}[]",:\\\r\n\t ;aSNIL0.-'
     samples = {
@@ -622,7 +629,7 @@ def test_mutated_valid_files_only_yield_rows_or_raise_source_error():
         "ddbjson": b'{"Item": {"pk": {"S": "a"}, "n": {"N": "1"}}}\n{"pk": {"S": "b"}}\n',
         "xlsx": make_xlsx([["pk", "n", "when"], ["a", 1.5, dt.datetime(2024, 1, 1)], ["b", True, "x"]]),
     }
-    outcomes = {fmt: set() for fmt in samples}
+    outcomes: dict[str, set[str]] = {fmt: set() for fmt in samples}
     for fmt, sample in samples.items():
         for _ in range(100):
             data = bytearray(sample)
@@ -644,9 +651,10 @@ def test_mutated_valid_files_only_yield_rows_or_raise_source_error():
     assert all(seen == {"rows", "file error"} for seen in outcomes.values()), outcomes
 
 
-def test_xlsx_work_stays_proportional_to_the_cells_in_the_file():
+def test_xlsx_work_stays_proportional_to_the_cells_in_the_file() -> None:
     workbook = openpyxl.Workbook()
     sheet = workbook.active
+    assert isinstance(sheet, Worksheet)  # a new workbook has one worksheet, the active one
     sheet.append(["pk", "n"])
     sheet.append(["a", 1])
     sheet.cell(row=3, column=18278, value="far")  # openpyxl pads this row to 18,278 cells
@@ -655,6 +663,7 @@ def test_xlsx_work_stays_proportional_to_the_cells_in_the_file():
     workbook.save(out)
     rows = read(out.getvalue(), "xlsx")
     assert rows[1].error == "row 2 (sheet row 3): 18278 cells but the header has 2 columns"
+    assert rows[1].raw is not None
     assert len(rows[1].raw) == 1000
     assert rows[2] == SourceRow(3, {"pk": "late"}, raw="late")
 
@@ -668,7 +677,7 @@ def test_xlsx_work_stays_proportional_to_the_cells_in_the_file():
         read(zip_bytes(members), "xlsx")
 
 
-def test_csv_streams_in_bounded_memory():
+def test_csv_streams_in_bounded_memory() -> None:
     # 50,000 rows of ~420 bytes: a 21 MB file. Holding the file's text, or the rows, would
     # need well over 20 MB; streaming needs a few chunks. (Rows rather than bytes make
     # tracemalloc slow, hence fewer, wider rows than a 200,000-row file of the same size.)
