@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -26,7 +26,15 @@ from tests.conftest import ROOT, TEST_QUEUE, sigkill_worker, wait_for, worker_en
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST_BACKOFF = {"backoff_base": 0.002, "backoff_cap": 0.05}
+
+class Backoff(TypedDict):
+    """Quick retries, as job settings; typed so that ``**FAST_BACKOFF`` cannot fill ``start``."""
+
+    backoff_base: float
+    backoff_cap: float
+
+
+FAST_BACKOFF: Backoff = {"backoff_base": 0.002, "backoff_cap": 0.05}
 
 
 @pytest.fixture
@@ -128,6 +136,7 @@ def test_throttled_items_give_up_bounded_then_retry_failed_writes_them(
     assert job.status == JobStatus.COMPLETED_WITH_FAILURES
     assert job.failed_items == 60
     item = Item.objects.filter(job=job).first()
+    assert item is not None
     assert item.status == ItemStatus.FAILED
     assert item.error_code == "UnprocessedItems"
     assert item.error_message.startswith("throttled: gave up after 3 attempts over ")
