@@ -97,10 +97,12 @@ def test_copy_everything_the_filters_match_with_a_mapping(
     table = make_table(pk="order_no", pk_type="S")
     changelist = reverse("admin:demo_order_changelist") + "?customer__country__exact=DE"
     mapping = "number -> order_no\ntotal -> amount:N\ncustomer -> customer_id\nnote"
+    first_order = Order.objects.first()
+    assert first_order is not None
     response = copy(
         admin_client_tx,
         changelist,
-        [Order.objects.first().pk],
+        [first_order.pk],
         select_across=True,
         **form_fields(table, mapping=mapping),
     )
@@ -112,6 +114,7 @@ def test_copy_everything_the_filters_match_with_a_mapping(
     german = Order.objects.filter(customer__country="DE")
     assert set(items) == {o.number for o in german}
     order = german.first()
+    assert order is not None
     assert items[order.number]["amount"] == {"N": str(order.total.normalize())}
     assert items[order.number]["customer_id"] == {"N": str(order.customer_id)}
     assert items[order.number]["note"] == {"S": "=1+1"}
@@ -154,10 +157,12 @@ def test_copying_thousands_of_records_converts_them_in_worker_processes(
     )
     table = make_table(pk="order_no", pk_type="S")
     changelist = reverse("admin:demo_order_changelist")
+    first_order = Order.objects.first()
+    assert first_order is not None
     response = copy(
         admin_client_tx,
         changelist,
-        [Order.objects.first().pk],
+        [first_order.pk],
         select_across=True,
         **form_fields(table, mapping="number -> order_no\ntotal -> amount:N"),
     )

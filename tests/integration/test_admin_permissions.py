@@ -123,6 +123,7 @@ def test_upload_and_export_need_their_permissions(client: Any, django_user_model
 def test_the_ledger_is_read_only_for_everyone(admin_client_tx: Any) -> None:
     job = finished_job()
     item = job.items.first()
+    assert item is not None
     change = admin_client_tx.post(reverse("admin:bulkwrites_item_change", args=[item.pk]), {"status": "pending"})
     assert change.status_code == 403
     item.refresh_from_db()
@@ -171,10 +172,12 @@ def test_exports_of_failed_items_are_spreadsheet_safe(admin_client_tx: Any, fmt:
         assert row["position"] == "2"
     elif fmt == "xlsx":
         from openpyxl import load_workbook
+        from openpyxl.worksheet.worksheet import Worksheet
 
         sheet = load_workbook(io.BytesIO(response.content)).active
-        header, row = ([c.value for c in r] for r in sheet.iter_rows(max_row=2))
-        assert dict(zip(header, row, strict=True))["error_message"] == "'@SUM(1)"
+        assert isinstance(sheet, Worksheet)
+        header, cells = ([c.value for c in r] for r in sheet.iter_rows(max_row=2))
+        assert dict(zip(header, cells, strict=True))["error_message"] == "'@SUM(1)"
     else:
         assert '"@SUM(1)"' in response.content.decode()  # JSON is not a spreadsheet: data as is
 

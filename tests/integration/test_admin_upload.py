@@ -206,9 +206,11 @@ def test_every_text_format_lands_with_the_same_types(
 
 def test_xlsx_upload_with_typed_headers(admin_client_tx: Any, make_table: Any, scan: Any, run_worker: Any) -> None:
     from openpyxl import Workbook
+    from openpyxl.worksheet.worksheet import Worksheet
 
     workbook = Workbook()
     sheet = workbook.active
+    assert isinstance(sheet, Worksheet)  # a new workbook has one worksheet, the active one
     sheet.append(["pk", "qty:N", "tags:SS", "label"])
     sheet.append(["x1", 3, '["a","b"]', 42])
     sheet.append(["x2", 2.5, None, "text"])
