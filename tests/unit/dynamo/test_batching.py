@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -111,7 +112,7 @@ def test_empty_input_yields_nothing() -> None:
 def test_lazy_over_a_generator() -> None:
     consumed: list[int] = []
 
-    def source():
+    def source() -> Iterator[WriteRequest]:
         for i in range(100):
             consumed.append(i)
             yield request(i)

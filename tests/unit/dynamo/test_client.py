@@ -21,7 +21,7 @@ from bulkwrites.dynamo.writer import CallRequests, WriteRequest
 TABLE = "orders.v2"
 ENDPOINT = "http://dynamodb.invalid:8000"
 
-ITEM = {
+ITEM: dict[str, dict[str, Any]] = {
     "pk": {"S": 'ü-1 "quoted" \\ back'},
     "sk": {"N": "-12.50"},
     "blob": {"B": "AAEC/w=="},

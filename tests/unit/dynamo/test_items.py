@@ -350,7 +350,7 @@ def test_to_attribute_bad_json(value: str, type_name: str, message: str) -> None
         ({1}, {"NS": ["1"]}),
     ],
 )
-def test_from_python_natural_mapping(value: object, expected: dict) -> None:
+def test_from_python_natural_mapping(value: object, expected: dict[str, Any]) -> None:
     result = from_python(value)
     if "SS" in expected:
         assert sorted(result["SS"]) == expected["SS"]
@@ -493,7 +493,7 @@ def test_parse_dynamodb_json_malformed(item: object, message: str) -> None:
 
 
 @pytest.mark.parametrize("item", [{"ss": {"SS": "abc"}}, {"ns": {"NS": "12"}}])
-def test_parse_dynamodb_json_set_given_as_string_is_malformed(item: dict) -> None:
+def test_parse_dynamodb_json_set_given_as_string_is_malformed(item: dict[str, Any]) -> None:
     with pytest.raises(ItemError):
         parse_dynamodb_json(item)
 
@@ -545,7 +545,7 @@ def test_parse_dynamodb_json_set_given_as_string_is_malformed(item: dict) -> Non
         ({"pk": {"S": "a"}, "sk": {"N": "5"}, "é": {"BOOL": True}}, 10),
     ],
 )
-def test_item_size_hand_computed(item: dict, expected: int) -> None:
+def test_item_size_hand_computed(item: dict[str, dict[str, Any]], expected: int) -> None:
     assert item_size(item) == expected
 
 
@@ -582,7 +582,7 @@ def test_validate_item_wrong_key_type() -> None:
         (schema(("pk", "S", "HASH"), ("sk", "S", "RANGE")), {"pk": {"S": "a"}, "sk": {"S": ""}}),
     ],
 )
-def test_validate_item_empty_key(key_schema: KeySchema, item: dict) -> None:
+def test_validate_item_empty_key(key_schema: KeySchema, item: dict[str, dict[str, Any]]) -> None:
     with pytest.raises(ItemError, match="is empty"):
         validate_item(item, key_schema)
 
@@ -646,7 +646,7 @@ def test_key_identity_attribute_order_irrelevant() -> None:
         {"pk": {"S": "x"}},
     ],
 )
-def test_key_identity_distinguishes_different_keys(other: dict) -> None:
+def test_key_identity_distinguishes_different_keys(other: dict[str, dict[str, Any]]) -> None:
     assert key_identity({"pk": {"S": "x"}, "sk": {"N": "1"}}) != key_identity(other)
 
 
@@ -654,7 +654,7 @@ def test_key_identity_distinguishes_different_keys(other: dict) -> None:
 
 
 def test_wire_round_trip_with_binary_everywhere() -> None:
-    item = {
+    item: dict[str, dict[str, Any]] = {
         "pk": {"S": "a"},
         "b": {"B": b64(b"\x00\xff")},
         "bs": {"BS": [b64(b"1"), b64(b"22")]},
@@ -732,7 +732,7 @@ def test_prepare_item_dynamodb_json() -> None:
     ],
 )
 @pytest.mark.parametrize("delete", [False, True])
-def test_prepare_item_invalid_row(values: dict, message: str, delete: bool) -> None:
+def test_prepare_item_invalid_row(values: dict[str, str], message: str, delete: bool) -> None:
     prepared = prepare_item(5, values, PK_S_SK_N, delete=delete)
     assert not prepared.is_valid
     assert prepared.error is not None

@@ -30,6 +30,7 @@ def test_a_valid_row_becomes_its_key_and_item_as_dynamodb_json() -> None:
     (record,) = convert_rows([row(7, **{"price:N": "9.50"})], SCHEMA, delete=False, dynamodb_json=False)
     item = {"pk": {"S": "k7"}, "sk": {"N": "7"}, "note": {"S": "éé"}, "price": {"N": "9.5"}}
     assert record.is_valid
+    assert record.item_json is not None
     assert json.loads(record.item_json) == item
     assert record.key_json == '{"pk":{"S":"k7"},"sk":{"N":"7"}}'  # sorted: one text per key, for duplicates
     assert record.size == item_size(item)
@@ -44,6 +45,7 @@ def test_bad_and_unreadable_rows_keep_their_reason() -> None:
         dynamodb_json=False,
     )
     assert [(r.position, r.is_valid, r.item_json) for r in records] == [(1, False, None), (2, False, None)]
+    assert records[0].error is not None
     assert "not a number" in records[0].error
     assert records[1].error == "line 3: unclosed quote"
 
@@ -51,6 +53,7 @@ def test_bad_and_unreadable_rows_keep_their_reason() -> None:
 def test_a_delete_carries_only_the_key() -> None:
     (record,) = convert_rows([row(3, **{"bad:N": "x"})], SCHEMA, delete=True, dynamodb_json=False)
     assert record.is_valid  # a bad cell outside the key cannot fail a delete
+    assert record.item_json is not None
     assert json.loads(record.item_json) == {"pk": {"S": "k3"}, "sk": {"N": "3"}}
 
 
@@ -90,6 +93,7 @@ def test_rows_are_still_converted_when_a_worker_process_dies(caplog: pytest.LogC
     assert [record.position for record, _ in out] == list(range(600))
     assert [companion for _, companion in out] == [c for _, c in rows]
     survivor: Record = out[260][0]
+    assert survivor.item_json is not None
     assert json.loads(survivor.item_json)["cell"] == {"S": "survivor"}
     assert sum(1 for record, _ in out if record.is_valid) == 599
     assert "conversion processes failed" in caplog.text

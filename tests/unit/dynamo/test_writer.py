@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -55,8 +55,10 @@ class FakeClient:
 
 def key_of(request: dict[str, Any]) -> str:
     if "PutRequest" in request:
-        return request["PutRequest"]["Item"]["pk"]["S"]
-    return request["DeleteRequest"]["Key"]["pk"]["S"]
+        pk: str = request["PutRequest"]["Item"]["pk"]["S"]
+    else:
+        pk = request["DeleteRequest"]["Key"]["pk"]["S"]
+    return pk
 
 
 def accept(requests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -160,6 +162,7 @@ def test_gives_up_after_max_attempts_without_progress() -> None:
     for outcome in result.outcomes:
         assert not outcome.succeeded
         assert outcome.error_code == CODE_UNPROCESSED
+        assert outcome.error_message is not None
         assert outcome.error_message.startswith("throttled: gave up after 4 attempts over ")
         assert outcome.attempts == 4
     assert clock.sleeps == [0.1, 0.2, 0.4]
@@ -280,6 +283,7 @@ def test_server_errors_exhausted_while_other_calls_write_fail_the_items_with_the
     assert result.fatal is None
     assert not outcome.succeeded
     assert outcome.error_code == "InternalServerError"
+    assert outcome.error_message is not None
     assert outcome.error_message.startswith("try later (gave up after 3 attempts")
 
 
@@ -448,7 +452,7 @@ def test_write_batches_pulls_a_batch_only_when_a_call_slot_is_free() -> None:
     finished = 0
     waiting_when_pulled: list[int] = []
 
-    def batches():
+    def batches() -> Iterator[tuple[int, list[WriteRequest]]]:
         for n in range(20):
             waiting_when_pulled.append(n - finished)  # batches handed out and not finished yet
             yield n, [put(n)]
