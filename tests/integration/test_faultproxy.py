@@ -102,8 +102,10 @@ def _delete(key: str) -> dict[str, Any]:
 
 def _key_of(write_request: dict[str, Any]) -> str:
     if "PutRequest" in write_request:
-        return write_request["PutRequest"]["Item"]["pk"]["S"]
-    return write_request["DeleteRequest"]["Key"]["pk"]["S"]
+        pk: str = write_request["PutRequest"]["Item"]["pk"]["S"]
+    else:
+        pk = write_request["DeleteRequest"]["Key"]["pk"]["S"]
+    return pk
 
 
 def _keys_in(direct: Any, table: str) -> set[str]:

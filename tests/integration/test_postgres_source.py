@@ -472,7 +472,7 @@ def assert_no_password(exc: BaseException) -> None:
         assert "S3cret" not in text
 
 
-def with_password(dsn: str, **params: object) -> str:
+def with_password(dsn: str, **params: str | int | None) -> str:
     return make_conninfo(dsn, password=PASSWORD, **params)
 
 
