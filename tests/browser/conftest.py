@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
 
 from faultproxy import FaultProxy
 from tests.conftest import ROOT, WorkerProcess, wait_for
@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-VIEWPORT = {"width": 1280, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
 PASSWORD = "pw-for-tests"  # the admin_user fixture's password; also used for the users made here
 
 # Records, in sessionStorage (it survives reloads of the tab), every load of a job page and every
@@ -126,7 +126,8 @@ def log_in(page: Page, base_url: str, username: str, password: str = PASSWORD) -
 
 
 def live_log(page: Page) -> list[dict[str, Any]]:
-    return page.evaluate(f"JSON.parse(sessionStorage.getItem({LIVE_LOG_KEY!r}) || '[]')")
+    entries: list[dict[str, Any]] = page.evaluate(f"JSON.parse(sessionStorage.getItem({LIVE_LOG_KEY!r}) || '[]')")
+    return entries
 
 
 @pytest.fixture

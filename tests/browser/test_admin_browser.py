@@ -18,7 +18,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, expect
+from playwright.sync_api import FilePayload, Page, expect
 
 from bulkwrites.models import OPERATOR_ACTIONS, Item, ItemStatus, Job, JobStatus, Slice, Verification
 from bulkwrites.resources import FORMULA_TRIGGERS
@@ -71,7 +71,10 @@ def finished_job_log(page: Page, *, timeout: float, why: Callable[[], str]) -> l
             return None
         return entries if any(e["kind"] == "live" and e["text"].startswith("100") for e in entries) else None
 
-    return wait_or_explain(live_hundred, timeout=timeout, what="the job page to show 100% by itself", why=why)
+    log: list[dict[str, Any]] = wait_or_explain(
+        live_hundred, timeout=timeout, what="the job page to show 100% by itself", why=why
+    )
+    return log
 
 
 def int_text(page: Page, selector: str) -> int:
@@ -102,7 +105,8 @@ def test_operator_uploads_previews_runs_and_exports(
     expect(form).to_be_visible()
     assert table in page.locator("#id_table_name option").all_inner_texts()  # listed by DynamoDB
     page.select_option("#id_table_name", table)
-    page.set_input_files("#id_file", files=[{"name": "items.csv", "mimeType": "text/csv", "buffer": operator_csv()}])
+    upload: FilePayload = {"name": "items.csv", "mimeType": "text/csv", "buffer": operator_csv()}
+    page.set_input_files("#id_file", files=[upload])
     form.locator("input[type=submit]").click()
 
     # Preview: counts, the invalid rows with their reasons, nothing written yet.
@@ -218,8 +222,8 @@ def test_operator_uploads_previews_runs_and_exports(
     raw = exported_rows[0]["raw"]
     assert raw.startswith("'" + FORMULA), raw
     assert failed[0].raw.startswith(FORMULA)  # the ledger keeps the row as read; only the export changes it
-    for row in exported_rows:
-        for column, cell in row.items():
+    for exported_row in exported_rows:
+        for column, cell in exported_row.items():
             assert not cell.startswith(FORMULA_TRIGGERS), (column, cell)
 
 
