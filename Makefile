@@ -4,7 +4,7 @@
 #   make run                      migrate, demo data, web server + worker (http://127.0.0.1:8000/admin/)
 #   make test                     lint + pytest (PYTEST_ARGS="-k foo" to narrow)
 #   make bench BENCH_ARGS="--quick"  every way, then issue 15's targets in one table (bench/results.json)
-#   make lint | typecheck-baseline | worker | bench | stop | clean | venv | env
+#   make lint | worker | bench | stop | clean | venv | env
 #
 # Ports: PG_PORT=54329 REDIS_PORT=63799 DYNAMODB_PORT=8770 WEB_PORT=8000 S3_PORT=8790
 
@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help services env venv run test lint typecheck-baseline worker stop bench clean
+.PHONY: help services env venv run test lint worker stop bench clean
 
 help:
 	@sed -n '1,9p' Makefile | sed 's/^# \{0,1\}//; s/\$$\$$/$$/'
@@ -36,9 +36,6 @@ test:
 
 lint:
 	@$(SERVICES) lint
-
-typecheck-baseline:
-	@$(SERVICES) typecheck-baseline
 
 worker:
 	@$(SERVICES) worker

@@ -10,8 +10,7 @@
 #   venv      create .venv / re-install requirements.txt when it changed
 #   run       services + venv + migrate + `bulkwrite demo` + web server + worker
 #   test      services + venv + lint + pytest (no test ran counts as a failure)
-#   lint      ruff check + ruff format --check + mypy (against its baseline) + lint-imports
-#   typecheck-baseline  record mypy's remaining errors in mypy-baseline.txt (it may only shrink)
+#   lint      ruff check + ruff format --check + mypy + lint-imports
 #   worker    one RQ worker in the foreground
 #   supervise-worker  run `manage.py rqworker bulkwrites` again whenever it exits
 #             (what `make run` starts; stop it with `make stop`)
@@ -705,16 +704,10 @@ cmd_services() {
 	log "services ready ($((SECONDS - t0)) s); logs in .local/log/"
 }
 
-# mypy is strict on bulkwrites/dynamo and bulkwrites/services (pyproject.toml); elsewhere its
-# errors are held to mypy-baseline.txt, which may only shrink: a new error fails, and so does a
-# fixed one still listed (run `make typecheck-baseline` to record the smaller baseline).
+# mypy over the files of pyproject.toml's [tool.mypy]: any error fails (there is no baseline of
+# tolerated errors).
 typecheck() {
-	local mypy_rc filter_rc
-	set +o pipefail
-	"$VENV/bin/mypy" | "$VENV/bin/mypy-baseline" filter --no-colors --hide-stats
-	mypy_rc=${PIPESTATUS[0]} filter_rc=${PIPESTATUS[1]}
-	set -o pipefail
-	[ "$mypy_rc" -le 1 ] && [ "$filter_rc" = 0 ]
+	"$VENV/bin/mypy"
 }
 
 cmd_lint() {
@@ -728,14 +721,6 @@ cmd_lint() {
 	return "$rc"
 }
 
-cmd_typecheck_baseline() {
-	ensure_venv
-	cd "$ROOT"
-	set +o pipefail
-	"$VENV/bin/mypy" | "$VENV/bin/mypy-baseline" sync
-	set -o pipefail
-}
-
 cmd_test() {
 	services_env
 	ensure_venv
@@ -745,7 +730,7 @@ cmd_test() {
 	"$VENV/bin/ruff" check . || check_rc=$?
 	echo "==> ruff format --check ."
 	"$VENV/bin/ruff" format --check . || format_rc=$?
-	echo "==> mypy (strict: bulkwrites/dynamo, bulkwrites/services; elsewhere mypy-baseline.txt)"
+	echo "==> mypy (any error fails)"
 	typecheck || types_rc=1
 	echo "==> lint-imports (docs/architecture.md)"
 	"$VENV/bin/lint-imports" --no-cache || imports_rc=$?
@@ -862,7 +847,6 @@ main() {
 	run) cmd_run ;;
 	test) cmd_test "$@" ;;
 	lint) cmd_lint ;;
-	typecheck-baseline) cmd_typecheck_baseline ;;
 	worker) cmd_worker "$@" ;;
 	bench) cmd_bench "$@" ;;
 	supervise-worker)
