@@ -41,6 +41,9 @@ from bulkwrites.dynamo.backoff import Backoff
 from bulkwrites.dynamo.batching import MAX_REQUESTS_PER_CALL
 from bulkwrites.dynamo.errors import CODE_DUPLICATE_KEY, CODE_INVALID_ROW
 from bulkwrites.dynamo.writer import CallStats, Outcome, WriterPolicy
+from bulkwrites.models.sql_sources import SqlSource as SqlSource
+from bulkwrites.models.tokens import ApiToken as ApiToken
+from bulkwrites.models.tokens import ApiTokenQuerySet as ApiTokenQuerySet
 
 # Calls in flight per worker. make bench, one worker on DynamoDB Local: 4 in flight reached
 # 0.72x the threaded ceiling, 8 0.79x, 16 ~1.0x; a call's latency, not the worker's CPU, sets
@@ -1189,79 +1192,6 @@ class SliceRun(models.Model):
     @property
     def duration(self) -> timedelta:
         return self.finished_at - self.started_at
-
-
-class SqlSource(models.Model):
-    """A saved PostgreSQL query (or table + columns) that jobs copy rows from.
-
-    ``connection`` names a connection configured outside the database (a Django database
-    alias, or ``BULKWRITES_SQL_<NAME>`` in the environment), so no password is ever stored.
-    """
-
-    name = models.CharField(max_length=120, unique=True)
-    connection = models.CharField(max_length=64, help_text="connection name (see README: SQL sources)")
-    query = models.TextField(blank=True, help_text="a single read-only SELECT; leave empty to pick a table")
-    table = models.CharField(max_length=255, blank=True, help_text="schema.table, when no query is given")
-    columns = models.TextField(blank=True, help_text="comma-separated columns of the table (empty: all)")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        ordering = ["name"]
-        verbose_name = "SQL source"
-        permissions = [("manage_sources", "Can manage SQL sources")]
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def column_list(self) -> list[str]:
-        return [c.strip() for c in self.columns.split(",") if c.strip()]
-
-
-class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
-    def usable(self) -> ApiTokenQuerySet:
-        """Not revoked and not expired (the user's own state is checked where it is used)."""
-        now = timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-
-
-class ApiToken(models.Model):
-    """A user's token for the JSON API and the metrics endpoint; it acts with the user's permissions.
-
-    Only the SHA-256 of the token is stored: the token itself is shown once, when it is made
-    (``bulkwrites.services.tokens``). ``prefix`` is its first, public part, to tell tokens apart
-    in lists and logs and to revoke one.
-    """
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    name = models.CharField(max_length=100, blank=True, help_text="what it is for (a script, a scraper...)")
-    prefix = models.CharField(max_length=16, unique=True)
-    secret_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the token")
-    created_at = models.DateTimeField(default=timezone.now)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True, help_text="empty: never")
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    objects = ApiTokenQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created_at"]
-        verbose_name = "API token"
-        permissions = [("view_metrics", "Can read the Prometheus metrics")]
-
-    def __str__(self) -> str:
-        return f"token {self.prefix} of {self.user}"
-
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
-
-    @property
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
 
 
 # --- read-back verification -------------------------------------------------------------
