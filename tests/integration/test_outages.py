@@ -201,3 +201,35 @@ def test_a_worker_asked_to_stop_hands_its_job_over_at_once(
     wait_for(lambda: finished(job), timeout=240, interval=0.5, what="the job to finish")
     assert_all_written(job, rows, scan, table)
     assert SliceRun.objects.filter(job=job, stopped_by="shutdown").exists()
+
+
+def test_every_outage_at_once_on_one_job_loses_nothing(
+    proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
+) -> None:
+    # The rows above one at a time, here one after the other on a job two workers share, under
+    # the chaos fault mix: a worker killed outright (its leased slice waits out its lease), Redis
+    # back empty (rate state, queue and registrations gone), PostgreSQL restarted, the other
+    # worker asked to stop, and two new workers. Every item lands once, and the ledger says so.
+    table = make_table()
+    rows = rows_of(10_000)
+    killed = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    stopped = worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    proxy.configure(latency_ms=15, **{**CHAOS, "unprocessed_share": 0.2}, seed=2)
+    job = new_job(table, rows, concurrency=4, workers=2)
+    wait_for(lambda: succeeded(job) >= 1000, timeout=120, what="the job to get going")
+
+    for pid in child_pids(killed.process.pid):  # its work horse first, then the worker: SIGKILL
+        os.kill(pid, signal.SIGKILL)
+    killed.process.kill()
+    killed.process.wait(timeout=15)
+    services("restart-redis", "3")
+    services("restart-postgres", "3")
+    connection.close()
+    stopped.process.send_signal(signal.SIGTERM)
+    stopped.process.wait(timeout=30)
+    assert succeeded(job) < len(rows), "the job finished before the outages: nothing tested"
+
+    worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
+    wait_for(lambda: finished(job), timeout=900, interval=1, what="the job to finish")
+    assert_all_written(job, rows, scan, table)
