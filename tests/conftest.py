@@ -331,6 +331,7 @@ def sigkill_worker(process: subprocess.Popen[Any]) -> list[int]:
             killed.append(child)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    process.kill()  # a worker not started in a session (group) of its own: killpg found no group
     process.wait(timeout=10)
     return [process.pid, *killed]
 

@@ -27,7 +27,7 @@ from bulkwrites.dynamo.ratelimit import JobKeys, get_rate_cap
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SliceRun
 from bulkwrites.services import dispatch
 from faultproxy import FaultProxy
-from tests.conftest import ROOT, child_pids, test_redis_url, wait_for
+from tests.conftest import ROOT, child_pids, sigkill_worker, test_redis_url, wait_for
 from tests.integration.test_failures import new_job, rows_of, table_state
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -218,10 +218,7 @@ def test_every_outage_at_once_on_one_job_loses_nothing(
     job = new_job(table, rows, concurrency=4, workers=2)
     wait_for(lambda: succeeded(job) >= 1000, timeout=120, what="the job to get going")
 
-    for pid in child_pids(killed.process.pid):  # its work horse first, then the worker: SIGKILL
-        os.kill(pid, signal.SIGKILL)
-    killed.process.kill()
-    killed.process.wait(timeout=15)
+    sigkill_worker(killed.process)
     services("restart-redis", "3")
     services("restart-postgres", "3")
     connection.close()
