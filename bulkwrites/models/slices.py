@@ -33,8 +33,18 @@ class LeasedRangeQuerySet[R: LeasedRange](models.QuerySet[R]):
     def under_live_lease(self) -> Self:
         return self.open().filter(lease_expires_at__gt=timezone.now())
 
+    def holders(self, owner_id: int, *, other_than: str) -> int:
+        """How many runs other than ``other_than`` hold a live lease on the owner's ranges."""
+        live = self._of(owner_id).under_live_lease().exclude(leased_by=other_than)
+        return live.values("leased_by").distinct().count()
+
     def claim(self, owner_id: int, *, worker: str, lease: timedelta) -> R | None:
-        """Lease the owner's next open range nobody holds (or whose holder's lease ran out)."""
+        """Lease the owner's next open range nobody holds (or whose holder's lease ran out).
+
+        A range taken from a holder whose lease ran out says who that was (``taken_over_from``):
+        a run that stops hands its ranges back, so that holder died (or lost PostgreSQL for a
+        whole lease) and nobody runs in its place.
+        """
         now = timezone.now()
         with transaction.atomic():
             leased = (
@@ -47,6 +57,8 @@ class LeasedRangeQuerySet[R: LeasedRange](models.QuerySet[R]):
             )
             if leased is None:
                 return None
+            died = leased.lease_expires_at is not None and leased.leased_by != worker
+            leased.taken_over_from = leased.leased_by if died else ""
             leased.leased_by = worker
             leased.lease_expires_at = now + lease
             leased.save(update_fields=["leased_by", "lease_expires_at"])
@@ -86,6 +98,7 @@ class LeasedRange(models.Model):
     done = models.BooleanField(default=False)
     leased_by = models.CharField(max_length=255, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    taken_over_from = ""  # not stored: set by ``claim`` (see there)
 
     class Meta:
         abstract = True

@@ -11,6 +11,7 @@ import logging
 from datetime import timedelta
 
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
@@ -74,14 +75,23 @@ def recover_stalled_jobs() -> list[int]:
     """Re-enqueue active jobs nobody is working on (killed worker, flushed Redis).
 
     A job counts as stalled when it made no progress for ``STALL_SECONDS`` and no slice of
-    it is under a live lease. Only jobs of this worker's queue: several deployments (or a
-    benchmark) may share one database with their own queues and endpoints. Duplicated RQ
-    jobs are harmless: slices are claimed with leases.
+    it is under a live lease. So does one, at once, whose runs all died: a slice's lease ran out
+    (a run that stops hands its slices back) and nobody holds one. A job's last run killed
+    used to wait out the stall time as well (its lease, then 45-65 s more). Only jobs of this
+    worker's queue: several deployments (or a benchmark) may share one database with their own
+    queues and endpoints. Duplicated RQ jobs are harmless: slices are claimed with leases, and a
+    run that finds the job's runs under way stops (``running.STAFFED``).
     """
     stall = timedelta(seconds=app_settings().stall_seconds)
     now = timezone.now()
+    queue = dispatch.current_queue()
+    abandoned = Slice.objects.open().filter(lease_expires_at__lt=now).values("job_id")
+    candidates = Job.objects.in_queue(queue).filter(
+        Q(pk__in=Job.objects.stalled(older_than=stall).values("pk"))
+        | Q(pk__in=abandoned, status__in=JobStatus.active())
+    )
     recovered = []
-    for job in Job.objects.stalled(older_than=stall).in_queue(dispatch.current_queue()):
+    for job in candidates:
         if Slice.objects.under_live_lease().filter(job=job).exists():
             continue
         if job.staged_at is not None and running.finish_if_done(job):

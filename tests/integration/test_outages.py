@@ -24,7 +24,7 @@ from django.db import connection
 
 from bulkwrites.dependencies import DATABASE_DOWN
 from bulkwrites.dynamo.ratelimit import JobKeys, get_rate_cap
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, SliceRun
+from bulkwrites.models import Item, ItemStatus, Job, JobStatus, Slice, SliceRun
 from bulkwrites.services import dispatch
 from faultproxy import FaultProxy
 from tests.conftest import ROOT, child_pids, sigkill_worker, test_redis_url, wait_for
@@ -229,4 +229,35 @@ def test_every_outage_at_once_on_one_job_loses_nothing(
     worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
     worker_process(AWS_ENDPOINT_URL_DYNAMODB=proxy.url)
     wait_for(lambda: finished(job), timeout=900, interval=1, what="the job to finish")
+    assert_all_written(job, rows, scan, table)
+
+
+def live_runs(job: Job) -> set[str]:
+    """The runs holding a live lease on the job's slices (a worker's name: host:pid:RQ job)."""
+    return set(Slice.objects.under_live_lease().filter(job=job).values_list("leased_by", flat=True))
+
+
+def test_a_job_gets_back_the_run_of_a_worker_that_was_killed(
+    proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
+) -> None:
+    # Before: a run killed outright handed over nothing, and a job of two workers went on with
+    # one to its end (the sweeper steps in only once nobody works on a job); an idle worker
+    # stood by. Now the run that takes over the dead run's slice enqueues one in its place.
+    table = make_table()
+    rows = rows_of(4000)
+    env = {"AWS_ENDPOINT_URL_DYNAMODB": proxy.url, "BULKWRITES_LEASE_SECONDS": "5"}
+    killed = worker_process(**env)
+    worker_process(**env)
+    proxy.configure(latency_ms=200)  # one call in flight a run: 125 items/s each
+    job = new_job(table, rows, concurrency=1, workers=2, slice_size=100)
+    wait_for(lambda: len(live_runs(job)) == 2, timeout=60, what="both workers on the job")
+
+    pids = set(sigkill_worker(killed.process))
+    dead = {name for name in live_runs(job) if int(name.split(":")[1]) in pids}
+    assert len(dead) == 1, (dead, pids)
+    worker_process(**env)  # stands by, as a supervisor restarts a worker
+
+    wait_for(lambda: len(live_runs(job) - dead) == 2, timeout=60, what="two runs on the job again")
+    assert succeeded(job) < len(rows), "the job finished first: nothing tested"
+    wait_for(lambda: finished(job), timeout=240, interval=0.5, what="the job to finish")
     assert_all_written(job, rows, scan, table)

@@ -10,12 +10,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from bulkwrites.models import Item, ItemStatus, Job, JobStatus, Slice, SliceRun
-from bulkwrites.services import create, running, work
+from bulkwrites.services import create, dispatch, running, work
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -156,3 +158,62 @@ def test_a_recorder_that_fell_behind_records_its_backlog_in_one_statement() -> N
 
     assert statements == [250, 2500]
     assert closed_after == [2750]  # the slice closed once all its outcomes were recorded
+
+
+def test_a_slice_taken_from_a_dead_holder_says_whose_it_was(make_table: Any) -> None:
+    job = staged_job(make_table(), 300, slice_size=100)
+    lease = running.lease_duration()
+    first = Slice.objects.claim(job.pk, worker="w-alive", lease=lease)
+    second = Slice.objects.claim(job.pk, worker="w-dead", lease=lease)
+    assert first is not None
+    assert second is not None
+    assert (first.taken_over_from, second.taken_over_from) == ("", "")  # nobody held them
+    Slice.objects.filter(pk=second.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    taken = Slice.objects.claim(job.pk, worker="w-alive", lease=lease)
+
+    assert taken is not None
+    assert taken.pk == second.pk
+    assert taken.taken_over_from == "w-dead"
+    # A run's own lease that ran out (PostgreSQL away for a whole lease) names nobody.
+    Slice.objects.filter(pk=second.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    again = Slice.objects.claim(job.pk, worker="w-alive", lease=lease)
+    assert again is not None
+    assert (again.pk, again.taken_over_from) == (second.pk, "")
+    assert Slice.objects.holders(job.pk, other_than="w-other") == 1
+    assert Slice.objects.holders(job.pk, other_than="w-alive") == 0
+
+
+def test_a_run_that_finds_the_job_staffed_stops_before_claiming_anything(make_table: Any, scan: Any) -> None:
+    table = make_table()
+    job = staged_job(table, 300, slice_size=100, workers=2)
+    lease = running.lease_duration()
+    for worker in ("w-one", "w-two"):
+        assert Slice.objects.claim(job.pk, worker=worker, lease=lease) is not None
+
+    report = running.job_run(job.pk, worker="w-third")
+
+    assert (report.stopped_by, report.slices, report.items) == (running.STAFFED, 0, 0)
+    assert not Slice.objects.filter(job=job, leased_by="w-third").exists()
+    assert scan(table) == []
+    # One of the two gone (its slice handed back): the next run works.
+    Slice.objects.release(job.pk, worker="w-two")
+    report = running.job_run(job.pk, worker="w-third")
+    assert (report.slices, report.items) == (2, 200)
+
+
+def test_the_sweeper_re_enqueues_at_once_a_job_whose_runs_all_died(make_table: Any, rq_queue: Any) -> None:
+    dead = staged_job(make_table(), 200, slice_size=100, workers=2)
+    alive = staged_job(make_table(), 200, slice_size=100)
+    lease = running.lease_duration()
+    for job, worker in ((dead, "w-dead"), (alive, "w-alive")):
+        assert Slice.objects.claim(job.pk, worker=worker, lease=lease) is not None
+    Slice.objects.filter(leased_by="w-dead").update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    Job.objects.filter(pk__in=[dead.pk, alive.pk]).update(queue=dispatch.current_queue())  # as job_start does
+
+    # Both made progress a moment ago: the stall time (45 s) has not passed for either.
+    assert work.recover_stalled_jobs() == [dead.pk]
+    assert len(rq_queue.get_job_ids()) == 2  # the job's two runs
+    # Once taken over, nothing is left to recover; a job with a live lease never was.
+    assert Slice.objects.claim(dead.pk, worker="w-next", lease=lease) is not None
+    assert work.recover_stalled_jobs() == []
