@@ -33,6 +33,11 @@ class LeasedRangeQuerySet[R: LeasedRange](models.QuerySet[R]):
     def under_live_lease(self) -> Self:
         return self.open().filter(lease_expires_at__gt=timezone.now())
 
+    def abandoned(self) -> Self:
+        """Open ranges whose holder's lease ran out: a run that stops hands its ranges back, so
+        their holder died (or lost PostgreSQL for a whole lease)."""
+        return self.open().filter(lease_expires_at__lt=timezone.now())
+
     def holders(self, owner_id: int, *, other_than: str) -> int:
         """How many runs other than ``other_than`` hold a live lease on the owner's ranges."""
         live = self._of(owner_id).under_live_lease().exclude(leased_by=other_than)

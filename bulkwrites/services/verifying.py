@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
-from django.db.models import OuterRef, TextField, Value
+from django.db.models import OuterRef, Q, TextField, Value
 from django.utils import timezone
 
 from bulkwrites.conf import app_settings
@@ -432,12 +432,17 @@ def recover_stalled_verifications() -> list[int]:
     """Re-enqueue active verifications nobody is working on, and start those their job's end is due.
 
     Like ``work.recover_stalled_jobs``: stalled means no progress for ``STALL_SECONDS`` and no
-    slice under a live lease; only this deployment's queue.
+    slice under a live lease, or, at once, a slice whose lease ran out and none live (its run
+    died); only this deployment's queue.
     """
     stall = timedelta(seconds=app_settings().stall_seconds)
     now = timezone.now()
     recovered = start_due_verifications()
-    stalled = Verification.objects.stalled(older_than=stall).filter(queue=dispatch.current_queue())
+    abandoned = CheckSlice.objects.abandoned().values("verification_id")
+    stalled = Verification.objects.filter(queue=dispatch.current_queue()).filter(
+        Q(pk__in=Verification.objects.stalled(older_than=stall).values("pk"))
+        | Q(pk__in=abandoned, status__in=VerificationStatus.active())
+    )
     for verification in stalled:
         if CheckSlice.objects.under_live_lease().filter(verification=verification).exists():
             continue

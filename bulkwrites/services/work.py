@@ -85,7 +85,7 @@ def recover_stalled_jobs() -> list[int]:
     stall = timedelta(seconds=app_settings().stall_seconds)
     now = timezone.now()
     queue = dispatch.current_queue()
-    abandoned = Slice.objects.open().filter(lease_expires_at__lt=now).values("job_id")
+    abandoned = Slice.objects.abandoned().values("job_id")
     candidates = Job.objects.in_queue(queue).filter(
         Q(pk__in=Job.objects.stalled(older_than=stall).values("pk"))
         | Q(pk__in=abandoned, status__in=JobStatus.active())

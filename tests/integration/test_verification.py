@@ -15,9 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from bulkwrites.models import (
     CheckOutcome,
@@ -380,6 +382,20 @@ def test_a_sigkilled_worker_mid_verification_is_replaced_and_nothing_is_counted_
     assert verification.total_items == 3000
     assert ItemCheck.objects.filter(verification=verification).exclude(outcome=CheckOutcome.PENDING).count() == 3000
     assert verdicts(verification)[CheckOutcome.MISSING] == {"k00010", "k01500", "k02999"}
+
+
+def test_the_sweeper_re_enqueues_at_once_a_verification_whose_run_died(make_table: Any, run_worker: Any) -> None:
+    job = finished_job(make_table(), 300, run_worker)
+    verification = verifying.verification_create(job=job)
+    assert verifying.verification_stage(verification)
+    lease = timedelta(seconds=30)
+    assert CheckSlice.objects.claim(verification.pk, worker="w-dead", lease=lease) is not None
+    CheckSlice.objects.filter(leased_by="w-dead").update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    # It made progress a moment ago: the stall time (45 s) has not passed.
+    assert verifying.recover_stalled_verifications() == [verification.pk]
+    assert CheckSlice.objects.claim(verification.pk, worker="w-next", lease=lease) is not None
+    assert verifying.recover_stalled_verifications() == []
 
 
 # --- the CLI --------------------------------------------------------------------------------
