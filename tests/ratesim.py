@@ -166,6 +166,8 @@ def simulate(
     limit_seconds: float = 600.0,
     jitter: float = 0.0,
     on_sample: Callable[[float, float | None], None] | None = None,
+    forget_at: float | None = None,
+    stalled: tuple[float, float] | None = None,
 ) -> Result:
     rng = random.Random(seed)
     backoff = Backoff(backoff_base, backoff_cap, random=rng.random)
@@ -229,6 +231,8 @@ def simulate(
 
     for w in range(concurrency):
         next_batch(w)
+    if forget_at is not None:
+        at(start + forget_at, "forget", None)
 
     while events:
         now, _, kind, data = heapq.heappop(events)
@@ -257,6 +261,15 @@ def simulate(
             # A loaded machine: the answer is heard late, by a random delay (mean ``jitter`` s).
             heard = server_free + (rng.expovariate(1 / jitter) if jitter else 0.0)
             at(heard, "answer", (worker, units, stall, acquired_at, now))
+        elif kind == "forget":
+            # Redis back empty: the job's rate state is gone (the cap comes back from the ledger).
+            delete_rate_state(redis, scope)
+            if cap:
+                set_rate_cap(redis, scope, cap)
+        elif kind == "answer" and stalled and stalled[0] <= now - start < stalled[1]:
+            # The runs are held (PostgreSQL away: nothing can be recorded or claimed) and hear
+            # their calls' answers only when it is back.
+            at(start + stalled[1], kind, data)
         elif kind == "answer":
             worker, units, stall, acquired_at, sent_at = data
             answer, taken = table.answer(now, units, rng)
@@ -368,6 +381,22 @@ def main(argv: list[str]) -> None:
                 r = simulate(client, FaultsThatStop(mixed, capacity, 10.0), items=40_000, seed=seed, jitter=jitter)
                 late = sum(1 for t in r.refused_at if t > 15)
                 print(f"fades seed {seed} jitter {jitter}: {r.seconds:.1f} s, {late} calls refused after 15 s")
+        elif what == "outage":
+            # README, "The rate control after an outage": under the chaos mix's 20 % share, Redis
+            # back empty 4 s into the job, or 6 s in with the runs held from 6 to 10 s. Found and
+            # not solved: 7-16 s without the outage; some seeds crawl for minutes after it.
+            cases: list[tuple[str, dict[str, Any]]] = [
+                ("none", {}),
+                ("forget", {"forget_at": 4.0}),
+                ("forget+stall", {"forget_at": 6.0, "stalled": (6.0, 10.0)}),
+            ]
+            for name, outage in cases:
+                mix = FaultMix(0.2, 0.05, 0.05, 0.02)
+                r = simulate(
+                    client, mix, items=10_000, seed=seed, concurrency=8, jitter=0.015, limit_seconds=400, **outage
+                )
+                done = "not done in 400 s" if math.isinf(r.seconds) else f"{r.seconds:.1f} s"
+                print(f"outage seed {seed} {name}: {done}")
         elif what == "cap":
             r = simulate(client, FaultMix(0, 0, 0, 0), items=20_000, cap=500.0, seed=seed)
             print(f"cap 500 seed {seed}: {r.wcu_per_s:.0f} WCU/s in {r.seconds:.1f} s")
