@@ -182,6 +182,9 @@ def test_a_slice_taken_from_a_dead_holder_says_whose_it_was(make_table: Any) -> 
     assert (again.pk, again.taken_over_from) == (second.pk, "")
     assert Slice.objects.holders(job.pk, other_than="w-other") == 1
     assert Slice.objects.holders(job.pk, other_than="w-alive") == 0
+    assert Slice.objects.claim(job.pk, worker="w-alive", lease=lease) is not None  # one read ahead
+    assert Slice.objects.filter(job=job, leased_by="w-alive").count() == 3
+    assert Slice.objects.holders(job.pk, other_than="w-other") == 1  # runs, not slices
 
 
 def test_a_run_that_finds_the_job_staffed_stops_before_claiming_anything(make_table: Any, scan: Any) -> None:
