@@ -103,7 +103,9 @@ class JobRateLimiter:
         self._pending_since: float | None = None  # clock() of the first of those
         self._cap: float | None = None
         self._cap_known = False
-        self._background = 0.0  # the background share in the last report's answer
+        # The background share in the last report's answer. Each report carries it, so that a
+        # Redis that lost the job's state (restarted empty, flushed) gets it back (report.lua).
+        self._background = 0.0
 
     # --- the writer's protocol ----------------------------------------------------------------
 
@@ -179,7 +181,11 @@ class JobRateLimiter:
 
     def current_rate(self) -> float | None:
         """WCU/s calls may use now (cap and adaptive rate together); None = unlimited."""
-        return self._retrying(lambda: self.scripts.report(self.keys, now=self._now())).rate
+        limits = self._retrying(
+            lambda: self.scripts.report(self.keys, now=self._now(), heard_background=self._background)
+        )
+        self._background = limits.background
+        return limits.rate
 
     def observed_rate(self) -> float:
         """WCU/s consumed over the last ~10 s, by all workers (each unlimited one lags up to a round)."""
@@ -248,7 +254,12 @@ class JobRateLimiter:
             try:
                 limits = self._retrying(
                     lambda: self.scripts.report(
-                        self.keys, merged, acquired_at=acquired_at, delta=delta, now=self._now()
+                        self.keys,
+                        merged,
+                        acquired_at=acquired_at,
+                        delta=delta,
+                        now=self._now(),
+                        heard_background=self._background,
                     )
                 )
             except Exception:

@@ -3,7 +3,8 @@
 -- ARGV: 1 calls, 2 units attempted, 3 units refused, 4 sum of the calls' refused shares,
 --       5 sum of their squares, 6 units consumed, 7 seconds the report covers, 8 sum of latencies,
 --       9 acquired_at or '', 10 bucket charge, 11 now or '' (tests), 12 state ttl ms,
---       13 consumed ttl ms, 14 calls refused some units, then RatePolicy.args() from 15.
+--       13 consumed ttl ms, 14 calls refused some units, 15 the background share the caller last
+--       heard, then RatePolicy.args() from 16.
 -- Returns {cap or '', rate or '', now, event or '', background share}.
 --
 -- Capacity evidence is the share of each call's units DynamoDB refused (a throttling error
@@ -25,8 +26,22 @@ local share_sum, share_sq, consumed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonu
 local span, latency_sum, acquired_at = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local delta, state_ttl, consumed_ttl = tonumber(ARGV[10]), ARGV[12], ARGV[13]
 local refused_calls = tonumber(ARGV[14])
-local p = read_policy(15)
+local heard = tonumber(ARGV[15]) or 0
+local p = read_policy(16)
 local ctl = read_ctl(KEYS[2])
+local set = {}  -- fields to write
+local event = ''
+if heard > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  -- The job's state is gone while its workers still know the background share they last heard:
+  -- Redis restarted empty or was flushed. That share is put back. Learnt again from nothing, under
+  -- a fault that refuses a share whatever the rate, the first rounds after the loss fell in the
+  -- outage's own slow seconds (the runs waiting on PostgreSQL sent 20-30 WCU/s), the fault's
+  -- refusals cut the job to that rate, and at a few calls a second the rounds that would have
+  -- learnt the share again took minutes to come (README, "The rate control after an outage").
+  ctl.bg, set.bg, set.bg_at = heard, heard, now
+  event = 'restore'
+  set.ev, set.ev_at, set.ev_bg = 'restore', now, heard
+end
 local rate, cap, paced = current_rate(KEYS[1], ctl, now, p)
 
 -- 1. Consumption per second of server time: the job page's rate and the floor.
@@ -69,9 +84,6 @@ end
 -- Probing: above w_max on the curve, or above the last cut's take where the curve aims higher.
 local probing = ctl.mode == 'ctl'
   and (curve_time(ctl, now) > (ctl.k or 0) or (rate ~= nil and ctl.a0 ~= nil and rate > ctl.a0))
-
-local set = {}  -- fields to write
-local event = ''
 
 -- A new round from `at`: its sums start from nothing (in the state read and the fields written).
 local ROUND_SUMS = {'rn', 'ru', 'rr', 'rsh', 'rsq', 'rc', 'rp', 'rk', 'fk', 'fc', 'f1', 'fa', 'fz'}

@@ -99,6 +99,7 @@ class Scripts:
         acquired_at: float | None = None,
         delta: float = 0.0,
         now: float | None = None,
+        heard_background: float = 0.0,
     ) -> Limits:
         o = outcomes
         cap, rate, server_now, event, background = self._report(
@@ -118,6 +119,7 @@ class Scripts:
                 STATE_TTL_MS,
                 CONSUMED_TTL_MS,
                 o.refused_calls,
+                repr(float(heard_background)),
                 *self.policy.args(),
             ],
         )

@@ -46,8 +46,16 @@ def explain(control: Mapping[str, str], *, cap: float | None, allowed: float | N
     """The limiter's last decision in words, from the control hash (see report.lua's ``ev*`` fields)."""
     f = {k: float(v) for k, v in control.items() if k not in ("mode", "ev", "qs") and v not in ("", None)}
     event, mode = control.get("ev", ""), control.get("mode", "")
+    restored = (
+        f"Redis had lost the job's rate state at {_clock(f['ev_at'])}; the {100 * f.get('ev_bg', 0.0):.0f} % of units"
+        " its workers last heard were refused whatever the rate is background again"
+        if event == "restore"
+        else ""
+    )
     if allowed is None:
         head = "unlimited: DynamoDB has not refused anything the job could not absorb"
+        if restored:
+            head = f"unlimited: {restored}"
         if event == "open":
             head = f"unlimited again since {_clock(f['ev_at'])}: no cut for {policy.release_after:.0f} s"
         elif event == "undo":
@@ -79,6 +87,8 @@ def explain(control: Mapping[str, str], *, cap: float | None, allowed: float | N
         elif floor:
             text_ += f"; floor {_n(floor)}"
         parts.append(text_)
+    elif restored:
+        parts.append(restored)
     elif event == "undo":
         parts.append(
             f"a cut undone at {_clock(f['ev_at'])}: {100 * f.get('ev_s', 0.0):.0f} % of units are refused whatever the"
