@@ -41,7 +41,7 @@ from bulkwrites.services.deletion import reclaim_stalled_deletions
 from bulkwrites.services.schema import SchemaError, check_schema
 from bulkwrites.services.streams.consume import recover_stalled_stream_rules
 from bulkwrites.services.verifying import recover_stalled_verifications
-from bulkwrites.services.work import delete_expired_drafts, recover_stalled_jobs
+from bulkwrites.services.work import delete_expired_drafts, recover_stalled_jobs, restaff_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +179,14 @@ class Worker(RQWorker):
             connections.close_all()
 
     def _sweep(self) -> None:
-        """The ledger's chores: re-enqueue stalled jobs, verifications and stream rules, delete
-        expired drafts, finish reclaiming deleted jobs. Never raises:
-        a sweep must never kill the worker; the next one retries."""
+        """The ledger's chores: re-enqueue stalled jobs, the runs a job is short of, verifications
+        and stream rules, delete expired drafts, finish reclaiming deleted jobs. Never raises: a
+        sweep must never kill the worker; the next one retries."""
         try:
             recovered = recover_stalled_jobs()
             if recovered:
                 logger.warning("re-enqueued stalled jobs: %s", recovered)
+            restaff_jobs()  # logs each job it enqueues runs for
             verifications = recover_stalled_verifications()
             if verifications:
                 logger.warning("started or re-enqueued verifications: %s", verifications)

@@ -38,10 +38,18 @@ class LeasedRangeQuerySet[R: LeasedRange](models.QuerySet[R]):
         their holder died (or lost PostgreSQL for a whole lease)."""
         return self.open().filter(lease_expires_at__lt=timezone.now())
 
+    def claimable(self) -> Self:
+        """Open ranges a run may claim: nobody holds them, or their holder's lease ran out."""
+        return self.open().filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=timezone.now()))
+
+    def holding(self, owner_id: int) -> set[str]:
+        """The runs holding a live lease on the owner's ranges (runs, not ranges: a run reads one ahead)."""
+        live = self._of(owner_id).under_live_lease().order_by()
+        return set(live.values_list("leased_by", flat=True).distinct())
+
     def holders(self, owner_id: int, *, other_than: str) -> int:
         """How many runs other than ``other_than`` hold a live lease on the owner's ranges."""
-        live = self._of(owner_id).under_live_lease().exclude(leased_by=other_than)
-        return live.order_by().values("leased_by").distinct().count()  # not the slices (a run reads one ahead)
+        return len(self.holding(owner_id) - {other_than})
 
     def claim(self, owner_id: int, *, worker: str, lease: timedelta) -> R | None:
         """Lease the owner's next open range nobody holds (or whose holder's lease ran out).
@@ -53,12 +61,7 @@ class LeasedRangeQuerySet[R: LeasedRange](models.QuerySet[R]):
         now = timezone.now()
         with transaction.atomic():
             leased = (
-                self.select_for_update(skip_locked=True)
-                ._of(owner_id)
-                .filter(done=False)
-                .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-                .order_by("first_position")
-                .first()
+                self.select_for_update(skip_locked=True)._of(owner_id).claimable().order_by("first_position").first()
             )
             if leased is None:
                 return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ def enqueue_task(
         queue.enqueue(
             f"bulkwrites.tasks.{task}",
             object_id,
+            job_id=f"{_rq_prefix(task, object_id)}{uuid.uuid4().hex}",
             job_timeout=timeout,
             result_ttl=result_ttl,
             failure_ttl=FAILURE_TTL,
@@ -46,9 +48,37 @@ def enqueue_task(
         )
 
 
+def _rq_prefix(task: str, object_id: int) -> str:
+    """How the RQ ids of a task's jobs for one object begin: Redis can then say which are there."""
+    return f"bulkwrites-{task}-{object_id}-"
+
+
 def enqueue_run(job_id: int, *, copies: int = 1) -> None:
     """Ask ``copies`` workers to work on the job."""
     enqueue_task("run_job", job_id, copies=copies, description=f"bulkwrites job {job_id}")
+
+
+def runs_in_rq() -> dict[int, set[str]]:
+    """The RQ ids of every job's runs that Redis holds, queued or started, by job id.
+
+    Read from the queue, the list a worker moves a job to as it takes it, and the started
+    registry: a run is in one of them from its enqueueing to its end, as long as Redis keeps
+    them (a flush or a Redis back empty loses them all).
+    """
+    queue = django_rq.get_queue(current_queue())
+    ids = [
+        *queue.get_job_ids(),
+        *queue.intermediate_queue.get_job_ids(),
+        *queue.started_job_registry.get_job_ids(cleanup=False),
+    ]
+    runs: dict[int, set[str]] = {}
+    head = "bulkwrites-run_job-"
+    for rq_id in ids:
+        if rq_id.startswith(head):
+            job_id, _, _ = rq_id[len(head) :].partition("-")
+            if job_id.isdigit():
+                runs.setdefault(int(job_id), set()).add(rq_id)
+    return runs
 
 
 def enqueue_notification(job_id: int) -> None:

@@ -240,6 +240,29 @@ def live_runs(job: Job) -> set[str]:
     return set(Slice.objects.under_live_lease().filter(job=job).values_list("leased_by", flat=True))
 
 
+def test_a_job_gets_back_a_run_that_redis_lost_from_the_queue(
+    proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any, rq_queue: Any
+) -> None:
+    # A job of two workers on a deployment with one free worker: its second run waits in the
+    # queue, and a Redis flushed (here, the queue emptied) loses it. Before, the run was gone for
+    # good: the job went on with one run to its end while a worker started later stood by. Now
+    # that worker's sweeper counts the job's runs (a live lease, nothing queued) and enqueues one.
+    table = make_table()
+    rows = rows_of(4000)
+    env = {"AWS_ENDPOINT_URL_DYNAMODB": proxy.url, "BULKWRITES_SWEEP_SECONDS": "2"}
+    worker_process(**env)
+    proxy.configure(latency_ms=200)  # one call in flight a run: 125 items/s each
+    job = new_job(table, rows, concurrency=1, workers=2, slice_size=100)
+    wait_for(lambda: len(live_runs(job)) == 1 and rq_queue.count > 0, timeout=60, what="one run, the other queued")
+
+    rq_queue.empty()
+    worker_process(**env)
+    wait_for(lambda: len(live_runs(job)) == 2, timeout=30, what="two runs on the job again")
+    assert succeeded(job) < len(rows), "the job finished first: nothing tested"
+    wait_for(lambda: finished(job), timeout=240, interval=0.5, what="the job to finish")
+    assert_all_written(job, rows, scan, table)
+
+
 def test_a_job_gets_back_the_run_of_a_worker_that_was_killed(
     proxy: FaultProxy, make_table: Any, scan: Any, worker_process: Any
 ) -> None:

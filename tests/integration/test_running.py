@@ -220,3 +220,32 @@ def test_the_sweeper_re_enqueues_at_once_a_job_whose_runs_all_died(make_table: A
     # Once taken over, nothing is left to recover; a job with a live lease never was.
     assert Slice.objects.claim(dead.pk, worker="w-next", lease=lease) is not None
     assert work.recover_stalled_jobs() == []
+
+
+def test_the_sweeper_enqueues_the_runs_a_job_is_short_of_once_redis_lost_them(make_table: Any, rq_queue: Any) -> None:
+    # A run hands over by enqueueing its successor; a Redis flushed (or back empty) loses it, and
+    # the job went on with a run fewer to its end. The sweeper counts the job's runs on both sides,
+    # live leases in PostgreSQL and queued or started RQ jobs, and enqueues what is missing.
+    short = staged_job(make_table(), 400, slice_size=100, workers=2)
+    held = staged_job(make_table(), 100, slice_size=100)  # its one range held: nothing waits
+    paused = staged_job(make_table(), 200, slice_size=100)
+    Job.objects.filter(pk__in=[short.pk, held.pk]).update(status=JobStatus.RUNNING, queue=dispatch.current_queue())
+    Job.objects.filter(pk=paused.pk).update(status=JobStatus.PAUSED, queue=dispatch.current_queue())
+    lease = running.lease_duration()
+    # The run of `short` that survived the flush: its RQ job is gone from Redis, its lease is not.
+    assert Slice.objects.claim(short.pk, worker="host:1:bulkwrites-run_job-0-survivor", lease=lease) is not None
+    assert Slice.objects.claim(held.pk, worker="host:1:bulkwrites-run_job-0-other", lease=lease) is not None
+
+    assert work.restaff_jobs() == [short.pk]
+    assert list(dispatch.runs_in_rq()) == [short.pk]
+    assert len(dispatch.runs_in_rq()[short.pk]) == 1  # two runs again
+    assert work.restaff_jobs() == []  # the queued one counts
+
+    rq_queue.empty()  # Redis flushed again
+    assert work.restaff_jobs() == [short.pk]
+    # A run seen on both sides (queued or started in RQ, and holding a lease) is one run.
+    (queued,) = dispatch.runs_in_rq()[short.pk]
+    Slice.objects.release(short.pk, worker="host:1:bulkwrites-run_job-0-survivor")
+    assert Slice.objects.claim(short.pk, worker=f"host:2:{queued}", lease=lease) is not None
+    assert work.restaff_jobs() == [short.pk]
+    assert len(dispatch.runs_in_rq()[short.pk]) == 2

@@ -530,6 +530,9 @@ class Command(BaseCommand):
     def handle_recover(self, **options: Any) -> int:
         recovered = work.recover_stalled_jobs()
         self.stdout.write(f"re-enqueued {len(recovered)} stalled job(s) {recovered or ''}".rstrip())
+        restaffed = work.restaff_jobs()
+        if restaffed:
+            self.stdout.write(f"enqueued the runs {len(restaffed)} job(s) were short of {restaffed}")
         verifications = verifying.recover_stalled_verifications()
         self.stdout.write(f"started or re-enqueued {len(verifications)} verification(s) {verifications or ''}".rstrip())
         rules = recover_stalled_stream_rules()
