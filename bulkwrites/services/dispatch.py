@@ -58,22 +58,19 @@ def enqueue_run(job_id: int, *, copies: int = 1) -> None:
     enqueue_task("run_job", job_id, copies=copies, description=f"bulkwrites job {job_id}")
 
 
-def runs_in_rq() -> dict[int, set[str]]:
-    """The RQ ids of every job's runs that Redis holds, queued or started, by job id.
+def queued_runs() -> dict[int, set[str]]:
+    """The RQ ids of every job's runs waiting for a worker, by job id.
 
-    Read from the queue, the list a worker moves a job to as it takes it, and the started
-    registry: a run is in one of them from its enqueueing to its end, as long as Redis keeps
-    them (a flush or a Redis back empty loses them all).
+    Read from the queue, then the list a worker moves a job to as it takes it (the order a run
+    moves through them, so a run moving along is seen at least once). A run is there from its
+    enqueueing until a worker starts it, as long as Redis keeps them (a flush loses them all).
+    Started runs are not read from Redis: RQ keeps a run killed outright in its started registry
+    for minutes, while its lease in PostgreSQL runs out in seconds.
     """
     queue = django_rq.get_queue(current_queue())
-    ids = [
-        *queue.get_job_ids(),
-        *queue.intermediate_queue.get_job_ids(),
-        *queue.started_job_registry.get_job_ids(cleanup=False),
-    ]
     runs: dict[int, set[str]] = {}
     head = "bulkwrites-run_job-"
-    for rq_id in ids:
+    for rq_id in [*queue.get_job_ids(), *queue.intermediate_queue.get_job_ids()]:
         if rq_id.startswith(head):
             job_id, _, _ = rq_id[len(head) :].partition("-")
             if job_id.isdigit():

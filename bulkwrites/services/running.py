@@ -384,23 +384,43 @@ def claim_slice(job: Job, *, worker: str) -> Slice | None:
     the OOM killer, a machine lost) hands over nothing: the job went on with one run fewer for the
     rest of its life, as the sweeper steps in only once nobody works on it at all. Measured (two
     workers, calls of 100 ms, one killed 1,000 items into 16,000): the other 15,000 took 70 s, 50 s
-    now. The dead run's slice, taken over once its lease ran out, is the sign; the run enqueued
-    here stops at once if the job has its runs by the time it starts (``STAFFED``).
+    now. The dead run's slice, taken over once its lease ran out, is the sign.
     """
     claimed = Slice.objects.claim(job.pk, worker=worker, lease=lease_duration())
     if claimed is not None and claimed.taken_over_from and job.workers > 1:
         logger.warning(
-            "job %s: slice %s taken over from %s, whose lease ran out; another run enqueued in its place",
-            job.pk,
-            claimed.pk,
-            claimed.taken_over_from,
+            "job %s: slice %s taken over from %s, whose lease ran out", job.pk, claimed.pk, claimed.taken_over_from
         )
         try:
-            dispatch.enqueue_run(job.pk)
+            restaff(job)
         except REDIS_DOWN:
             # Not waited for: the slice is claimed and this run goes on (one run short, as before).
             logger.warning("job %s: Redis unreachable, no run enqueued in place of %s", job.pk, claimed.taken_over_from)
     return claimed
+
+
+def restaff(job: Job, *, queued: dict[int, set[str]] | None = None, also: str = "") -> int:
+    """Enqueue the runs the job is short of; how many.
+
+    A job's runs are those holding a live lease (PostgreSQL), those waiting for a worker
+    (``dispatch.queued_runs``; ``queued`` when the caller read it for several jobs), and ``also``,
+    the caller's own run when it holds no lease yet (after staging). A Redis flushed, or back
+    empty, loses the queued ones, and a run killed outright hands over nothing: neither costs the
+    job a run now, and no run is enqueued twice (a dead run's two slices, one read ahead, taken
+    over one after the other, used to enqueue two replacements). A run between two of those
+    states for a moment (started, not yet holding a lease) may be missed: the run enqueued for
+    it is a spare, which stops at once (``STAFFED``).
+    """
+    holding = Slice.objects.holding(job.pk)
+    waiting = (dispatch.queued_runs() if queued is None else queued).get(job.pk, set())
+    # A run's name ends with its RQ id (``tasks._worker_name``): one run, whichever side saw it.
+    runs = {name.rsplit(":", 1)[-1] for name in {*holding, also} if name} | waiting
+    short = job.workers - len(runs)
+    if short <= 0:
+        return 0
+    logger.warning("job %s has %s of its %s runs; %s enqueued", job.pk, len(runs), job.workers, short)
+    dispatch.enqueue_run(job.pk, copies=short)
+    return short
 
 
 def lease_duration() -> timedelta:

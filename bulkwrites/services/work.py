@@ -37,7 +37,9 @@ def job_work(job_id: int, *, worker: str) -> str:
         if not job_stage(job):
             return f"job {job_id}: not staged here"
         if job.workers > 1:
-            dispatch.enqueue_run(job_id, copies=job.workers - 1)
+            # job_start enqueued `workers` copies; those no free worker took while this one staged
+            # are still queued.
+            running.restaff(job, also=worker)
     report = running.job_run(job_id, worker=worker)
     if report.hands_over:
         retry_redis(lambda: dispatch.enqueue_run(job_id), what=f"handing job {job_id} over")
@@ -106,16 +108,12 @@ def recover_stalled_jobs() -> list[int]:
 
 
 def restaff_jobs() -> list[int]:
-    """Enqueue the runs a running job is short of; the ids of the jobs that were.
+    """Enqueue the runs each running job is short of (``running.restaff``); the ids of those that were.
 
     A run hands its job over by enqueueing its successor, and that RQ job waits in Redis until
     a worker is free. A Redis flushed, or back empty after a restart, loses it: the job went on
     with one run fewer to its end, or, if it had one, waited out the stall time (its last run
-    handed its ranges back, so no lease ran out). A job counts as short when a range waits
-    that nobody holds and fewer runs than its ``workers`` are under way: holding a live lease
-    (PostgreSQL) or queued or started (Redis). PostgreSQL is read first, so a run that hands
-    over in between is counted twice, never missed; a run counted short by a race is a spare
-    that stops at once (``running.STAFFED``).
+    handed its ranges back, so no lease ran out). Only jobs with a range that nobody holds.
     """
     candidates = list(
         Job.objects.in_queue(dispatch.current_queue()).filter(
@@ -124,18 +122,8 @@ def restaff_jobs() -> list[int]:
     )
     if not candidates:
         return []
-    holding = {job.pk: Slice.objects.holding(job.pk) for job in candidates}
-    in_rq = dispatch.runs_in_rq()
-    restaffed = []
-    for job in candidates:
-        # A run's name ends with its RQ id (``tasks._worker_name``): one run, whichever side saw it.
-        runs = {name.rsplit(":", 1)[-1] for name in holding[job.pk]} | in_rq.get(job.pk, set())
-        short = job.workers - len(runs)
-        if short > 0:
-            logger.warning("job %s has %s of its %s runs; enqueued %s", job.pk, len(runs), job.workers, short)
-            dispatch.enqueue_run(job.pk, copies=short)
-            restaffed.append(job.pk)
-    return restaffed
+    queued = dispatch.queued_runs()  # once for every job: one read of the queue
+    return [job.pk for job in candidates if running.restaff(job, queued=queued)]
 
 
 EXPIRED_DRAFTS_PER_SWEEP = 100

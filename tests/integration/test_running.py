@@ -237,15 +237,31 @@ def test_the_sweeper_enqueues_the_runs_a_job_is_short_of_once_redis_lost_them(ma
     assert Slice.objects.claim(held.pk, worker="host:1:bulkwrites-run_job-0-other", lease=lease) is not None
 
     assert work.restaff_jobs() == [short.pk]
-    assert list(dispatch.runs_in_rq()) == [short.pk]
-    assert len(dispatch.runs_in_rq()[short.pk]) == 1  # two runs again
+    assert list(dispatch.queued_runs()) == [short.pk]
+    assert len(dispatch.queued_runs()[short.pk]) == 1  # two runs again
     assert work.restaff_jobs() == []  # the queued one counts
 
     rq_queue.empty()  # Redis flushed again
     assert work.restaff_jobs() == [short.pk]
     # A run seen on both sides (queued or started in RQ, and holding a lease) is one run.
-    (queued,) = dispatch.runs_in_rq()[short.pk]
+    (queued,) = dispatch.queued_runs()[short.pk]
     Slice.objects.release(short.pk, worker="host:1:bulkwrites-run_job-0-survivor")
     assert Slice.objects.claim(short.pk, worker=f"host:2:{queued}", lease=lease) is not None
     assert work.restaff_jobs() == [short.pk]
-    assert len(dispatch.runs_in_rq()[short.pk]) == 2
+    assert len(dispatch.queued_runs()[short.pk]) == 2
+
+
+def test_a_dead_runs_two_slices_taken_over_bring_back_one_run(make_table: Any, rq_queue: Any) -> None:
+    job = staged_job(make_table(), 600, slice_size=100, workers=2)
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, queue=dispatch.current_queue())
+    lease = running.lease_duration()
+    dead, live = f"host:1:bulkwrites-run_job-{job.pk}-dead", f"host:2:bulkwrites-run_job-{job.pk}-live"
+    for worker in (dead, dead, live):  # the dead run read one slice ahead
+        assert Slice.objects.claim(job.pk, worker=worker, lease=lease) is not None
+    Slice.objects.filter(leased_by=dead).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    taken = [running.claim_slice(job, worker=live) for _ in range(2)]
+
+    assert [s.taken_over_from for s in taken if s is not None] == [dead, dead]
+    # One run in place of the dead one; each takeover used to enqueue its own.
+    assert len(dispatch.queued_runs()[job.pk]) == 1
