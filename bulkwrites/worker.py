@@ -186,12 +186,17 @@ class Worker(RQWorker):
             recovered = recover_stalled_jobs()
             if recovered:
                 logger.warning("re-enqueued stalled jobs: %s", recovered)
-            restaff_jobs()  # logs each job it enqueues runs for
             verifications = recover_stalled_verifications()
             if verifications:
                 logger.warning("started or re-enqueued verifications: %s", verifications)
         except Exception:  # a sweep must never kill the worker; the next one retries
             logger.exception("sweeping stalled jobs failed")
+        try:
+            restaff_jobs()  # logs each job it enqueues runs for
+        except REDIS_DOWN as exc:  # it reads the queue whenever a job runs: an outage is no stack trace
+            self._lost_redis("counting the jobs' queued runs", exc)
+        except Exception:  # likewise
+            logger.exception("enqueueing the runs jobs are short of failed")
         try:
             rules = recover_stalled_stream_rules()
         except Exception:  # likewise
