@@ -18,7 +18,8 @@ One module per concern, everything re-exported here (``from bulkwrites.models im
 ``jobs`` (the job lifecycle, settings and per-table defaults), ``items`` (items, their payloads
 and the ledger's SQL over them), ``slices`` (leased ranges: slices and the audit of each run),
 ``verification`` (read-back verification), ``streams`` (DynamoDB Streams rules),
-``sql_sources`` and ``tokens``; ``lifecycle`` is the guarded ``UPDATE`` jobs and verifications share.
+``sql_sources`` and ``tokens``; ``lifecycle`` is the guarded ``UPDATE`` jobs and verifications share,
+``fields`` the check of their settings against the fields.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from django.utils import timezone
 from bulkwrites.dynamo.backoff import Backoff
 from bulkwrites.dynamo.batching import MAX_REQUESTS_PER_CALL
 from bulkwrites.dynamo.writer import WriterPolicy
+from bulkwrites.models.fields import clean_field_values
 from bulkwrites.models.lifecycle import _guarded_update
 
 if TYPE_CHECKING:
@@ -384,17 +385,7 @@ class Job(models.Model):
         unknown = set(values) - set(cls.SETTINGS)
         if unknown:
             raise TypeError(f"unknown job settings: {sorted(unknown)}")
-        clean: dict[str, Any] = {}
-        errors: list[str] = []
-        for name, value in values.items():
-            if value is None:
-                continue
-            field = cls._meta.get_field(name)
-            assert isinstance(field, models.Field)
-            try:
-                clean[name] = field.clean(value, None)
-            except ValidationError as exc:
-                errors.extend(f"{field.verbose_name}: {message}" for message in exc.messages)
+        clean, errors = clean_field_values(cls, values)
         if errors:
             raise ValidationError(errors)
         return clean

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from django.core.exceptions import ValidationError
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.db.models import OuterRef, Q, TextField, Value
 from django.utils import timezone
 
@@ -52,6 +51,7 @@ from bulkwrites.models import (
     VerificationStatus,
     payload_of,
 )
+from bulkwrites.models.fields import clean_field_values
 from bulkwrites.services import dispatch
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.running import (
@@ -75,17 +75,7 @@ _STAGING_LOCK = 0x6276  # first key of the advisory lock a verification is stage
 
 def checked_settings(values: dict[str, Any]) -> dict[str, Any]:
     """Verification settings as given (None: not given), checked by the model fields' validators."""
-    clean: dict[str, Any] = {}
-    errors: list[str] = []
-    for name, value in values.items():
-        if value is None:
-            continue
-        model_field = Verification._meta.get_field(name)
-        assert isinstance(model_field, models.Field)
-        try:
-            clean[name] = model_field.clean(value, None)
-        except ValidationError as exc:
-            errors.extend(f"{model_field.verbose_name}: {message}" for message in exc.messages)
+    clean, errors = clean_field_values(Verification, values)
     if clean.get("sample_fraction") is not None and clean.get("sample_size") is not None:
         errors.append("give a sample fraction or a sample size, not both")
     if errors:
