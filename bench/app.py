@@ -17,6 +17,7 @@ from bench.common import (
     POLL_SECONDS,
     ROOT,
     BenchError,
+    CpuMeter,
     RunTimedOut,
     bench_redis_url,
     endpoint,
@@ -153,9 +154,10 @@ class Bulkwrites:
         if before_clock is not None:
             before_clock()
         self.active_job = job.pk
+        meter = CpuMeter()
         began = time.perf_counter()
         control.job_start(job=job)
-        return self.finish(job, processes, began, expected, timeout)
+        return self.finish(job, processes, began, expected, timeout, meter=meter)
 
     def run_from_file(
         self, csv_path: Path, table: str, *, expected: int, workers: int, concurrency: int, env: dict[str, str]
@@ -165,6 +167,7 @@ class Bulkwrites:
         from bulkwrites.services import control, create
 
         processes = self.start_workers(workers, env, f"end-to-end-{table}")
+        meter = CpuMeter()
         began = time.perf_counter()
         with csv_path.open("rb") as upload, env_override(AWS_ENDPOINT_URL_DYNAMODB=env["AWS_ENDPOINT_URL_DYNAMODB"]):
             job = create.job_create_from_file(
@@ -173,7 +176,7 @@ class Bulkwrites:
         self.active_job = job.pk
         created = time.perf_counter()
         control.job_start(job=job)
-        result = self.finish(job, processes, began, expected)
+        result = self.finish(job, processes, began, expected, meter=meter)
         job.refresh_from_db()
         result["create_seconds"] = created - began
         if job.staged_at and job.created_at:
@@ -195,6 +198,8 @@ class Bulkwrites:
         began: float,
         expected: int,
         timeout: float | None = None,
+        *,
+        meter: CpuMeter,
     ) -> dict[str, Any]:
         """Poll until the job has finished; stop its workers; its figures (every item must have succeeded)."""
         from bulkwrites.models import JobStatus
@@ -223,6 +228,7 @@ class Bulkwrites:
                 raise RunTimedOut(f"job {job.pk} not finished after {timeout:.0f} s\n{tail}", now - began)
             time.sleep(POLL_SECONDS)
         elapsed = time.perf_counter() - began
+        cores = meter.cores()  # before the workers stop: a stopped worker's CPU leaves the count
         self.active_job = None
         for process in processes:  # warm shutdown: a task still returning is let finish
             self.workers.stop(process)
@@ -243,6 +249,7 @@ class Bulkwrites:
             "throttled_calls": job.throttled_calls,
             "unprocessed_returned": job.unprocessed_returned,
             "consumed_wcu": job.consumed_wcu,
+            "cores": cores,
         }
 
     @staticmethod

@@ -176,8 +176,7 @@ def parent_pid(stat: str) -> int:
 
 def cpu_seconds(stat: str) -> float:
     """User + system CPU seconds from the text of ``/proc/PID/stat``."""
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_seconds(stat, children=False)
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -200,6 +199,98 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+# --- where the cores go -----------------------------------------------------------------
+
+# A write run shares the machine with DynamoDB Local, PostgreSQL and Redis: on two cores, what
+# the client spends is what DynamoDB Local does not get. Each run reports them side by side.
+CPU_GROUPS = ("dynamodb", "client", "workers", "postgres", "redis", "proxy")
+CPU_GROUP_NAMES = {
+    "dynamodb": "DynamoDB Local",
+    "client": "bench process",
+    "workers": "workers",
+    "postgres": "PostgreSQL",
+    "redis": "Redis",
+    "proxy": "fault proxy",
+}
+
+
+def stat_cpu_seconds(stat: str, *, children: bool) -> float:
+    """User + system CPU seconds from the text of ``/proc/PID/stat``; with ``children``, also
+    those of the children it has reaped (a worker's finished work horses, PostgreSQL's closed
+    backends), which would otherwise vanish from every count between two looks."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_group(bench_pid: int) -> dict[str, float]:
+    """CPU seconds so far of each group of :data:`CPU_GROUPS` on this machine.
+
+    ``client`` is the bench process itself (its own threads: the plain ways run there);
+    ``workers`` and ``proxy`` are its descendants (the rqworkers it spawns with their work horses
+    and conversion processes; the fault proxy); the services are found by name. A difference of
+    two looks is the CPU spent in between, also by processes that ended meanwhile, as long as
+    their parent reaped them within the group (each group's processes count their reaped
+    children; the bench process does not, so a worker it stops after the second look is not
+    counted twice)."""
+    stats: dict[int, tuple[str, str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            stats[int(entry.name)] = (stat, comm, parent_pid(stat))
+    below: set[int] = set()
+    todo = [bench_pid]
+    children: dict[int, list[int]] = {}
+    for pid, (_, _, ppid) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            below.add(child)
+            todo.append(child)
+    totals = dict.fromkeys(CPU_GROUPS, 0.0)
+    for pid, (stat, comm, _) in stats.items():
+        if pid == bench_pid:
+            totals["client"] += stat_cpu_seconds(stat, children=False)
+            continue
+        if pid in below:
+            group = "proxy" if b"faultproxy" in _cmdline(pid) else "workers"
+        elif comm == "postgres":
+            group = "postgres"
+        elif comm == "redis-server":
+            group = "redis"
+        elif comm == "java" and b"DynamoDBLocal" in _cmdline(pid):
+            group = "dynamodb"
+        else:
+            continue
+        totals[group] += stat_cpu_seconds(stat, children=True)
+    return totals
+
+
+def _cmdline(pid: int) -> bytes:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b""
+
+
+class CpuMeter:
+    """The cores each group used from now until :meth:`cores` (CPU seconds over wall seconds)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.before = cpu_by_group(self.pid)
+        self.began = time.perf_counter()
+
+    def cores(self) -> dict[str, float]:
+        after = cpu_by_group(self.pid)
+        wall = max(time.perf_counter() - self.began, 1e-9)
+        return {group: round(max(0.0, after[group] - self.before[group]) / wall, 3) for group in CPU_GROUPS}
 
 
 # --- statistics -------------------------------------------------------------------------

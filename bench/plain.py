@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from bench.common import BenchError, log, make_client, region
+from bench.common import BenchError, CpuMeter, log, make_client, region
 from bench.items import ITEM_HEADER, Row, python_item, to_batches
 from bench.tables import verify_count
 
@@ -313,9 +313,11 @@ def measure_batch_writer(bench: Bench) -> None:
     runs = []
     for k in range(bench.args.runs):
         with bench.tables.fresh("bw") as table:
+            meter = CpuMeter()
             seconds = run_batch_writer(table, rows)
+            cores = meter.cores()
             verify_count(bench.client, table, n, "boto3_batch_writer")
-        runs.append({"seconds": seconds, "items_per_s": n / seconds})
+        runs.append({"seconds": seconds, "items_per_s": n / seconds, "cores": cores})
         log(f"boto3_batch_writer run {k + 1}/{bench.args.runs}: {n / seconds:.0f} items/s ({seconds:.1f} s)")
     bench.record("boto3_batch_writer", runs, threads=1)
 
@@ -343,9 +345,11 @@ def measure_threaded(bench: Bench) -> None:
     runs = []
     for k in range(bench.args.runs):
         with bench.tables.fresh(f"th{best}") as table:
+            meter = CpuMeter()
             seconds = run_threaded(client, table, batches, best)
+            cores = meter.cores()
             verify_count(bench.client, table, n, "threaded_batch_write_item")
-        runs.append({"seconds": seconds, "items_per_s": n / seconds})
+        runs.append({"seconds": seconds, "items_per_s": n / seconds, "cores": cores})
         log(f"threaded ({best} threads) run {k + 1}/{bench.args.runs}: {n / seconds:.0f} items/s ({seconds:.1f} s)")
     bench.record("threaded_batch_write_item", runs, threads=best, sizing=sizing)
 
@@ -359,15 +363,17 @@ def measure_plain_http(bench: Bench, *, consumed_too: bool = True) -> None:
 
     n = bench.args.items
     batches = to_batches(bench.rows[:n])
-    runs: dict[str, list[dict[str, float]]] = {"plain_http": [], "plain_http_consumed": []}
+    runs: dict[str, list[dict[str, Any]]] = {"plain_http": [], "plain_http_consumed": []}
     for k in range(bench.args.runs):
         for way in runs if consumed_too else ("plain_http",):
             with bench.tables.fresh("http") as table:
+                meter = CpuMeter()
                 seconds = run_plain_http(
                     endpoint(), table, batches, SCRIPT_THREADS, consumed=way == "plain_http_consumed"
                 )
+                cores = meter.cores()
                 verify_count(bench.client, table, n, way)
-            runs[way].append({"seconds": seconds, "items_per_s": n / seconds})
+            runs[way].append({"seconds": seconds, "items_per_s": n / seconds, "cores": cores})
             log(f"{way} run {k + 1}/{bench.args.runs}: {n / seconds:.0f} items/s ({seconds:.1f} s)")
     for way, measured in runs.items():
         if measured:
@@ -381,8 +387,10 @@ def measure_csv_threads(bench: Bench) -> None:
     runs = []
     for k in range(bench.args.runs):
         with bench.tables.fresh("csv") as table:
+            meter = CpuMeter()
             seconds = run_csv_threads(client, csv_path, table)
+            cores = meter.cores()
             verify_count(bench.client, table, n, "csv_threads")
-        runs.append({"seconds": seconds, "items_per_s": n / seconds})
+        runs.append({"seconds": seconds, "items_per_s": n / seconds, "cores": cores})
         log(f"csv_threads run {k + 1}/{bench.args.runs}: {n / seconds:.0f} items/s ({seconds:.1f} s, from the file)")
     bench.record("csv_threads", runs, threads=SCRIPT_THREADS)

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from bench.common import ratio
+from bench.common import CPU_GROUP_NAMES, CPU_GROUPS, ratio
 
 WAYS = (
     "boto3_batch_writer",
@@ -112,6 +112,16 @@ def target_rows(results: dict[str, Any], history: list[dict[str, Any]] | None = 
         rows.append(
             TargetRow("   (the same limit asking for consumed capacity, as bulkwrites does)", f"{limit_consumed:.2f}x")
         )
+    rest = {way: cores_medians(ways.get(way, {})) for way in ("threaded_batch_write_item", "bulkwrites_1_worker")}
+    threaded_cores, bulkwrites_cores = rest["threaded_batch_write_item"], rest["bulkwrites_1_worker"]
+    if threaded_cores and bulkwrites_cores:
+        rows.append(
+            TargetRow(
+                "   (cores DynamoDB Local got / everything else used: threaded boto3; bulkwrites, 1 worker)",
+                f"{threaded_cores['dynamodb']:.2f} / {threaded_cores['us_per_item_rest']:.0f} µs an item; "
+                f"{bulkwrites_cores['dynamodb']:.2f} / {bulkwrites_cores['us_per_item_rest']:.0f} µs an item",
+            )
+        )
     rows.append(
         floor_row("3. sink: items/s per worker, full ledger", median("sink_bulkwrites_1_worker"), 10_000, "items/s")
     )
@@ -196,6 +206,50 @@ def _scale_rows(results: dict[str, Any], history: list[dict[str, Any]]) -> list[
     return [TargetRow(what, figure, target, _verdict(ok, partial)) for what, figure, target, ok in checks]
 
 
+def _cores(run: dict[str, Any]) -> dict[str, float] | None:
+    cores = run.get("cores")
+    return cores if isinstance(cores, dict) and run.get("items_per_s") else None
+
+
+def cores_medians(way: dict[str, Any]) -> dict[str, float] | None:
+    """A way's median cores per group over its runs, and the CPU microseconds per item spent by
+    DynamoDB Local (``us_per_item_dynamodb``) and by everything else (``us_per_item_rest``)."""
+    runs = [r for r in way.get("raw", []) if _cores(r)]
+    if not runs:
+        return None
+    medians = {group: statistics.median(r["cores"].get(group, 0.0) for r in runs) for group in CPU_GROUPS}
+    medians["us_per_item_dynamodb"] = statistics.median(
+        1e6 * r["cores"].get("dynamodb", 0.0) / r["items_per_s"] for r in runs
+    )
+    medians["us_per_item_rest"] = statistics.median(
+        1e6 * sum(v for g, v in r["cores"].items() if g != "dynamodb") / r["items_per_s"] for r in runs
+    )
+    return medians
+
+
+def cores_table(results: dict[str, Any]) -> list[str]:
+    """Where the machine's cores went during each write way's runs (medians), as a Markdown table."""
+    ways = results.get("ways", {})
+    measured: list[tuple[str, dict[str, float]]] = []
+    for way in WAYS:
+        medians = cores_medians(ways.get(way, {}))
+        if medians is not None:
+            measured.append((way, medians))
+    if not measured:
+        return []
+    groups = [g for g in CPU_GROUPS if any(m[g] >= 0.005 for _, m in measured)]
+    lines = [
+        "| way | "
+        + " | ".join(CPU_GROUP_NAMES[g] for g in groups)
+        + " | µs of CPU per item: DynamoDB Local / the rest |",
+        "|---|" + "---:|" * len(groups) + "---:|",
+    ]
+    for way, m in measured:
+        cells = " | ".join(f"{m[g]:.2f}" for g in groups)
+        lines.append(f"| {way} | {cells} | {m['us_per_item_dynamodb']:.0f} / {m['us_per_item_rest']:.0f} |")
+    return lines
+
+
 def target_table(rows: list[TargetRow]) -> list[str]:
     """A Markdown table (the README's Performance section takes it as printed)."""
     lines = ["| way or target | figure (median) | target | |", "|---|---:|---:|---|"]
@@ -241,6 +295,12 @@ def print_details(results: dict[str, Any], args: argparse.Namespace) -> None:
     for name, value in results.get("ratios", {}).items():
         if value is not None:
             print(f"{name:<28} {value:.2f}")
+    cores = cores_table(results)
+    if cores:
+        nproc = results.get("machine", {}).get("nproc", "?")
+        print()
+        print(f"where the machine's {nproc} cores went during each way's runs (CPU seconds / wall seconds, medians):")
+        print("\n".join(cores))
     st = results.get("staging")
     if st:
         print()

@@ -4,6 +4,7 @@ parsing, and the table of issue 15's targets (its figures and verdicts)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from bench.common import append_results, cpu_seconds, load_history, parent_pid
+from bench.common import CpuMeter, append_results, cpu_seconds, load_history, parent_pid, stat_cpu_seconds
 from bench.plain import TARGET_PREFIX, sigv4_headers
-from bench.report import TargetRow, target_rows, target_table
+from bench.report import TargetRow, cores_medians, cores_table, target_rows, target_table
 
 
 def test_the_plain_http_signature_is_botocores_sigv4() -> None:
@@ -64,6 +65,43 @@ def test_proc_stat_parsing_survives_a_command_with_spaces_and_parentheses() -> N
     import os
 
     assert cpu_seconds(stat) == pytest.approx(500 / os.sysconf("SC_CLK_TCK"))
+    # With the children it reaped (fields 16 and 17: cutime, cstime), as a group's count takes it.
+    assert stat_cpu_seconds(stat, children=True) == pytest.approx(500 / os.sysconf("SC_CLK_TCK"))
+    reaped = stat.replace(" 300 200 0 0 ", " 300 200 40 60 ")
+    assert stat_cpu_seconds(reaped, children=True) == pytest.approx(600 / os.sysconf("SC_CLK_TCK"))
+    assert stat_cpu_seconds(reaped, children=False) == pytest.approx(500 / os.sysconf("SC_CLK_TCK"))
+
+
+# A child of this process that spends ~0.3 s of CPU in a grandchild it waits for (reaped: gone
+# from /proc), then ~0.3 s itself, then says so and sleeps until killed.
+BURNER = """
+import os, subprocess, sys, time
+BURN = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.3: pass"
+subprocess.run([sys.executable, "-c", BURN], check=True)
+exec(BURN)
+print("burnt", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_cpu_of_a_runs_processes_is_counted_also_once_a_process_has_ended() -> None:
+    import subprocess
+    import sys
+
+    meter = CpuMeter()
+    child = subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "burnt"
+        cores = meter.cores()
+        wall = time.perf_counter() - meter.began
+    finally:
+        child.kill()
+        child.wait()
+    # The grandchild ended before the look; its 0.3 s is in the child's count of reaped children.
+    workers_seconds = cores["workers"] * wall
+    assert 0.55 <= workers_seconds <= 0.6 + 0.5 * wall  # the interpreters' start-up is CPU too
+    assert cores["client"] * wall < 0.3  # this process only waited
 
 
 def way(median: float, runs: int = 3) -> dict[str, Any]:
@@ -161,3 +199,41 @@ def test_chaos_without_the_reference_writer_prints_no_ratio() -> None:
     ways = {"bulkwrites_1_worker": _chaos_way([2.5, 3.0, 3.5])}
     lines = report_lines({"chaos": {"items": 5000, "ways": ways, "bulkwrites_over_batch_writer": None}})
     assert not any("batch_writer time" in line for line in lines)
+
+
+def test_the_cores_each_way_used_are_medians_of_its_runs_with_the_cpu_per_item() -> None:
+    def run(items_per_s: float, dynamodb: float, workers: float, postgres: float) -> dict[str, Any]:
+        cores = {"dynamodb": dynamodb, "client": 0.01, "workers": workers, "postgres": postgres, "redis": 0.0}
+        return {"items_per_s": items_per_s, "cores": cores}
+
+    results = {
+        "ways": {
+            "threaded_batch_write_item": {
+                **way(8000),
+                "raw": [run(8000, 1.2, 0.0, 0.0) | {"cores": {"dynamodb": 1.2, "client": 0.56}}] * 3,
+            },
+            "bulkwrites_1_worker": {
+                **way(7000),
+                "raw": [run(7000, 1.1, 0.35, 0.14), run(6000, 1.3, 0.3, 0.2), run(8000, 1.0, 0.4, 0.1)],
+            },
+            "plain_http": way(11000),  # an old run's figures, without cores: no row
+        },
+        "machine": {"nproc": 2},
+    }
+    bulkwrites = cores_medians(results["ways"]["bulkwrites_1_worker"])
+    assert bulkwrites is not None
+    assert (bulkwrites["dynamodb"], bulkwrites["workers"], bulkwrites["postgres"]) == (1.1, 0.35, 0.14)
+    # Per item, each run's own ratio, then the median: 1e6 x 0.5 / 7000, 0.51 / 6000, 0.51 / 8000.
+    assert bulkwrites["us_per_item_rest"] == pytest.approx(1e6 * 0.5 / 7000)
+    assert bulkwrites["us_per_item_dynamodb"] == pytest.approx(1e6 * 1.1 / 7000)
+    table = cores_table(results)
+    assert table[0].startswith("| way | DynamoDB Local | bench process | workers | PostgreSQL |")
+    assert "Redis" not in table[0]  # nobody used it
+    assert "fault proxy" not in table[0]
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| threaded_batch_write_item", "| bulkwrites_1_worker"]
+    assert table[2].endswith("| 150 / 70 |")
+    row = by_what(target_rows(results))[
+        "(cores DynamoDB Local got / everything else used: threaded boto3; bulkwrites, 1 worker)"
+    ]
+    assert row.figure == "1.20 / 70 µs an item; 1.10 / 71 µs an item"
+    assert cores_table({"ways": {"plain_http": way(11000)}}) == []
