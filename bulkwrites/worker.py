@@ -40,7 +40,7 @@ from bulkwrites.services import shutdown
 from bulkwrites.services.deletion import reclaim_stalled_deletions
 from bulkwrites.services.schema import SchemaError, check_schema
 from bulkwrites.services.streams.consume import recover_stalled_stream_rules
-from bulkwrites.services.verifying import recover_stalled_verifications
+from bulkwrites.services.verifying import recover_stalled_verifications, restaff_verifications
 from bulkwrites.services.work import delete_expired_drafts, recover_stalled_jobs, restaff_jobs
 
 logger = logging.getLogger(__name__)
@@ -192,11 +192,12 @@ class Worker(RQWorker):
         except Exception:  # a sweep must never kill the worker; the next one retries
             logger.exception("sweeping stalled jobs failed")
         try:
-            restaff_jobs()  # logs each job it enqueues runs for
-        except REDIS_DOWN as exc:  # it reads the queue whenever a job runs: an outage is no stack trace
-            self._lost_redis("counting the jobs' queued runs", exc)
+            restaff_jobs()  # each logs what it enqueues
+            restaff_verifications()
+        except REDIS_DOWN as exc:  # they read the queue whenever a job runs: an outage is no stack trace
+            self._lost_redis("counting the queued runs", exc)
         except Exception:  # likewise
-            logger.exception("enqueueing the runs jobs are short of failed")
+            logger.exception("enqueueing the runs jobs and verifications are short of failed")
         try:
             rules = recover_stalled_stream_rules()
         except Exception:  # likewise

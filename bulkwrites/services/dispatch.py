@@ -58,8 +58,8 @@ def enqueue_run(job_id: int, *, copies: int = 1) -> None:
     enqueue_task("run_job", job_id, copies=copies, description=f"bulkwrites job {job_id}")
 
 
-def queued_runs() -> dict[int, set[str]]:
-    """The RQ ids of every job's runs waiting for a worker, by job id.
+def queued_runs(task: str = "run_job") -> dict[int, set[str]]:
+    """The RQ ids of the runs of ``task`` (a job's, or ``run_verification``) waiting for a worker, by object id.
 
     Read from the queue, then the list a worker moves a job to as it takes it (the order a run
     moves through them, so a run moving along is seen at least once). A run is there from its
@@ -69,12 +69,12 @@ def queued_runs() -> dict[int, set[str]]:
     """
     queue = django_rq.get_queue(current_queue())
     runs: dict[int, set[str]] = {}
-    head = "bulkwrites-run_job-"
+    head = f"bulkwrites-{task}-"
     for rq_id in [*queue.get_job_ids(), *queue.intermediate_queue.get_job_ids()]:
         if rq_id.startswith(head):
-            job_id, _, _ = rq_id[len(head) :].partition("-")
-            if job_id.isdigit():
-                runs.setdefault(int(job_id), set()).add(rq_id)
+            object_id, _, _ = rq_id[len(head) :].partition("-")
+            if object_id.isdigit():
+                runs.setdefault(int(object_id), set()).add(rq_id)
     return runs
 
 

@@ -413,14 +413,21 @@ def restaff(job: Job, *, queued: dict[int, set[str]] | None = None, also: str = 
     """
     holding = Slice.objects.holding(job.pk)
     waiting = (dispatch.queued_runs() if queued is None else queued).get(job.pk, set())
-    # A run's name ends with its RQ id (``tasks._worker_name``): one run, whichever side saw it.
-    runs = {name.rsplit(":", 1)[-1] for name in {*holding, also} if name} | waiting
+    runs = live_runs(holding | {also}, waiting)
     short = job.workers - len(runs)
     if short <= 0:
         return 0
     logger.warning("job %s has %s of its %s runs; %s enqueued", job.pk, len(runs), job.workers, short)
     dispatch.enqueue_run(job.pk, copies=short)
     return short
+
+
+def live_runs(holding: set[str], waiting: set[str]) -> set[str]:
+    """The RQ ids of the runs holding a lease (their lease names) or waiting in the queue (their RQ ids).
+
+    A run's lease name ends with its RQ id (``tasks._worker_name``): one run, whichever side saw it.
+    """
+    return {name.rsplit(":", 1)[-1] for name in holding if name} | waiting
 
 
 def lease_duration() -> timedelta:

@@ -56,12 +56,14 @@ from bulkwrites.services import dispatch
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.running import (
     JOB_RATE_POLICY,
+    STAFFED,
     OutcomeRecorder,
     RunControl,
     RunReport,
     SliceClosing,
     SlicePrefetcher,
     lease_duration,
+    live_runs,
     stream_slices,
 )
 
@@ -299,6 +301,12 @@ def verification_run(
         lambda: Verification.objects.select_related("job").filter(pk=verification_id).first(),
         what="loading the verification",
     )
+    if verification is not None and retry_database(
+        lambda: CheckSlice.objects.holders(verification_id, other_than=worker), what="counting the verification's runs"
+    ):
+        # A verification has one run at a time; this one is a spare (see restaff_verifications).
+        report.stopped_by = STAFFED
+        return report
     if verification is None or not retry_database(verification.claim, what="starting a run"):
         report.stopped_by = "inactive"
         return report
@@ -448,6 +456,35 @@ def recover_stalled_verifications() -> list[int]:
             dispatch.enqueue_verification(verification.pk)
             recovered.append(verification.pk)
     return recovered
+
+
+def restaff_verifications() -> list[int]:
+    """Enqueue a run for each running verification that has none; their ids.
+
+    As ``work.restaff_jobs`` does for jobs: a run hands over by enqueueing its successor, and a
+    Redis flushed, or back empty, loses it; the verification then waited out the stall time.
+    Only verifications with a range that nobody holds and no run waiting in the queue. A run
+    enqueued while another is between two states (started, no lease yet) stops at once
+    (``STAFFED``).
+    """
+    candidates = list(
+        Verification.objects.filter(
+            queue=dispatch.current_queue(),
+            status=VerificationStatus.RUNNING,
+            staged_at__isnull=False,
+            pk__in=CheckSlice.objects.claimable().values("verification_id"),
+        ).values_list("pk", flat=True)
+    )
+    if not candidates:
+        return []
+    queued = dispatch.queued_runs("run_verification")
+    restaffed = []
+    for verification_id in candidates:
+        if not live_runs(CheckSlice.objects.holding(verification_id), queued.get(verification_id, set())):
+            logger.warning("verification %s has no run; one enqueued", verification_id)
+            dispatch.enqueue_verification(verification_id)
+            restaffed.append(verification_id)
+    return restaffed
 
 
 def verify_line(verification: Verification) -> str:

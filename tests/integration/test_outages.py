@@ -24,8 +24,18 @@ from django.db import connection
 
 from bulkwrites.dependencies import DATABASE_DOWN
 from bulkwrites.dynamo.ratelimit import JobKeys, get_rate_cap
-from bulkwrites.models import Item, ItemStatus, Job, JobStatus, Slice, SliceRun
-from bulkwrites.services import dispatch
+from bulkwrites.models import (
+    CheckSlice,
+    Item,
+    ItemStatus,
+    Job,
+    JobStatus,
+    Slice,
+    SliceRun,
+    Verification,
+    VerificationStatus,
+)
+from bulkwrites.services import dispatch, verifying
 from faultproxy import FaultProxy
 from tests.conftest import ROOT, child_pids, sigkill_worker, test_redis_url, wait_for
 from tests.integration.test_failures import new_job, rows_of, table_state
@@ -261,6 +271,51 @@ def test_a_job_gets_back_a_run_that_redis_lost_from_the_queue(
     assert succeeded(job) < len(rows), "the job finished first: nothing tested"
     wait_for(lambda: finished(job), timeout=240, interval=0.5, what="the job to finish")
     assert_all_written(job, rows, scan, table)
+
+
+def test_a_verification_gets_back_a_run_that_redis_lost_from_the_queue(
+    proxy: FaultProxy, make_table: Any, worker_process: Any, run_worker: Any, rq_queue: Any
+) -> None:
+    # One worker shared by a write job and a verification, runs of 1 s: while the worker writes,
+    # the verification's next run waits in the queue, and a Redis flushed (here, the queue
+    # emptied) loses it. Before, the verification waited out the stall time (45 s); now the
+    # sweeper finds it running with nobody on it and nothing queued, and enqueues its run.
+    verified = new_job(make_table(), rows_of(5000), concurrency=1, slice_size=500)
+    run_worker()  # written straight to DynamoDB Local, before the proxy slows anything
+    verified.refresh_from_db()
+    assert verified.status == JobStatus.SUCCEEDED
+    env = {"AWS_ENDPOINT_URL_DYNAMODB": proxy.url, "BULKWRITES_SWEEP_SECONDS": "2", "BULKWRITES_RUN_SLICE_SECONDS": "1"}
+    worker_process(**env)
+    proxy.configure(latency_ms=200)  # one call in flight: 125 items/s written, 500 read back
+    writing = new_job(make_table(), rows_of(4000), concurrency=1, slice_size=100)
+    verification = verifying.verification_create(job=verified)
+
+    def waiting_for_its_next_run() -> bool:
+        return (
+            Verification.objects.filter(pk=verification.pk, status=VerificationStatus.RUNNING).exists()
+            and not CheckSlice.objects.holding(verification.pk)
+            and verification.pk in dispatch.queued_runs("run_verification")
+            and bool(live_runs(writing))
+        )
+
+    wait_for(waiting_for_its_next_run, timeout=60, interval=0.05, what="the verification's next run queued")
+    rq_queue.empty()
+
+    def has_a_run() -> bool:
+        return bool(CheckSlice.objects.holding(verification.pk)) or (
+            verification.pk in dispatch.queued_runs("run_verification")
+        )
+
+    wait_for(has_a_run, timeout=20, what="the verification to have a run again (the stall time is 45 s)")
+    wait_for(
+        lambda: not Verification.objects.filter(pk=verification.pk, status__in=VerificationStatus.active()).exists(),
+        timeout=120,
+        interval=0.5,
+        what="the verification to finish",
+    )
+    verification.refresh_from_db()
+    assert verification.status == VerificationStatus.FINISHED
+    assert (verification.total_items, verification.verified_items) == (5000, 5000)
 
 
 def test_a_job_gets_back_the_run_of_a_worker_that_was_killed(

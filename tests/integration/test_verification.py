@@ -32,7 +32,7 @@ from bulkwrites.models import (
     Verification,
     VerificationStatus,
 )
-from bulkwrites.services import control, create, verifying
+from bulkwrites.services import control, create, dispatch, running, verifying
 from bulkwrites.services.errors import JobError
 from faultproxy import FaultProxy
 from tests.conftest import ROOT, TEST_QUEUE, run_cli, sigkill_worker, wait_for, worker_env
@@ -396,6 +396,41 @@ def test_the_sweeper_re_enqueues_at_once_a_verification_whose_run_died(make_tabl
     assert verifying.recover_stalled_verifications() == [verification.pk]
     assert CheckSlice.objects.claim(verification.pk, worker="w-next", lease=lease) is not None
     assert verifying.recover_stalled_verifications() == []
+
+
+def test_a_verification_whose_queued_run_redis_lost_gets_one_back_and_a_spare_stops(
+    make_table: Any, run_worker: Any, rq_queue: Any
+) -> None:
+    # A run hands over by enqueueing its successor; a Redis flushed (or back empty) loses it, and
+    # the verification waited out the stall time (45 s). The sweeper now counts its runs on both
+    # sides, as it does a job's: a live lease in PostgreSQL, a run waiting in the queue.
+    job = finished_job(make_table(), 300, run_worker)
+    verification = verifying.verification_create(job=job)
+    assert verifying.verification_stage(verification)
+    Verification.objects.filter(pk=verification.pk).update(status=VerificationStatus.RUNNING)
+    assert set(dispatch.queued_runs("run_verification")) == {verification.pk}
+    assert verifying.restaff_verifications() == []  # its queued run counts
+
+    rq_queue.empty()  # Redis flushed
+    assert verifying.restaff_verifications() == [verification.pk]
+    (queued,) = dispatch.queued_runs("run_verification")[verification.pk]
+    assert dispatch.queued_runs() == {}  # a job's runs are counted apart
+    assert verifying.restaff_verifications() == []
+
+    # The run started, and holds a lease: still one run, whichever side sees it.
+    rq_queue.empty()
+    lease = timedelta(seconds=30)
+    assert CheckSlice.objects.claim(verification.pk, worker=f"host:1:{queued}", lease=lease) is not None
+    assert verifying.restaff_verifications() == []
+
+    # A run enqueued by a race (the sweeper looked between a run's start and its first lease)
+    # finds the verification staffed and stops before it claims anything.
+    report = verifying.verification_run(
+        verification.pk, worker=f"host:2:bulkwrites-run_verification-{verification.pk}-x"
+    )
+    assert report.stopped_by == running.STAFFED
+    assert report.slices == 0
+    assert set(CheckSlice.objects.holding(verification.pk)) == {f"host:1:{queued}"}
 
 
 # --- the CLI --------------------------------------------------------------------------------

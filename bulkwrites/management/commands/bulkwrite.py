@@ -535,6 +535,9 @@ class Command(BaseCommand):
             self.stdout.write(f"enqueued the runs {len(restaffed)} job(s) were short of {restaffed}")
         verifications = verifying.recover_stalled_verifications()
         self.stdout.write(f"started or re-enqueued {len(verifications)} verification(s) {verifications or ''}".rstrip())
+        restaffed = verifying.restaff_verifications()
+        if restaffed:
+            self.stdout.write(f"enqueued a run for {len(restaffed)} verification(s) that had none {restaffed}")
         rules = recover_stalled_stream_rules()
         if rules:
             self.stdout.write(f"re-enqueued {len(rules)} stream rule(s) nobody consumed {rules}")
