@@ -206,7 +206,7 @@ def test_the_cores_each_way_used_are_medians_of_its_runs_with_the_cpu_per_item()
         cores = {"dynamodb": dynamodb, "client": 0.01, "workers": workers, "postgres": postgres, "redis": 0.0}
         return {"items_per_s": items_per_s, "cores": cores}
 
-    results = {
+    results: dict[str, Any] = {
         "ways": {
             "threaded_batch_write_item": {
                 **way(8000),
