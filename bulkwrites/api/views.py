@@ -30,8 +30,8 @@ from bulkwrites.api.schemas import (
 )
 from bulkwrites.models import Job, JobStatus
 from bulkwrites.resources import export_items
-from bulkwrites.services import audit, control, server_files
-from bulkwrites.services.errors import JobError
+from bulkwrites.services import audit, control, dispatch, server_files
+from bulkwrites.services.errors import JobError, QueueUnavailable
 from bulkwrites.sources import formats
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def job_status(request: HttpRequest, job_id: int) -> dict[str, Any]:
 
 @api.post(
     "/jobs",
-    response={201: JobOut, 400: ErrorOut, **ERRORS},
+    response={201: JobOut, 400: ErrorOut, 503: ErrorOut, **ERRORS},
     auth=TokenAuth(RUN),
     summary="Create a job from a server-side file or an S3 object",
 )
@@ -180,6 +180,8 @@ def create_job(request: HttpRequest, payload: JobCreateIn) -> Status[dict[str, A
     )  # fmt: skip
     token = token_of(request)
     try:
+        if payload.start:
+            dispatch.require_queue("start the job")  # before the job is made: no draft left behind
         job = server_files.job_create_from_location(
             location=payload.source,
             table_name=payload.table,
@@ -188,12 +190,16 @@ def create_job(request: HttpRequest, payload: JobCreateIn) -> Status[dict[str, A
             created_by=token.user,
             **settings,
         )
+    except QueueUnavailable as exc:
+        raise HttpError(503, str(exc)) from None
     except JobError as exc:
         raise HttpError(400, str(exc)) from None
     message = f"job {job.pk} created as a draft"
     if payload.start:
         try:
             control.job_start(job=job)
+        except QueueUnavailable as exc:  # Redis went away since it was asked, a moment ago
+            raise HttpError(503, f"Job {job.pk} was created as a draft. {exc}") from None
         except JobError as exc:  # pragma: no cover - a new draft can always start
             raise HttpError(409, str(exc)) from None
         _record(request, job, f"start (status now {job.status})")
@@ -203,7 +209,7 @@ def create_job(request: HttpRequest, payload: JobCreateIn) -> Status[dict[str, A
 
 @api.post(
     "/jobs/{int:job_id}/actions/{action}",
-    response={200: JobOut, 409: ErrorOut, **ERRORS},
+    response={200: JobOut, 409: ErrorOut, 503: ErrorOut, **ERRORS},
     auth=TokenAuth(_action_permission),
     summary="Start, pause, resume, cancel or retry failed items",
 )
@@ -212,6 +218,8 @@ def job_action(request: HttpRequest, job_id: int, action: Action) -> dict[str, A
     job = _job(job_id)
     try:
         result = control.ACTIONS[action](job=job)
+    except QueueUnavailable as exc:
+        raise HttpError(503, str(exc)) from None
     except JobError as exc:
         raise HttpError(409, str(exc)) from None
     job.refresh_from_db()

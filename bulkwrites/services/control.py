@@ -7,25 +7,30 @@ what goes with it: workers asked after the transaction commits, the shared rate 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
 
+from bulkwrites.dependencies import REDIS_DOWN
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.models import JOB_TRANSITIONS, Item, Job, JobStatus, Slice
 from bulkwrites.services import dispatch, notify, verifying
 from bulkwrites.services.create import checked_settings
 from bulkwrites.services.errors import JobError
 
+logger = logging.getLogger(__name__)
+
 
 def job_start(*, job: Job) -> None:
     """Queue a draft job; workers are asked after the transaction commits."""
+    dispatch.require_queue("start the job")
     with transaction.atomic():
         if not job.start(queue=dispatch.current_queue()):
             raise JobError(_refused(job, "only a draft job can be started"))
         verifying.verification_expect(job=job)
-        dispatch.enqueue_run(job.pk, copies=job.workers)
+        dispatch.enqueue_run(job.pk, copies=job.workers, robust=True)
 
 
 def job_pause(*, job: Job) -> None:
@@ -36,11 +41,12 @@ def job_pause(*, job: Job) -> None:
 
 def job_resume(*, job: Job) -> None:
     """Run the pending items of a paused, failed or cancelled job again."""
+    dispatch.require_queue("resume the job")
     with transaction.atomic():
         if not job.resume(queue=dispatch.current_queue()):
             raise JobError(_refused(job, "only a paused, failed or cancelled job can resume"))
         verifying.verification_expect(job=job)
-        dispatch.enqueue_run(job.pk, copies=job.workers)
+        dispatch.enqueue_run(job.pk, copies=job.workers, robust=True)
 
 
 def job_cancel(*, job: Job) -> None:
@@ -58,6 +64,7 @@ def job_retry_failed(*, job: Job) -> int:
     Rows that could not be read or converted, and copies refused by the duplicate policy, are
     not retried: the same input fails the same way.
     """
+    dispatch.require_queue("send the failed items again")
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if not JOB_TRANSITIONS["retry_failed"].allows(locked.status):
@@ -68,7 +75,7 @@ def job_retry_failed(*, job: Job) -> int:
         Slice.objects.reopen_positions(job.pk, positions)
         locked.requeue_failed(queue=dispatch.current_queue(), reopened=len(positions))
         verifying.verification_expect(job=locked)
-        dispatch.enqueue_run(job.pk, copies=locked.workers)
+        dispatch.enqueue_run(job.pk, copies=locked.workers, robust=True)
     job.refresh_from_db()
     return len(positions)
 
@@ -77,7 +84,12 @@ def job_set_rate(*, job: Job, wcu_per_second: float | None) -> None:
     """Change a job's write-capacity cap; running workers follow within about a second."""
     checked_settings({"rate_limit_wcu": wcu_per_second})
     Job.objects.filter(pk=job.pk).update(rate_limit_wcu=wcu_per_second)
-    ratelimit.set_rate_cap(dispatch.redis_connection(), dispatch.rate_scope(job.pk), wcu_per_second)
+    try:
+        ratelimit.set_rate_cap(dispatch.redis_connection(), dispatch.rate_scope(job.pk), wcu_per_second)
+    except REDIS_DOWN as exc:
+        # The ledger holds it: every run writes the ledger's cap to Redis when it starts and every
+        # few seconds (``CAP_REFRESH_SECONDS``), so it reaches the workers once Redis is back.
+        logger.warning("job %s: rate cap saved; Redis did not answer (%s)", job.pk, str(exc).strip()[:200])
     job.refresh_from_db()
 
 

@@ -85,7 +85,9 @@ def jobs_delete(*, job_ids: Iterable[int]) -> list[int]:
         for verification in Verification.objects.filter(job_id__in=marked, status__in=VERIFICATION_CANCEL_SOURCES):
             verification.cancel()
         for job in jobs:
-            dispatch.enqueue_reclaim(job.pk)  # after commit
+            # After the commit; a Redis that does not answer leaves it to the sweeper (the job is gone
+            # from every page already).
+            dispatch.enqueue_reclaim(job.pk, robust=True)
             # Its stored file is of no use to anyone now (the reclaim tries again, should this not run).
             stored = job.source_file
             if stored.name:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import django_rq
+import redis
+from django.db import transaction
 from rq import Worker
 
 from bulkwrites.conf import app_settings
+from bulkwrites.dependencies import REDIS_DOWN
+from bulkwrites.services.errors import QueueUnavailable
+
+logger = logging.getLogger(__name__)
+QUEUE_CHECK_SECONDS = 2.0  # how long an operator's action waits for Redis to answer before it is refused
 
 
 def current_queue() -> str:
@@ -29,23 +37,70 @@ def enqueue_task(
     copies: int = 1,
     job_timeout: int | None = None,
     result_ttl: int = 3600,
+    robust: bool = False,
 ) -> None:
     """Ask ``copies`` workers to run ``bulkwrites.tasks.<task>(object_id)``; django-rq enqueues after the commit.
 
     The timeout defaults to what a run of slices may take (``run_slice_seconds``) with a margin.
+    ``robust``: for an operator's action, whose change is committed by then: a Redis that stops
+    answering after :func:`require_queue` costs a warning in the log, not an error page. The
+    workers' sweeper enqueues the work from the ledger once Redis is back (a job or a
+    verification nobody works on, a deletion not reclaimed). Without it the error goes up, as
+    a worker's hand-over wants it (it retries).
     """
     queue = django_rq.get_queue(current_queue())
     timeout = app_settings().run_slice_seconds * 10 + 600 if job_timeout is None else job_timeout
-    for _ in range(max(1, copies)):
-        queue.enqueue(
-            f"bulkwrites.tasks.{task}",
-            object_id,
-            job_id=f"{_rq_prefix(task, object_id)}{uuid.uuid4().hex}",
-            job_timeout=timeout,
-            result_ttl=result_ttl,
-            failure_ttl=FAILURE_TTL,
-            description=description,
+
+    def send() -> None:
+        for _ in range(max(1, copies)):
+            queue.enqueue(
+                f"bulkwrites.tasks.{task}",
+                object_id,
+                job_id=f"{_rq_prefix(task, object_id)}{uuid.uuid4().hex}",
+                job_timeout=timeout,
+                result_ttl=result_ttl,
+                failure_ttl=FAILURE_TTL,
+                description=description,
+            )
+
+    if not robust:
+        send()
+        return
+
+    def send_or_warn() -> None:
+        try:
+            send()
+        except REDIS_DOWN as exc:
+            logger.warning(
+                "%s: Redis did not answer (%s); the workers' sweeper enqueues it from the ledger once Redis is back",
+                description,
+                str(exc).strip()[:200],
+            )
+
+    transaction.on_commit(send_or_warn)  # outside a transaction: at once
+
+
+def require_queue(action: str) -> None:
+    """Refuse an operator's action (:class:`QueueUnavailable`) while Redis does not answer.
+
+    Asked before anything changes, on a connection of its own that gives up after
+    ``QUEUE_CHECK_SECONDS`` (the queue's own connection has no timeout, and a Redis that
+    hangs would hang the admin's request).
+    """
+    pool = django_rq.get_connection(current_queue()).connection_pool
+    timeouts = {"socket_timeout": QUEUE_CHECK_SECONDS, "socket_connect_timeout": QUEUE_CHECK_SECONDS}
+    probe = redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **{**pool.connection_kwargs, **timeouts}
         )
+    )
+    try:
+        probe.ping()
+    except REDIS_DOWN:
+        raise QueueUnavailable(action) from None
+    finally:
+        probe.close()
+        probe.connection_pool.disconnect()
 
 
 def _rq_prefix(task: str, object_id: int) -> str:
@@ -53,9 +108,9 @@ def _rq_prefix(task: str, object_id: int) -> str:
     return f"bulkwrites-{task}-{object_id}-"
 
 
-def enqueue_run(job_id: int, *, copies: int = 1) -> None:
-    """Ask ``copies`` workers to work on the job."""
-    enqueue_task("run_job", job_id, copies=copies, description=f"bulkwrites job {job_id}")
+def enqueue_run(job_id: int, *, copies: int = 1, robust: bool = False) -> None:
+    """Ask ``copies`` workers to work on the job (``robust``: see :func:`enqueue_task`)."""
+    enqueue_task("run_job", job_id, copies=copies, description=f"bulkwrites job {job_id}", robust=robust)
 
 
 def queued_runs(task: str = "run_job") -> dict[int, set[str]]:
@@ -92,18 +147,19 @@ def enqueue_notification(job_id: int) -> None:
     )
 
 
-def enqueue_reclaim(job_id: int) -> None:
-    """Ask a worker to delete a deleted job's rows."""
-    enqueue_task("reclaim_job", job_id, description=f"bulkwrites job {job_id}: reclaim its rows")
+def enqueue_reclaim(job_id: int, *, robust: bool = False) -> None:
+    """Ask a worker to delete a deleted job's rows (``robust``: see :func:`enqueue_task`)."""
+    enqueue_task("reclaim_job", job_id, description=f"bulkwrites job {job_id}: reclaim its rows", robust=robust)
 
 
-def enqueue_verification(verification_id: int, *, copies: int = 1) -> None:
-    """Ask ``copies`` workers to read a verification's items back."""
+def enqueue_verification(verification_id: int, *, copies: int = 1, robust: bool = False) -> None:
+    """Ask ``copies`` workers to read a verification's items back (``robust``: see :func:`enqueue_task`)."""
     enqueue_task(
         "run_verification",
         verification_id,
         copies=copies,
         description=f"bulkwrites verification {verification_id}",
+        robust=robust,
     )
 
 

@@ -108,6 +108,7 @@ def verification_create(
             "rate_limit_rcu": rate_limit_rcu,
         }
     )
+    dispatch.require_queue("read the job back")
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if not locked.is_finished:
@@ -129,7 +130,7 @@ def verification_create(
         verification.save()
         if not verification.start(queue=dispatch.current_queue()):
             raise JobError(f"Verification {verification.pk} could not be started.")
-        dispatch.enqueue_verification(verification.pk)
+        dispatch.enqueue_verification(verification.pk, robust=True)
     return verification
 
 
@@ -163,12 +164,13 @@ def verification_cancel(*, verification: Verification) -> None:
 
 def verification_resume(*, verification: Verification) -> None:
     """Read the unchecked items of a failed or cancelled verification (a missing table was restored...)."""
+    dispatch.require_queue("resume the verification")
     with transaction.atomic():
         if not verification.resume(queue=dispatch.current_queue()):
             raise JobError(
                 f"Verification {verification.pk} is {verification.status}; only a failed or cancelled one resumes."
             )
-        dispatch.enqueue_verification(verification.pk)
+        dispatch.enqueue_verification(verification.pk, robust=True)
 
 
 # --- repair ------------------------------------------------------------------------------
@@ -181,6 +183,7 @@ def job_repair(*, job: Job, created_by: Any = None) -> int:
     is appended to its history; the job runs again and, once it has ended, a verification of
     exactly those items starts on its own. Returns how many items are sent again.
     """
+    dispatch.require_queue("send the items again")
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if not JOB_TRANSITIONS["repair"].allows(locked.status):
@@ -206,7 +209,7 @@ def job_repair(*, job: Job, created_by: Any = None) -> int:
             concurrency=latest.concurrency,
             created_by=created_by,
         )
-        dispatch.enqueue_run(locked.pk, copies=locked.workers)
+        dispatch.enqueue_run(locked.pk, copies=locked.workers, robust=True)
     job.refresh_from_db()
     return reopened
 

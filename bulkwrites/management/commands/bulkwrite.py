@@ -280,6 +280,7 @@ class Command(BaseCommand):
             **job_settings,
         }
         try:
+            dispatch.require_queue("start the job")  # before the job is made: no draft left behind
             if is_s3:
                 job = create.job_create_from_s3(url=file, **common)
             else:
@@ -336,6 +337,7 @@ class Command(BaseCommand):
         }
         user, person = self._actor(options)
         try:
+            dispatch.require_queue("start the job")
             if options["query"]:
                 spec = sql.SqlSpec.for_query(database, options["query"])
             else:
@@ -360,6 +362,7 @@ class Command(BaseCommand):
     def handle_copy_table(self, *, source_table: str, table: str, wait: bool, **options: Any) -> int:
         user, person = self._actor(options)
         try:
+            dispatch.require_queue("start the job")
             job = create.job_create_from_table(
                 source_table=source_table,
                 table_name=table,

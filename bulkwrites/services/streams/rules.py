@@ -8,6 +8,7 @@ through Redis.
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from bulkwrites.conf import app_settings
+from bulkwrites.dependencies import REDIS_DOWN
 from bulkwrites.dynamo import client as dynamo_client
 from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.errors import classify
@@ -26,6 +28,8 @@ from bulkwrites.models import Operation, StreamFailure, StreamRule, StreamStartP
 from bulkwrites.services import dispatch
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.tables import TableError, describe_key_schema
+
+logger = logging.getLogger(__name__)
 
 RequestsHook = Callable[[Mapping[str, Any], list[dict[str, Any]]], Iterable[Mapping[str, Any]] | None]
 
@@ -37,17 +41,19 @@ def rate_scope(rule_id: int) -> str:
     return f"{dispatch.current_queue()}:stream:{rule_id}"
 
 
-def enqueue_consume(rule_id: int) -> None:
-    """Ask a worker to consume the rule's stream (after the transaction commits)."""
-    dispatch.enqueue_task("run_stream_rule", rule_id, description=f"bulkwrites stream rule {rule_id}")
+def enqueue_consume(rule_id: int, *, robust: bool = False) -> None:
+    """Ask a worker to consume the rule's stream (after the transaction commits; ``robust``: see
+    ``dispatch.enqueue_task``)."""
+    dispatch.enqueue_task("run_stream_rule", rule_id, description=f"bulkwrites stream rule {rule_id}", robust=robust)
 
 
-def enqueue_retry(rule_id: int) -> None:
+def enqueue_retry(rule_id: int, *, robust: bool = False) -> None:
     dispatch.enqueue_task(
         "retry_stream_failures",
         rule_id,
         job_timeout=3600,
         description=f"bulkwrites stream rule {rule_id}: retry failed writes",
+        robust=robust,
     )
 
 
@@ -77,6 +83,8 @@ def stream_rule_create(
     name = name.strip()
     if not name:
         raise JobError("A stream rule needs a name.")
+    if start:
+        dispatch.require_queue("consume the rule's stream")
     if StreamRule.objects.filter(name=name).exists():
         raise JobError(f"A stream rule named {name!r} exists already.")
     chosen = [e.strip().upper() for e in events if e.strip()]
@@ -127,7 +135,7 @@ def stream_rule_create(
             created_by=created_by,
         )
         if start:
-            enqueue_consume(rule.pk)
+            enqueue_consume(rule.pk, robust=True)
     return rule
 
 
@@ -243,17 +251,22 @@ def stream_rule_pause(*, rule: StreamRule) -> None:
 
 def stream_rule_resume(*, rule: StreamRule) -> None:
     """Consume again from every shard's checkpoint."""
+    dispatch.require_queue("consume the rule's stream")
     with transaction.atomic():
         if not rule.resume(queue=dispatch.current_queue()):
             raise JobError(_refused(rule, "only a paused or failed rule can resume"))
-        enqueue_consume(rule.pk)
+        enqueue_consume(rule.pk, robust=True)
 
 
 def stream_rule_set_rate(*, rule: StreamRule, wcu_per_second: float | None) -> None:
     """Change the rule's write-capacity cap on the target; running workers follow within ~1 s."""
     _check_rate(wcu_per_second)
     StreamRule.objects.filter(pk=rule.pk).update(rate_limit_wcu=wcu_per_second)
-    ratelimit.set_rate_cap(dispatch.redis_connection(), rate_scope(rule.pk), wcu_per_second)
+    try:
+        ratelimit.set_rate_cap(dispatch.redis_connection(), rate_scope(rule.pk), wcu_per_second)
+    except REDIS_DOWN as exc:
+        # The rule's row holds it: each time slice of the rule writes it to Redis as it starts.
+        logger.warning("stream rule %s: rate cap saved; Redis did not answer (%s)", rule.pk, str(exc).strip()[:200])
     rule.refresh_from_db()
 
 
@@ -282,11 +295,12 @@ def stream_rule_set_mapping(*, rule: StreamRule, mapping_text: str, callable_pat
 
 def stream_rule_retry_failures(*, rule: StreamRule) -> int:
     """Queue the rule's failed records to be mapped (with the mapping as it is now) and written again."""
+    dispatch.require_queue("write the failed records again")
     with transaction.atomic():
         queued = StreamFailure.objects.queue_for_retry(rule.pk)
         if not queued:
             raise JobError(f"Stream rule {rule.name!r} has no failed writes to retry.")
-        enqueue_retry(rule.pk)
+        enqueue_retry(rule.pk, robust=True)
     return queued
 
 
