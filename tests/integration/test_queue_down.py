@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from django.core.management.base import CommandError
 from django.test import override_settings
+from django.urls import reverse
 
 from bulkwrites.dependencies import REDIS_DOWN
 from bulkwrites.models import Job, JobStatus, StreamRule, Verification
@@ -119,3 +120,12 @@ def test_a_stream_rule_is_refused_the_same_way_and_its_rate_saved(redis_refuses:
         rules.stream_rule_retry_failures(rule=rule)  # it has one failed write
     rules.stream_rule_set_rate(rule=rule, wcu_per_second=100)
     assert StreamRule.objects.get(pk=rule.pk).rate_limit_wcu == 100
+
+
+def test_the_admins_start_button_says_why_on_the_job_page(redis_refuses: None, admin_client_tx: Any) -> None:
+    job = ledger_job(JobStatus.DRAFT)
+    response = admin_client_tx.post(reverse("admin:bulkwrites_job_action", args=[job.pk, "start"]), follow=True)
+    assert response.status_code == 200
+    said = [str(message) for message in response.context["messages"]]
+    assert any("The job queue (Redis) does not answer" in message for message in said), said
+    assert Job.objects.get(pk=job.pk).status == JobStatus.DRAFT
