@@ -8,7 +8,8 @@ delete, requeue and stop jobs. Both places they appear are guarded here, by one 
   ``RQ_SHOW_ADMIN_LINK`` is on: its ``QueueAdmin`` is replaced by :class:`RunJobQueueAdmin`.
 
 Anonymous and non-staff users are sent to the login page (``admin_view``); staff without
-``bulkwrites.run_job`` get 403, also for the JSON stats view django-rq leaves unwrapped.
+``bulkwrites.run_job`` get 403, also for the JSON stats view django-rq leaves unwrapped. While
+Redis does not answer, every page of it is a 503 that says so (django-rq's views raise).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import django_rq.admin  # registers django-rq's own (is_staff-only) QueueAdmin, 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver
 from django_rq.models import Dashboard
+
+from bulkwrites.dependencies import REDIS_DOWN
 
 RUN_PERMISSION = "bulkwrites.run_job"
 
@@ -33,7 +37,14 @@ def requires_run_permission(view: Any) -> Any:
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         if not request.user.has_perm(RUN_PERMISSION):
             raise PermissionDenied
-        return view(request, *args, **kwargs)
+        try:
+            response = view(request, *args, **kwargs)
+            if isinstance(response, TemplateResponse):
+                response.render()  # a lazy response reads Redis here, still inside the try
+            return response
+        except REDIS_DOWN:
+            context = {**admin.site.each_context(request), "title": "The job queue does not answer"}
+            return TemplateResponse(request, "admin/bulkwrites/queue_unavailable.html", context, status=503)
 
     return admin.site.admin_view(guarded)
 

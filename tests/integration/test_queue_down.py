@@ -129,3 +129,11 @@ def test_the_admins_start_button_says_why_on_the_job_page(redis_refuses: None, a
     said = [str(message) for message in response.context["messages"]]
     assert any("The job queue (Redis) does not answer" in message for message in said), said
     assert Job.objects.get(pk=job.pk).status == JobStatus.DRAFT
+
+
+def test_the_queue_dashboard_says_redis_does_not_answer(redis_refuses: None, admin_client_tx: Any) -> None:
+    # django-rq's views read Redis and raised: an error page (a stack trace with DEBUG on).
+    for path in ("/admin/rq/", "/admin/rq/queues/0/finished/"):
+        response = admin_client_tx.get(path)
+        assert response.status_code == 503, path
+        assert "The job queue (Redis) does not answer" in response.content.decode()
