@@ -7,20 +7,15 @@ what goes with it: workers asked after the transaction commits, the shared rate 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
 
-from bulkwrites.dependencies import REDIS_DOWN
-from bulkwrites.dynamo import ratelimit
 from bulkwrites.models import JOB_TRANSITIONS, Item, Job, JobStatus, Slice
 from bulkwrites.services import dispatch, notify, verifying
 from bulkwrites.services.create import checked_settings
 from bulkwrites.services.errors import JobError
-
-logger = logging.getLogger(__name__)
 
 
 def job_start(*, job: Job) -> None:
@@ -84,12 +79,7 @@ def job_set_rate(*, job: Job, wcu_per_second: float | None) -> None:
     """Change a job's write-capacity cap; running workers follow within about a second."""
     checked_settings({"rate_limit_wcu": wcu_per_second})
     Job.objects.filter(pk=job.pk).update(rate_limit_wcu=wcu_per_second)
-    try:
-        ratelimit.set_rate_cap(dispatch.redis_connection(), dispatch.rate_scope(job.pk), wcu_per_second)
-    except REDIS_DOWN as exc:
-        # The ledger holds it: every run writes the ledger's cap to Redis when it starts and every
-        # few seconds (``CAP_REFRESH_SECONDS``), so it reaches the workers once Redis is back.
-        logger.warning("job %s: rate cap saved; Redis did not answer (%s)", job.pk, str(exc).strip()[:200])
+    dispatch.tell_rate_cap(dispatch.rate_scope(job.pk), wcu_per_second, what=f"job {job.pk}")
     job.refresh_from_db()
 
 

@@ -14,6 +14,7 @@ from rq import Worker
 
 from bulkwrites.conf import app_settings
 from bulkwrites.dependencies import REDIS_DOWN
+from bulkwrites.dynamo import ratelimit
 from bulkwrites.services.errors import QueueUnavailable
 
 logger = logging.getLogger(__name__)
@@ -103,9 +104,9 @@ def require_queue(action: str) -> None:
         probe.connection_pool.disconnect()
 
 
-def _rq_prefix(task: str, object_id: int) -> str:
-    """How the RQ ids of a task's jobs for one object begin: Redis can then say which are there."""
-    return f"bulkwrites-{task}-{object_id}-"
+def _rq_prefix(task: str, object_id: int | None = None) -> str:
+    """How the RQ ids of a task's jobs (for one object) begin: Redis can then say which are there."""
+    return f"bulkwrites-{task}-" if object_id is None else f"bulkwrites-{task}-{object_id}-"
 
 
 def enqueue_run(job_id: int, *, copies: int = 1, robust: bool = False) -> None:
@@ -124,7 +125,7 @@ def queued_runs(task: str = "run_job") -> dict[int, set[str]]:
     """
     queue = django_rq.get_queue(current_queue())
     runs: dict[int, set[str]] = {}
-    head = f"bulkwrites-{task}-"
+    head = _rq_prefix(task)
     for rq_id in [*queue.get_job_ids(), *queue.intermediate_queue.get_job_ids()]:
         if rq_id.startswith(head):
             object_id, _, _ = rq_id[len(head) :].partition("-")
@@ -171,6 +172,18 @@ def redis_connection() -> Any:
 def rate_scope(job_id: int) -> str:
     """The job's key in the shared rate budgets: job ids repeat across databases, queues do not."""
     return f"{current_queue()}:{job_id}"
+
+
+def tell_rate_cap(scope: str, wcu_per_second: float | None, *, what: str) -> None:
+    """Write an operator's new cap to the shared budget, saved in the ledger already.
+
+    A Redis that does not answer costs a warning: every run writes its ledger's cap to Redis as
+    it starts (a job's also every few seconds), so the cap reaches the workers once it is back.
+    """
+    try:
+        ratelimit.set_rate_cap(redis_connection(), scope, wcu_per_second)
+    except REDIS_DOWN as exc:
+        logger.warning("%s: rate cap saved; Redis did not answer (%s)", what, str(exc).strip()[:200])
 
 
 def verification_rate_scope(verification_id: int) -> str:

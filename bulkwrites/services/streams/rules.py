@@ -8,7 +8,6 @@ through Redis.
 from __future__ import annotations
 
 import importlib
-import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -18,9 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from bulkwrites.conf import app_settings
-from bulkwrites.dependencies import REDIS_DOWN
 from bulkwrites.dynamo import client as dynamo_client
-from bulkwrites.dynamo import ratelimit
 from bulkwrites.dynamo.errors import classify
 from bulkwrites.dynamo.items import ItemError, KeySchema
 from bulkwrites.dynamo.streams import EVENTS, StreamMapping, format_mapping, parse_mapping, view_type_problem
@@ -28,8 +25,6 @@ from bulkwrites.models import Operation, StreamFailure, StreamRule, StreamStartP
 from bulkwrites.services import dispatch
 from bulkwrites.services.errors import JobError
 from bulkwrites.services.tables import TableError, describe_key_schema
-
-logger = logging.getLogger(__name__)
 
 RequestsHook = Callable[[Mapping[str, Any], list[dict[str, Any]]], Iterable[Mapping[str, Any]] | None]
 
@@ -262,11 +257,7 @@ def stream_rule_set_rate(*, rule: StreamRule, wcu_per_second: float | None) -> N
     """Change the rule's write-capacity cap on the target; running workers follow within ~1 s."""
     _check_rate(wcu_per_second)
     StreamRule.objects.filter(pk=rule.pk).update(rate_limit_wcu=wcu_per_second)
-    try:
-        ratelimit.set_rate_cap(dispatch.redis_connection(), rate_scope(rule.pk), wcu_per_second)
-    except REDIS_DOWN as exc:
-        # The rule's row holds it: each time slice of the rule writes it to Redis as it starts.
-        logger.warning("stream rule %s: rate cap saved; Redis did not answer (%s)", rule.pk, str(exc).strip()[:200])
+    dispatch.tell_rate_cap(rate_scope(rule.pk), wcu_per_second, what=f"stream rule {rule.pk}")
     rule.refresh_from_db()
 
 
