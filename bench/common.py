@@ -185,14 +185,22 @@ def process_cpu_seconds(pid: int) -> float | None:
     return None
 
 
-def descendants(pid: int) -> list[int]:
-    """Every living process below ``pid`` (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
+def process_stats() -> dict[int, str]:
+    """The text of ``/proc/PID/stat`` of every living process, by pid."""
+    stats: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            children.setdefault(parent_pid((entry / "stat").read_text()), []).append(int(entry.name))
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(entry.name)] = (entry / "stat").read_text()
+    return stats
+
+
+def descendants(pid: int, stats: dict[int, str] | None = None) -> list[int]:
+    """Every living process below ``pid`` (children, their children, ...), from ``stats`` if given."""
+    children: dict[int, list[int]] = {}
+    for child, stat in (process_stats() if stats is None else stats).items():
+        with contextlib.suppress(ValueError, IndexError):
+            children.setdefault(parent_pid(stat), []).append(child)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -237,25 +245,11 @@ def cpu_by_group(bench_pid: int) -> dict[str, float]:
     their parent reaped them within the group (each group's processes count their reaped
     children; the bench process does not, so a worker it stops after the second look is not
     counted twice)."""
-    stats: dict[int, tuple[str, str, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            stats[int(entry.name)] = (stat, comm, parent_pid(stat))
-    below: set[int] = set()
-    todo = [bench_pid]
-    children: dict[int, list[int]] = {}
-    for pid, (_, _, ppid) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            below.add(child)
-            todo.append(child)
+    stats = process_stats()
+    below = set(descendants(bench_pid, stats))
     totals = dict.fromkeys(CPU_GROUPS, 0.0)
-    for pid, (stat, comm, _) in stats.items():
+    for pid, stat in stats.items():
+        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
         if pid == bench_pid:
             totals["client"] += stat_cpu_seconds(stat, children=False)
             continue
@@ -269,7 +263,8 @@ def cpu_by_group(bench_pid: int) -> dict[str, float]:
             group = "dynamodb"
         else:
             continue
-        totals[group] += stat_cpu_seconds(stat, children=True)
+        with contextlib.suppress(ValueError, IndexError):  # a process caught mid-exit, as descendants() skips it
+            totals[group] += stat_cpu_seconds(stat, children=True)
     return totals
 
 
